@@ -1,0 +1,29 @@
+"""onnxinv: invert dense generative models stored as ONNX files, one layer at a time."""
+
+from onnxinv.errors import (
+    ModelLoadError,
+    ObservationError,
+    OnnxInvError,
+    OracleError,
+    SelfCheckError,
+    SolverError,
+    UnsupportedModelError,
+)
+from onnxinv.layers import Activation, Generator, Layer, TensorInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "Generator",
+    "Layer",
+    "TensorInfo",
+    "OnnxInvError",
+    "ModelLoadError",
+    "ObservationError",
+    "OracleError",
+    "SelfCheckError",
+    "SolverError",
+    "UnsupportedModelError",
+    "__version__",
+]
