@@ -166,6 +166,12 @@ class Generator:
         if not self.sample_input_shape:
             object.__setattr__(self, "sample_input_shape", (layers[0].in_features,))
 
+    def __getstate__(self) -> dict:
+        # The cached onnxruntime session cannot be pickled; worker processes build their own.
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
     @property
     def latent_dim(self) -> int:
         return self.layers[0].in_features
