@@ -10,10 +10,14 @@ from onnxinv.errors import (
     UnsupportedModelError,
 )
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
+from onnxinv.loader import SelfCheck, check_generator, load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "load",
+    "check_generator",
+    "SelfCheck",
     "Activation",
     "Generator",
     "Layer",

@@ -19,7 +19,14 @@ class ModelLoadError(OnnxInvError):
 
 
 class UnsupportedModelError(OnnxInvError):
-    """The graph is readable but is not a chain of dense layers onnxinv understands."""
+    """The graph is readable but is not a chain of dense layers onnxinv understands.
+
+    ``problems`` lists every refused node (as ``onnxinv.parser.Problem`` records), not just the first.
+    """
+
+    def __init__(self, message: str, problems: tuple = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
 class SelfCheckError(OnnxInvError):

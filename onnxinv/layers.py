@@ -101,6 +101,12 @@ class Layer:
         """``act(W h + b)`` for ``h`` of shape (in,) or (N, in)."""
         return apply_activation(self.preactivation(h), self.activation, self.slope)
 
+    def __repr__(self) -> str:
+        return (
+            f"Layer({self.in_features} -> {self.out_features}, {self.describe_activation()}, "
+            f"source_nodes={self.source_nodes})"
+        )
+
     def describe_activation(self) -> str:
         if self.activation is Activation.LEAKY_RELU:
             return f"leaky_relu({self.slope:g})"
@@ -138,6 +144,7 @@ class Generator:
     producer, opset : from the model file ("" and 0 for generators built in code)
     path : the model file, if any
     model_bytes : the inlined model, handed to onnxruntime by the oracle (None: build one from the layers)
+    notes : things the parser noticed that do not stop it (checker warnings, folded ops)
     """
 
     layers: tuple[Layer, ...]
@@ -150,6 +157,7 @@ class Generator:
     opset: int = 0
     path: str | None = None
     model_bytes: bytes | None = field(default=None, repr=False)
+    notes: tuple[str, ...] = ()
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:

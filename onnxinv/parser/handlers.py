@@ -1,0 +1,417 @@
+"""Pattern handlers: one small class per ONNX spelling of a piece of a dense layer.
+
+Each handler names the op types it looks at and returns either a :class:`Step` (what the node does to
+the flattened per-sample vector) or a reason string saying why it does not match, naming the node and
+tensor. ``HANDLERS`` is the explicit ordered list the parser tries, most specific first.
+
+Conventions: ``ctx.shape(name)`` is the tensor's concrete shape when the model runs on the probe
+batch; ``ctx.batch`` is that batch size (1 for a model without a batch dim). Per-sample vectors are
+the row-major flattening of one sample, batch outermost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from onnxinv.layers import Activation
+
+if TYPE_CHECKING:
+    from onnxinv.parser.parse import NodeContext
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one node does to the per-sample vector ``v`` (size ``in_size``).
+
+    kind "affine": ``v -> matrix @ v + offset`` (matrix None: identity; ``scale``: a diagonal);
+    kind "activation": elementwise ``activation`` with ``slope``; kind "noop": values unchanged.
+    """
+
+    kind: str
+    matrix: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    activation: Activation = Activation.IDENTITY
+    slope: float = 0.0
+
+
+NOOP = Step("noop")
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _per_sample(ctx: NodeContext, value: np.ndarray, out_shape: tuple, what: str) -> np.ndarray | str:
+    """Broadcast a constant against the (probe-batch) output shape and return one sample's copy."""
+    try:
+        full = np.broadcast_to(np.asarray(value, dtype=np.float64), out_shape)
+    except ValueError:
+        return f"{what} of shape {list(np.shape(value))} does not broadcast to {list(out_shape)}"
+    rows = full.reshape(ctx.batch, -1)
+    if ctx.batch > 1 and not np.all(rows == rows[:1]):
+        return f"{what} differs between samples of the batch"
+    return rows[0].copy()
+
+
+class Handler:
+    """Base class: ``ops`` it looks at, ``name`` for messages, ``match`` returning a Step or a reason."""
+
+    ops: tuple[str, ...] = ()
+    domain: str = ""
+    name = "handler"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        raise NotImplementedError
+
+
+class GemmHandler(Handler):
+    """``Gemm(x, W, C)``: ``alpha * x @ op(W) + beta * C`` with the variable as A (transA=0)."""
+
+    ops = ("Gemm",)
+    name = "dense Gemm"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        if ctx.variable_position != 0:
+            return (
+                f"its variable input '{ctx.var_input}' is operand B, not A (the weight must be a constant B)"
+            )
+        if _attr(node, "transA", 0):
+            return (
+                "transA=1 transposes the batch into the features, which no exporter writes for a dense layer"
+            )
+        weight = ctx.constant(1)
+        if weight is None:
+            return f"its weight '{node.input[1]}' is not a constant"
+        if weight.ndim != 2:
+            return f"its weight '{node.input[1]}' has shape {list(weight.shape)}, not 2-D"
+        if len(ctx.shape(ctx.var_input)) != 2:
+            return f"its input '{ctx.var_input}' has shape {list(ctx.shape(ctx.var_input))}, not (batch, features)"
+        alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+        w = weight.astype(np.float64)
+        matrix = alpha * (w if _attr(node, "transB", 0) else w.T)  # (out, in)
+        offset = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = ctx.constant(2)
+            if bias is None:
+                return f"its bias '{node.input[2]}' is not a constant"
+            per_sample = _per_sample(
+                ctx, beta * bias.astype(np.float64), ctx.out_shape, f"bias '{node.input[2]}'"
+            )
+            if isinstance(per_sample, str):
+                return per_sample
+            offset = per_sample
+        return Step("affine", matrix=matrix, offset=offset)
+
+
+class FusedGemmHandler(GemmHandler):
+    """onnxruntime's ``com.microsoft.FusedGemm``: a Gemm with its activation as an attribute."""
+
+    ops = ("FusedGemm",)
+    domain = "com.microsoft"
+    name = "FusedGemm"
+    _ACTS = {
+        "Relu": Activation.RELU,
+        "LeakyRelu": Activation.LEAKY_RELU,
+        "Tanh": Activation.TANH,
+        "Sigmoid": Activation.SIGMOID,
+    }
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        act = _attr(ctx.node, "activation", b"")
+        act = act.decode() if isinstance(act, bytes) else str(act)
+        if act and act not in self._ACTS:
+            return f"its fused activation '{act}' is not one onnxinv can invert"
+        return super().match(ctx)
+
+    def fused_activation(self, node: onnx.NodeProto) -> Step | None:
+        act = _attr(node, "activation", b"")
+        act = act.decode() if isinstance(act, bytes) else str(act)
+        if not act:
+            return None
+        slope = float(_attr(node, "activation_alpha", 0.01)) if act == "LeakyRelu" else 0.0
+        return Step("activation", activation=self._ACTS[act], slope=slope)
+
+
+class MatMulWeightRightHandler(Handler):
+    """``MatMul(x, W)`` with a constant ``W`` of shape (in, out), applied to the last axis of x."""
+
+    ops = ("MatMul",)
+    name = "MatMul with the weight on the right"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        if ctx.variable_position != 0:
+            return f"input A '{ctx.node.input[0]}' is not the variable"
+        weight = ctx.constant(1)
+        if weight is None:
+            return f"input B '{ctx.node.input[1]}' is not a constant (a MatMul of two variables is not a dense layer)"
+        if weight.ndim not in (1, 2):
+            return f"its weight '{ctx.node.input[1]}' has shape {list(weight.shape)}, not 1-D or 2-D"
+        w = weight.astype(np.float64).reshape(weight.shape[0], -1)
+        x_shape = ctx.shape(ctx.var_input)
+        if not x_shape or x_shape[-1] != w.shape[0]:
+            return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not end in {w.shape[0]}"
+        rows = ctx.in_size // w.shape[0]
+        matrix = w.T if rows == 1 else np.kron(np.eye(rows), w.T)
+        return Step("affine", matrix=matrix)
+
+
+class MatMulWeightLeftHandler(Handler):
+    """``MatMul(W, x)`` with a constant (out, in) weight on the left of an unbatched or rank-3+ input."""
+
+    ops = ("MatMul",)
+    name = "MatMul with the weight on the left"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        if ctx.variable_position != 1:
+            return f"input B '{ctx.node.input[1]}' is not the variable"
+        weight = ctx.constant(0)
+        if weight is None:
+            return f"input A '{ctx.node.input[0]}' is not a constant"
+        if weight.ndim != 2:
+            return f"its weight '{ctx.node.input[0]}' has shape {list(weight.shape)}, not 2-D"
+        w = weight.astype(np.float64)
+        x_shape = ctx.shape(ctx.var_input)
+        if not ctx.has_batch:
+            if len(x_shape) == 1 and x_shape[0] == w.shape[1]:
+                return Step("affine", matrix=w)
+            if len(x_shape) == 2 and x_shape[0] == w.shape[1]:
+                return Step("affine", matrix=np.kron(w, np.eye(x_shape[1])))
+            return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not fit the weight {list(w.shape)}"
+        if len(x_shape) < 3 or x_shape[-2] != w.shape[1]:
+            return (
+                f"the weight multiplies input '{ctx.var_input}' of shape {list(x_shape)} from the left, "
+                "which mixes the samples of a batch"
+            )
+        lead = ctx.in_size // (x_shape[-2] * x_shape[-1])
+        return Step("affine", matrix=np.kron(np.eye(lead), np.kron(w, np.eye(x_shape[-1]))))
+
+
+class ElementwiseAffineHandler(Handler):
+    """Add / Sub / Mul / Div of the variable and a constant: a diagonal affine map."""
+
+    ops = ("Add", "Sub", "Mul", "Div")
+    name = "elementwise op with a constant"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        other = 1 - ctx.variable_position
+        if len(node.input) != 2:
+            return f"it has {len(node.input)} inputs"
+        value = ctx.constant(other)
+        if value is None:
+            return f"its other operand '{node.input[other]}' is not a constant"
+        if int(np.prod(ctx.out_shape)) != int(np.prod(ctx.shape(ctx.var_input))):
+            return f"the constant '{node.input[other]}' broadcasts the variable to a larger shape {list(ctx.out_shape)}"
+        c = _per_sample(ctx, value, ctx.out_shape, f"constant '{node.input[other]}'")
+        if isinstance(c, str):
+            return c
+        op, size = node.op_type, ctx.in_size
+        if op == "Add":
+            return Step("affine", offset=c)
+        if op == "Sub":
+            if ctx.variable_position == 0:
+                return Step("affine", offset=-c)
+            return Step("affine", scale=-np.ones(size), offset=c)
+        if op == "Mul":
+            return Step("affine", scale=c)
+        if ctx.variable_position == 1:
+            return "it divides a constant by the variable, which is not an affine map"
+        if np.any(c == 0):
+            return f"it divides by the constant '{node.input[other]}', which has zero entries"
+        return Step("affine", scale=1.0 / c)
+
+
+class NegHandler(Handler):
+    ops = ("Neg",)
+    name = "Neg"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        return Step("affine", scale=-np.ones(ctx.in_size))
+
+
+class BatchNormHandler(Handler):
+    """Inference-mode ``BatchNormalization``: ``scale * (x - mean) / sqrt(var + eps) + B`` per channel."""
+
+    ops = ("BatchNormalization",)
+    name = "BatchNormalization in inference mode"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        if ctx.variable_position != 0:
+            return "its statistics, not its data input, come from the model input"
+        if _attr(node, "training_mode", 0):
+            return "training_mode=1 normalises with batch statistics, which depend on the batch"
+        if len([o for o in node.output if o]) > 1:
+            return "it also outputs running statistics, as in training"
+        params = [ctx.constant(i) for i in range(1, 5)]
+        for i, p in zip(range(1, 5), params):
+            if p is None:
+                return f"its parameter '{node.input[i]}' is not a constant"
+        scale, bias, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+        x_shape = ctx.shape(ctx.var_input)
+        channels = x_shape[1] if len(x_shape) >= 2 else None
+        if channels is None or not ctx.has_batch:
+            return (
+                f"its input '{ctx.var_input}' of shape {list(x_shape)} has no channel axis after a batch axis"
+            )
+        if any(p.size != channels for p in (scale, bias, mean, var)):
+            return f"its parameters do not have {channels} entries (one per channel)"
+        eps = float(_attr(node, "epsilon", 1e-5))
+        a = scale / np.sqrt(var + eps)
+        spatial = int(np.prod(x_shape[2:])) if len(x_shape) > 2 else 1
+        return Step("affine", scale=np.repeat(a, spatial), offset=np.repeat(bias - a * mean, spatial))
+
+
+class TransposeHandler(Handler):
+    """``Transpose`` that keeps the batch axis first: a permutation of the per-sample vector."""
+
+    ops = ("Transpose",)
+    name = "Transpose"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        x_shape = ctx.shape(ctx.var_input)
+        perm = list(_attr(ctx.node, "perm", list(reversed(range(len(x_shape))))))
+        if ctx.has_batch and (not perm or perm[0] != 0):
+            return f"perm={perm} moves the batch axis"
+        sample_shape = x_shape[1:] if ctx.has_batch else x_shape
+        sample_perm = [p - 1 for p in perm[1:]] if ctx.has_batch else perm
+        order = np.arange(ctx.in_size).reshape(sample_shape).transpose(sample_perm).reshape(-1)
+        return Step("affine", matrix=np.eye(ctx.in_size)[order])
+
+
+class ShapeNoOpHandler(Handler):
+    """Ops that leave the flattened per-sample values unchanged."""
+
+    ops = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast")
+    name = "shape no-op"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        if ctx.variable_position != 0:
+            return f"the model input feeds its shape operand '{ctx.var_input}', not its data"
+        if ctx.out_size != ctx.in_size:
+            return f"it changes the per-sample size from {ctx.in_size} to {ctx.out_size}"
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            mode = ctx.constant(2)
+            if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                return f"its training_mode input '{node.input[2]}' is not a constant False"
+        if node.op_type == "Cast":
+            to = _attr(node, "to", 0)
+            if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+                name = onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else to
+                return f"it casts to {name}, which changes the values"
+        return NOOP
+
+
+class ActivationHandler(Handler):
+    """Relu, LeakyRelu, Tanh, Sigmoid."""
+
+    ops = ("Relu", "LeakyRelu", "Tanh", "Sigmoid")
+    name = "activation"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        op = ctx.node.op_type
+        if op == "LeakyRelu":
+            alpha = float(_attr(ctx.node, "alpha", 0.01))
+            return Step("activation", activation=Activation.LEAKY_RELU, slope=alpha)
+        act = {"Relu": Activation.RELU, "Tanh": Activation.TANH, "Sigmoid": Activation.SIGMOID}[op]
+        return Step("activation", activation=act)
+
+
+class PReluHandler(Handler):
+    """``PRelu(x, slope)`` with one constant slope for every unit: a leaky ReLU."""
+
+    ops = ("PRelu",)
+    name = "PRelu with a constant slope"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        if ctx.variable_position != 0:
+            return "its slope, not its data, comes from the model input"
+        slope = ctx.constant(1)
+        if slope is None:
+            return f"its slope '{ctx.node.input[1]}' is not a constant"
+        per_unit = _per_sample(ctx, slope, ctx.out_shape, f"slope '{ctx.node.input[1]}'")
+        if isinstance(per_unit, str):
+            return per_unit
+        if per_unit.size and not np.all(per_unit == per_unit[0]):
+            return (
+                f"its slopes differ between units ({per_unit.min():g} to {per_unit.max():g}); "
+                "onnxinv's layer record holds one slope"
+            )
+        return Step("activation", activation=Activation.LEAKY_RELU, slope=float(per_unit[0]))
+
+
+class ClipAsReluHandler(Handler):
+    """``Clip(x, 0, +inf)`` is a ReLU; a finite upper bound (ReLU6, Hardtanh) saturates and is refused."""
+
+    ops = ("Clip",)
+    name = "Clip with min 0 and no max"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        if ctx.variable_position != 0:
+            return "its bounds, not its data, come from the model input"
+        if ctx.opset < 11:
+            low = float(_attr(node, "min", -3.4028234663852886e38))
+            high = float(_attr(node, "max", 3.4028234663852886e38))
+        else:
+            bounds = []
+            for i, default in ((1, -np.inf), (2, np.inf)):
+                if len(node.input) > i and node.input[i]:
+                    value = ctx.constant(i)
+                    if value is None:
+                        return f"its bound '{node.input[i]}' is not a constant"
+                    bounds.append(float(np.asarray(value).reshape(-1)[0]))
+                else:
+                    bounds.append(default)
+            low, high = bounds
+        if low != 0.0:
+            return f"its lower bound is {low:g}, not 0"
+        if np.isfinite(high) and high < 3.4e38:
+            return (
+                f"its upper bound {high:g} saturates (ReLU6 / Hardtanh): every output at the bound has "
+                "infinitely many preimages"
+            )
+        return Step("activation", activation=Activation.RELU)
+
+
+# Most specific first; a node is offered to every handler that lists its op type, in this order.
+HANDLERS: tuple[Handler, ...] = (
+    GemmHandler(),
+    FusedGemmHandler(),
+    MatMulWeightRightHandler(),
+    MatMulWeightLeftHandler(),
+    BatchNormHandler(),
+    ElementwiseAffineHandler(),
+    NegHandler(),
+    TransposeHandler(),
+    ActivationHandler(),
+    PReluHandler(),
+    ClipAsReluHandler(),
+    ShapeNoOpHandler(),
+)
+
+# Why an op nobody handles is refused, and what to try.
+REFUSAL_HINTS = {
+    "Conv": "convolutional layers are not supported yet; onnxinv inverts dense (fully connected) generators",
+    "ConvTranspose": "transposed convolutions are not supported yet; onnxinv inverts dense generators",
+    "Softplus": "Softplus is smooth but onnxinv's layer-wise linear programs need piecewise-linear or "
+    "elementwise-invertible outputs; re-export with ReLU/LeakyReLU, or invert with gradient descent elsewhere",
+    "Elu": "ELU layers are not supported; replace with LeakyReLU or ReLU",
+    "Selu": "SELU layers are not supported; replace with LeakyReLU or ReLU",
+    "Softmax": "Softmax is not injective (it drops one degree of freedom per sample); a generator "
+    "should not end in it",
+    "LogSoftmax": "LogSoftmax is not injective; a generator should not end in it",
+    "HardSigmoid": "HardSigmoid saturates at both ends; use Sigmoid",
+    "Gelu": "GELU is not monotone, so its inverse is not unique; use LeakyReLU",
+}
+SUPPORTED_OPS = tuple(sorted({op for h in HANDLERS for op in h.ops}))

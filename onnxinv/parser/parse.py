@@ -1,0 +1,371 @@
+"""Turn a loaded ONNX model into a :class:`~onnxinv.layers.Generator`.
+
+The walk starts at the graph output and follows the one tensor computed from the model input back to
+that input, so node order in the file and dead nodes do not matter. Each node on that chain is offered
+to the pattern handlers in ``HANDLERS``; their steps are composed into layers: affine steps accumulate
+until an activation closes a layer, and any affine steps after the last activation become a final
+identity layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxinv.errors import UnsupportedModelError
+from onnxinv.layers import Activation, Generator, Layer, TensorInfo
+from onnxinv.parser.graph import GraphView, Problem, float_dtype_name
+from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS, FusedGemmHandler, Step
+from onnxinv.safe_load import LoadedModel
+
+# A layer matrix larger than this (in float64 elements) is refused before it is built.
+MAX_LAYER_ELEMENTS = 1 << 27
+# Where the variable is a "shape" operand rather than data (Reshape's target shape may be computed).
+_SHAPE_OPERANDS = {"Reshape": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Dropout": {1, 2}, "Clip": {1, 2}}
+
+
+@dataclass
+class NodeContext:
+    """What a handler may look at for one node on the chain."""
+
+    view: GraphView
+    node: onnx.NodeProto
+    label: str
+    var_input: str
+    variable_position: int
+    shapes: dict[str, tuple]
+    batch: int
+    has_batch: bool
+
+    @property
+    def opset(self) -> int:
+        return self.view.node_opset(self.node)
+
+    def constant(self, position: int) -> np.ndarray | None:
+        if position >= len(self.node.input):
+            return None
+        return self.view.constant(self.node.input[position])
+
+    def shape(self, name: str) -> tuple:
+        return self.shapes[name]
+
+    @property
+    def out_shape(self) -> tuple:
+        return self.shapes[self.node.output[0]]
+
+    @property
+    def in_size(self) -> int:
+        return int(np.prod(self.shape(self.var_input))) // self.batch
+
+    @property
+    def out_size(self) -> int:
+        return int(np.prod(self.out_shape)) // self.batch
+
+
+def parse_model(loaded: LoadedModel) -> Generator:
+    """The layer list of ``loaded``, or UnsupportedModelError listing every node that was refused."""
+    model = loaded.model
+    where = str(loaded.path)
+    view = GraphView(model, where)
+    notes: list[str] = []
+    input_info, output_info = _endpoints(view, where)
+    view.mark_variables(input_info.name)
+    chain, problems = _chain(view, input_info.name, output_info.name)
+    problems += _screen_ops(view, chain)
+    if problems:
+        raise _unsupported(where, problems)
+
+    has_batch = _has_batch_dim(view, input_info, chain)
+    dims = input_info.shape[1:] if has_batch else input_info.shape
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise UnsupportedModelError(
+            f"{where}: input '{input_info.name}' has shape {_dims(input_info.shape)}; onnxinv needs every "
+            "dimension but the batch to be a fixed number (the latent size). Re-export with a static "
+            "latent shape."
+        )
+    sample_shape = tuple(int(d) for d in dims)
+    batch_size = input_info.shape[0] if has_batch and isinstance(input_info.shape[0], int) else None
+    probe_batch = batch_size or 1
+    feed = np.zeros(((probe_batch, *sample_shape) if has_batch else sample_shape), dtype=input_info.dtype)
+    wanted = {t for node in chain for t in node.output if t} | {input_info.name}
+    shapes = view.probe_shapes(input_info.name, feed, wanted)
+
+    layers, problems = _build_layers(
+        view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch
+    )
+    if problems:
+        raise _unsupported(where, problems)
+    if view.listed_initializers:
+        notes.append(
+            f"{len(view.listed_initializers)} initializer(s) are also listed as graph inputs "
+            "(old exporters do this); they are treated as constants"
+        )
+    notes.extend(_checker_notes(model))
+    return Generator(
+        layers=tuple(layers),
+        input=input_info,
+        output=output_info,
+        sample_input_shape=sample_shape,
+        batch_size=batch_size,
+        has_batch_dim=has_batch,
+        producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
+        opset=view.opset,
+        path=where,
+        model_bytes=loaded.model_bytes,
+        notes=tuple(notes),
+    )
+
+
+def _endpoints(view: GraphView, where: str) -> tuple[TensorInfo, TensorInfo]:
+    graph = view.graph
+    if len(view.real_inputs) != 1:
+        names = ", ".join(f"'{v.name}'" for v in view.real_inputs) or "none"
+        hint = (
+            "weights fed as graph inputs must be stored as initializers (re-export with the weights as "
+            "constants, e.g. torch.onnx.export(..., keep_initializers_as_inputs=False))"
+            if len(view.real_inputs) > 1
+            else "the graph must take the latent as its one input"
+        )
+        raise UnsupportedModelError(
+            f"{where}: a generator takes one input (the latent) but this graph has "
+            f"{len(view.real_inputs)} that are not initializers: {names}. Try: {hint}.",
+            (
+                Problem(
+                    "graph inputs", "", view.opset, (f"{len(view.real_inputs)} real inputs: {names}",), hint
+                ),
+            ),
+        )
+    if len(graph.output) != 1:
+        names = ", ".join(f"'{o.name}'" for o in graph.output)
+        hint = "keep only the generated sample as output, e.g. with onnx.utils.extract_model"
+        raise UnsupportedModelError(
+            f"{where}: a generator has one output but this graph has {len(graph.output)}: {names}. "
+            f"Try: {hint}.",
+            (Problem("graph outputs", "", view.opset, (f"{len(graph.output)} outputs: {names}",), hint),),
+        )
+    return _tensor_info(view.real_inputs[0], where), _tensor_info(graph.output[0], where)
+
+
+def _tensor_info(value: onnx.ValueInfoProto, where: str) -> TensorInfo:
+    tensor_type = value.type.tensor_type
+    dtype = float_dtype_name(tensor_type.elem_type)
+    if dtype is None:
+        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "no type"
+        raise UnsupportedModelError(
+            f"{where}: tensor '{value.name}' has element type {name}; onnxinv reads float32 and float64 "
+            "models. Re-export in float32."
+        )
+    dims: list[int | str | None] = []
+    for d in tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return TensorInfo(value.name, tuple(dims), dtype)
+
+
+def _chain(view: GraphView, input_name: str, output_name: str) -> tuple[list[onnx.NodeProto], list[Problem]]:
+    """Nodes from input to output along the one variable tensor, and problems found on the way."""
+    chain: list[onnx.NodeProto] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    tensor = output_name
+    if output_name not in view.variable:
+        problems.append(
+            Problem(f"output '{output_name}'", "", view.opset, ("the output does not depend on the input",))
+        )
+        return chain, problems
+    while tensor != input_name:
+        if tensor in seen or tensor not in view.producer:
+            problems.append(Problem(f"tensor '{tensor}'", "", view.opset, ("nothing produces it",)))
+            break
+        seen.add(tensor)
+        index, node = view.producer[tensor]
+        shape_operands = _SHAPE_OPERANDS.get(node.op_type, set())
+        data = [
+            (pos, name)
+            for pos, name in enumerate(node.input)
+            if name and name in view.variable and pos not in shape_operands
+        ]
+        if len(data) != 1:
+            names = ", ".join(f"'{n}'" for _, n in data)
+            problems.append(
+                Problem(
+                    view.label(node),
+                    node.op_type,
+                    view.node_opset(node),
+                    (
+                        f"it combines several tensors computed from the input ({names}); a dense generator is a chain",
+                    ),
+                    "store weights as constants (initializers); onnxinv inverts chains of dense layers",
+                )
+            )
+            if not data:
+                break
+        chain.append(node)
+        tensor = data[0][1]
+    chain.reverse()
+    return chain, problems
+
+
+def _screen_ops(view: GraphView, chain: list[onnx.NodeProto]) -> list[Problem]:
+    """Every node on the chain whose op no handler looks at."""
+    known = {(h.domain, op) for h in HANDLERS for op in h.ops}
+    problems = []
+    for node in chain:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        if (domain, node.op_type) in known:
+            continue
+        opset = view.node_opset(node)
+        qualified = f"{domain}.{node.op_type}" if domain else node.op_type
+        hint = REFUSAL_HINTS.get(node.op_type, "supported ops are " + ", ".join(SUPPORTED_OPS))
+        reason = f"op {qualified} is not supported" + (" (non-standard domain)" if domain else "")
+        problems.append(Problem(view.label(node), qualified, opset, (reason,), hint))
+    return problems
+
+
+def _has_batch_dim(view: GraphView, input_info: TensorInfo, chain: list[onnx.NodeProto]) -> bool:
+    if len(input_info.shape) <= 1:
+        return False
+    # A rank-2 input multiplied by a weight on its left is one column-vector sample, not a batch.
+    first = next((n for n in chain if n.op_type not in ShapeOps), None)
+    return not (
+        len(input_info.shape) == 2
+        and first is not None
+        and first.op_type == "MatMul"
+        and view.constant(first.input[0]) is not None
+    )
+
+
+ShapeOps = {"Identity", "Cast", "Dropout"}
+
+
+def _build_layers(
+    view: GraphView,
+    chain: list[onnx.NodeProto],
+    input_name: str,
+    shapes: dict[str, tuple],
+    batch: int,
+    has_batch: bool,
+) -> tuple[list[Layer], list[Problem]]:
+    layers: list[Layer] = []
+    problems: list[Problem] = []
+    matrix: np.ndarray | None = None  # pending affine map since the last activation (None: identity)
+    offset: np.ndarray | None = None
+    sources: list[str] = []
+    size = int(np.prod(shapes[input_name])) // batch
+    tensor = input_name
+
+    def close(activation: Activation, slope: float, label: str | None) -> None:
+        nonlocal matrix, offset, sources
+        weight = np.eye(size) if matrix is None else matrix
+        bias = np.zeros(size) if offset is None else offset
+        names = [*sources, label] if label else sources
+        layers.append(Layer(weight, bias, activation, slope, tuple(names)))
+        matrix, offset, sources = None, None, []
+
+    for node in chain:
+        label = view.label(node)
+        position = next(p for p, n in enumerate(node.input) if n == tensor)
+        ctx = NodeContext(view, node, label, tensor, position, shapes, batch, has_batch)
+        if node.output[0] not in shapes or not node.output or list(node.output).index(node.output[0]) != 0:
+            problems.append(Problem(label, node.op_type, ctx.opset, ("its output shape is unknown",)))
+            break
+        out_size = ctx.out_size
+        if out_size * size > MAX_LAYER_ELEMENTS:
+            problems.append(
+                Problem(
+                    label,
+                    node.op_type,
+                    ctx.opset,
+                    (
+                        f"a {out_size} x {size} layer ({out_size * size * 8:,} bytes in float64) is over the limit",
+                    ),
+                )
+            )
+            break
+        step, reasons = _match(ctx)
+        if step is None:
+            hint = REFUSAL_HINTS.get(node.op_type, "")
+            problems.append(Problem(label, node.op_type, ctx.opset, tuple(reasons), hint))
+            tensor, size = node.output[0], out_size
+            matrix = offset = None  # keep walking to report every refused node
+            continue
+        if step.kind == "affine":
+            matrix, offset = _compose(matrix, offset, step, size, out_size)
+            sources.append(label)
+        elif step.kind == "activation":
+            close(step.activation, step.slope, label)
+        if isinstance(step, FusedStep):
+            close(step.fused.activation, step.fused.slope, None)
+        tensor, size = node.output[0], out_size
+    if not problems and (matrix is not None or offset is not None or not layers):
+        close(Activation.IDENTITY, 0.0, None)
+    return layers, problems
+
+
+@dataclass(frozen=True)
+class FusedStep(Step):
+    """An affine step with the activation fused into the same node (FusedGemm)."""
+
+    fused: Step = Step("noop")
+
+
+def _match(ctx: NodeContext) -> tuple[Step | None, list[str]]:
+    reasons = []
+    domain = "" if ctx.node.domain in ("", "ai.onnx") else ctx.node.domain
+    for handler in HANDLERS:
+        if handler.domain != domain or ctx.node.op_type not in handler.ops:
+            continue
+        result = handler.match(ctx)
+        if isinstance(result, Step):
+            if isinstance(handler, FusedGemmHandler):
+                fused = handler.fused_activation(ctx.node)
+                if fused is not None:
+                    return FusedStep("affine", result.matrix, result.scale, result.offset, fused=fused), []
+            return result, []
+        reasons.append(f"{handler.name}: {result}")
+    return None, reasons
+
+
+def _compose(
+    matrix: np.ndarray | None, offset: np.ndarray | None, step: Step, size: int, out_size: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``step ∘ (matrix, offset)``: apply the step after the pending affine map."""
+    if step.matrix is not None:
+        new_matrix = step.matrix if matrix is None else step.matrix @ matrix
+        new_offset = None if offset is None else step.matrix @ offset
+    elif step.scale is not None:
+        new_matrix = np.diag(step.scale) if matrix is None else step.scale[:, None] * matrix
+        new_offset = None if offset is None else step.scale * offset
+    else:
+        new_matrix, new_offset = matrix, offset
+    if step.offset is not None:
+        new_offset = step.offset if new_offset is None else new_offset + step.offset
+    return new_matrix, new_offset
+
+
+def _unsupported(where: str, problems: list[Problem]) -> UnsupportedModelError:
+    if len(problems) == 1:
+        text = f"{where}: {problems[0].describe()}."
+    else:
+        lines = "\n".join(f"  - {p.describe()}" for p in problems)
+        text = f"{where}: {len(problems)} nodes cannot be read as dense layers:\n{lines}"
+    return UnsupportedModelError(text, tuple(problems))
+
+
+def _checker_notes(model: onnx.ModelProto) -> list[str]:
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return [f"onnx.checker warns (not a gate; onnxruntime may still run it): {first}"]
+    return []
+
+
+def _dims(shape: tuple) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
