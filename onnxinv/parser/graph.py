@@ -82,6 +82,15 @@ class GraphView:
         self.listed_initializers = [v.name for v in self.graph.input if v.name in constant_names]
         self._constants: dict[str, np.ndarray | None] = {}
         self.variable: set[str] = set()
+        for name, tensor in self.initializers.items():
+            check_tensor(tensor, f"initializer '{name}'", where)
+        for name, sparse in self.sparse_initializers.items():
+            check_tensor(sparse.values, f"sparse initializer '{name}' values", where)
+            check_tensor(sparse.indices, f"sparse initializer '{name}' indices", where)
+        for index, node in enumerate(self.graph.node):
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    check_tensor(attr.t, f"node '{node_label(node, index)}' attribute '{attr.name}'", where)
 
     def label(self, node: onnx.NodeProto) -> str:
         index, _ = self.producer.get(node.output[0], (-1, node)) if node.output else (-1, node)
@@ -185,8 +194,10 @@ class GraphView:
             "probe",
             [onnx.helper.make_tensor_value_info(input_name, _elem_type(feed.dtype), list(feed.shape))],
             [onnx.helper.make_empty_tensor_value_info(n) for n in sorted(wanted) if n != input_name],
-            initializer=list(self.graph.initializer),
-            sparse_initializer=list(self.graph.sparse_initializer),
+            initializer=[
+                *self.graph.initializer,
+                *(numpy_helper.from_array(self.constant(n), n) for n in self.sparse_initializers),
+            ],
         )
         opsets = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
         probe = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
@@ -234,8 +245,33 @@ class GraphView:
         return ordered
 
 
-def tensor_to_array(tensor: TensorProto, what: str, where: str) -> np.ndarray:
-    """Decode a TensorProto after checking its declared size against its data."""
+_TYPED_FIELDS = {
+    TensorProto.FLOAT: "float_data",
+    TensorProto.DOUBLE: "double_data",
+    TensorProto.INT64: "int64_data",
+    TensorProto.UINT32: "uint64_data",
+    TensorProto.UINT64: "uint64_data",
+    **dict.fromkeys(
+        (
+            TensorProto.INT32,
+            TensorProto.INT16,
+            TensorProto.INT8,
+            TensorProto.UINT16,
+            TensorProto.UINT8,
+            TensorProto.BOOL,
+            TensorProto.FLOAT16,
+            TensorProto.BFLOAT16,
+        ),
+        "int32_data",
+    ),
+}
+
+
+def check_tensor(tensor: TensorProto, what: str, where: str) -> int:
+    """Check a tensor's declared size against the limit and against the data it holds; return its count.
+
+    Runs before anything is decoded, so a shape declared absurdly large is refused without allocating.
+    """
     count = 1
     for d in tensor.dims:
         if d < 0:
@@ -252,11 +288,25 @@ def tensor_to_array(tensor: TensorProto, what: str, where: str) -> np.ndarray:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):
         itemsize = 0
-    if tensor.HasField("raw_data") and itemsize and len(tensor.raw_data) != count * itemsize:
+    if tensor.HasField("raw_data"):
+        held, expected = len(tensor.raw_data), count * itemsize
+        unit = "bytes"
+    elif tensor.data_type in _TYPED_FIELDS:
+        held, expected = len(getattr(tensor, _TYPED_FIELDS[tensor.data_type])), count
+        unit = "values"
+    else:
+        return count
+    if itemsize and held != expected:
         raise UnsupportedModelError(
-            f"{where}: {what} declares shape {list(tensor.dims)} ({count} values, {count * itemsize} bytes) "
-            f"but holds {len(tensor.raw_data)} bytes of data; the file is damaged. Re-export the model."
+            f"{where}: {what} declares shape {list(tensor.dims)} ({expected} {unit}) but holds {held} "
+            f"{unit}; the file is damaged. Re-export the model."
         )
+    return count
+
+
+def tensor_to_array(tensor: TensorProto, what: str, where: str) -> np.ndarray:
+    """Decode a TensorProto after checking its declared size against its data."""
+    check_tensor(tensor, what, where)
     try:
         return numpy_helper.to_array(tensor)
     except Exception as exc:
