@@ -111,6 +111,30 @@ def _check_is_model(model: onnx.ModelProto, path: Path) -> None:
         raise ModelLoadError(f"{path}: the model's graph has no nodes; {_HINT_REEXPORT}.")
     if not model.graph.output:
         raise ModelLoadError(f"{path}: the model's graph declares no output; {_HINT_REEXPORT}.")
+    bad = _invalid_text_field(model, "model")
+    if bad:
+        raise ModelLoadError(
+            f"{path}: the field {bad} holds bytes that are not valid UTF-8 text, so the file is damaged; "
+            f"{_HINT_REEXPORT}."
+        )
+
+
+def _invalid_text_field(message, where: str) -> str | None:
+    """The first string field that protobuf could not decode as UTF-8 (it then returns bytes)."""
+    for field, value in message.ListFields():
+        here = f"{where}.{field.name}"
+        # protobuf >= 5 has is_repeated; older releases only label
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = value if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if any(not isinstance(v, str) for v in values):
+                return here
+        elif field.type == field.TYPE_MESSAGE:
+            for v in values:
+                found = _invalid_text_field(v, here)
+                if found:
+                    return found
+    return None
 
 
 def _all_tensors(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[TensorProto, str]]:
