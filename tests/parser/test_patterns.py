@@ -244,3 +244,33 @@ def test_initializers_listed_as_graph_inputs(tmp_path):
     generator = onnxinv.load(save(m, tmp_path))
     assert any("also listed as graph inputs" in note for note in generator.notes)
     assert_matches_onnxruntime(generator)
+
+
+def test_jax_gemm_with_zero_c_then_add(tmp_path):
+    # jax2onnx: Gemm(x, W[in,out], C=0.0, beta=0.0) followed by an Add with the real bias
+    nodes = [
+        node("Gemm", ["z", "W1", "zero"], ["g1"], beta=0.0),
+        node("Add", ["g1", "b1"], ["a1"]),
+        node("Relu", ["a1"], ["x"]),
+    ]
+    inits = [init("W1", w(1, K, H)), init("zero", np.float32(0.0)), init("b1", w(2, H))]
+    generator = onnxinv.load(save(model(nodes, inits), tmp_path))
+    assert len(generator.layers) == 1
+    np.testing.assert_allclose(generator.layers[0].bias, w(2, H), rtol=1e-6)
+    assert_matches_onnxruntime(generator)
+
+
+def test_tf2onnx_shared_bias_and_transposed_constant_weight(tmp_path):
+    # one bias initializer shared by two layers; a weight stored transposed behind a Transpose node
+    nodes = [
+        node("Transpose", ["W1t"], ["W1"], perm=[1, 0]),
+        node("MatMul", ["z", "W1"], ["m1"]),
+        node("Add", ["m1", "b"], ["a1"]),
+        node("Relu", ["a1"], ["h1"]),
+        node("MatMul", ["h1", "W2"], ["m2"]),
+        node("Add", ["m2", "b"], ["x"]),
+    ]
+    inits = [init("W1t", w(1, H, K)), init("W2", w(3, H, H)), init("b", w(2, H))]
+    generator = onnxinv.load(save(model(nodes, inits), tmp_path))
+    assert [layer.weight.shape for layer in generator.layers] == [(H, K), (H, H)]
+    assert_matches_onnxruntime(generator)
