@@ -1,5 +1,6 @@
 """onnxinv: invert dense generative models stored as ONNX files, one layer at a time."""
 
+from onnxinv.audit import AuditReport, audit
 from onnxinv.errors import (
     ModelLoadError,
     ObservationError,
@@ -9,12 +10,23 @@ from onnxinv.errors import (
     SolverError,
     UnsupportedModelError,
 )
+from onnxinv.inversion import BatchInversionResult, InversionResult, LayerStep, Verdict, invert
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
 from onnxinv.loader import SelfCheck, check_generator, load
+from onnxinv.verify import VerifyResult, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "invert",
+    "verify",
+    "audit",
+    "InversionResult",
+    "BatchInversionResult",
+    "LayerStep",
+    "Verdict",
+    "VerifyResult",
+    "AuditReport",
     "load",
     "check_generator",
     "SelfCheck",

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxinv.errors import UnsupportedModelError
+from onnxinv.errors import ModelLoadError, UnsupportedModelError
 
 # A single constant larger than this (in elements) is refused before it is decoded.
 MAX_CONSTANT_ELEMENTS = 1 << 27
@@ -275,15 +275,15 @@ def check_tensor(tensor: TensorProto, what: str, where: str) -> int:
     count = 1
     for d in tensor.dims:
         if d < 0:
-            raise UnsupportedModelError(f"{where}: {what} declares a negative dimension {list(tensor.dims)}.")
+            raise ModelLoadError(f"{where}: {what} declares a negative dimension {list(tensor.dims)}.")
         count *= d
     if count > MAX_CONSTANT_ELEMENTS:
-        raise UnsupportedModelError(
+        raise ModelLoadError(
             f"{where}: {what} declares shape {list(tensor.dims)} = {count:,} values, over the limit of "
             f"{MAX_CONSTANT_ELEMENTS:,}; refusing before allocating memory for it."
         )
     if tensor.data_location == TensorProto.EXTERNAL:
-        raise UnsupportedModelError(f"{where}: {what} still points to external data after loading.")
+        raise ModelLoadError(f"{where}: {what} still points to external data after loading.")
     try:
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, TypeError, ValueError):
@@ -297,7 +297,7 @@ def check_tensor(tensor: TensorProto, what: str, where: str) -> int:
     else:
         return count
     if itemsize and held != expected:
-        raise UnsupportedModelError(
+        raise ModelLoadError(
             f"{where}: {what} declares shape {list(tensor.dims)} ({expected} {unit}) but holds {held} "
             f"{unit}; the file is damaged. Re-export the model."
         )
@@ -310,7 +310,7 @@ def tensor_to_array(tensor: TensorProto, what: str, where: str) -> np.ndarray:
     try:
         return numpy_helper.to_array(tensor)
     except Exception as exc:
-        raise UnsupportedModelError(
+        raise ModelLoadError(
             f"{where}: {what} cannot be decoded ({str(exc).splitlines()[0][:200] if str(exc) else exc!r}); "
             "its data does not match its declared shape or type. Re-export the model."
         ) from None

@@ -1,0 +1,668 @@
+"""``audit``: can a generator's latent codes be recovered, and which layer is to blame if not?
+
+The report is data: per-layer statistics (:class:`LayerAudit`), findings with a stable code
+(:class:`Finding`), the verdicts of a real inversion of every sample, and a one-line verdict. Its
+:meth:`AuditReport.describe` is the human view, :meth:`AuditReport.to_dict` the JSON one.
+
+What is checked
+---------------
+Write a layer as ``h_i = act(W_i h_{i-1} + b_i)`` with ``W_i`` of shape ``(n_i, n_{i-1})`` and let ``I``
+be its active rows at a point: for ReLU the rows with ``h_i > tau`` (``tau = 1e-9 max|h_i|``); for
+LeakyReLU, identity, tanh and sigmoid every row.
+
+* **Everywhere** (from the weights alone): a LeakyReLU (slope > 0), identity, tanh or sigmoid layer
+  with ``rank(W) = n_{i-1}`` is injective, so invertible at every output it can produce; with
+  ``rank(W) < n_{i-1}`` it is never injective. A ReLU layer with fewer outputs than inputs has
+  ``|I| < n_{i-1}`` at every point, so it is never identifiable by the active-rows test (and not
+  injective). A ReLU layer with ``rank(W) < n_{i-1}`` is never identifiable either.
+* **At sampled points** (latents from N(0, I), or the latents recovered from real observations):
+  the number of active rows, and whether the layer is identifiable there, i.e. ``W_I`` has full
+  column rank (Theorem 2 of [1]_: then its input is the unique solution of ``W_I u = y_I - b_I``).
+  Two conditions of [2]_ for the sparse hidden codes of non-expanding layers: cardinality growth
+  ``||h_i||_0 >= 2 ||h_{i-1}||_0``, and the mutual-coherence bound
+  ``||h_{i-1}||_0 < (1 + 1/mu(W_{i,I})) / 2`` with ``mu`` the largest normalized inner product of
+  two columns of the active submatrix (sufficient for the sparse code to be the unique sparsest one).
+* **End to end**: every sample is inverted with ``onnxinv.inversion.invert`` (method ``exact``; for
+  real observations ``auto``) and the verdicts are counted. That count, not the layer statistics,
+  decides the verdict.
+
+Finding codes
+-------------
+``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``injective``, ``identifiable``,
+``not-identifiable``, ``sparse-recovery``, ``inversion-unique``, ``inversion-not-unique``,
+``inversion-not-found``. Codes are stable; messages may be reworded.
+
+References
+----------
+.. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
+   at a Time", NeurIPS 2019.
+.. [2] A. Aberdam, D. Simon, M. Elad, "When and How Can Deep Generative Models be Inverted?", 2020.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxinv.errors import UnsupportedModelError
+from onnxinv.layers import Activation, Generator, Layer
+
+__all__ = ["AuditReport", "AuditStatus", "Finding", "LayerAudit", "Severity", "audit"]
+
+ACTIVE_TAU = 1e-9  # active threshold relative to max |h| (never 0: round-off leaves 1e-16 for zeros)
+DEFAULT_SAMPLES = 100
+
+
+class Severity(str, enum.Enum):
+    """How much a finding matters for inversion."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class AuditStatus(str, enum.Enum):
+    """The audit's overall answer."""
+
+    INVERTIBLE = "invertible"  # a unique latent was recovered at every sampled point
+    PARTLY = "partly invertible"  # at some sampled points only
+    NOT_INVERTIBLE = "not invertible"  # at none
+    UNSUPPORTED = "unsupported graph"  # the model is not a chain of dense layers onnxinv reads
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnostic: a stable ``code``, the layer and ONNX nodes concerned, and one sentence."""
+
+    code: str
+    severity: Severity
+    message: str
+    layer: int | None = None
+    source_nodes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = ""
+        if self.layer is not None:
+            nodes = f": {', '.join(self.source_nodes)}" if self.source_nodes else ""
+            where = f" (layer {self.layer}{nodes})"
+        elif self.source_nodes:
+            where = f" ({', '.join(self.source_nodes)})"
+        return f"[{self.severity.value}] {self.code}{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "layer": self.layer,
+            "source_nodes": list(self.source_nodes),
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class LayerAudit:
+    """Static facts and sampled behaviour of one layer.
+
+    Attributes
+    ----------
+    index, in_features, out_features, expansion, activation, source_nodes : the layer
+    rank : rank of the full weight matrix
+    active_min, active_median : active rows over the samples (every row for non-ReLU layers)
+    identifiable_share : share of samples where ``W_I`` has full column rank
+    growth_share : share of samples with ``||h_i||_0 >= 2 ||h_{i-1}||_0``
+    coherence_share : share of samples with ``||h_{i-1}||_0 < (1 + 1/mu(W_I)) / 2``
+    coherence_median : median ``mu(W_I)`` over the samples
+    """
+
+    index: int
+    in_features: int
+    out_features: int
+    expansion: float
+    activation: str
+    rank: int
+    source_nodes: tuple[str, ...]
+    active_min: int = 0
+    active_median: float = 0.0
+    identifiable_share: float = 0.0
+    growth_share: float = 0.0
+    coherence_share: float = 0.0
+    coherence_median: float = float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["source_nodes"] = list(self.source_nodes)
+        if not np.isfinite(self.coherence_median):
+            out["coherence_median"] = None
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class AuditReport:
+    """Everything :func:`audit` found. ``invertible`` is True only for :attr:`AuditStatus.INVERTIBLE`.
+
+    Attributes
+    ----------
+    model : the model file (None for a generator built in code)
+    status : see :class:`AuditStatus`
+    verdict : the one-line answer
+    layers : per-layer statistics (empty for an unsupported graph)
+    findings : diagnostics, errors first
+    samples : how many points were examined
+    source : where the points came from, in words
+    inversion_verdicts : count of each inversion verdict over the samples
+    unique_share : share of samples whose latent was recovered uniquely
+    failing_layer : the first layer (from the input side) that is not identifiable at every sample
+    latent_dim, output_dim : the generator's sizes (0 when unsupported)
+    seed : seed of the sampled latents (None with real observations)
+    seconds : wall time of the audit
+    """
+
+    model: str | None
+    status: AuditStatus
+    verdict: str
+    layers: tuple[LayerAudit, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    samples: int = 0
+    source: str = ""
+    inversion_verdicts: dict[str, int] = field(default_factory=dict)
+    unique_share: float = 0.0
+    failing_layer: int | None = None
+    latent_dim: int = 0
+    output_dim: int = 0
+    seed: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def invertible(self) -> bool:
+        return self.status is AuditStatus.INVERTIBLE
+
+    def findings_with(self, code: str) -> list[Finding]:
+        return [f for f in self.findings if f.code == code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status.value,
+            "invertible": self.invertible,
+            "verdict": self.verdict,
+            "failing_layer": self.failing_layer,
+            "latent_dim": self.latent_dim,
+            "output_dim": self.output_dim,
+            "samples": self.samples,
+            "source": self.source,
+            "seed": self.seed,
+            "unique_share": self.unique_share,
+            "inversion_verdicts": dict(self.inversion_verdicts),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "findings": [f.to_dict() for f in self.findings],
+            "seconds": self.seconds,
+        }
+
+    def describe(self) -> str:
+        """The human report printed by ``onnxinv audit``."""
+        from onnxinv.report import format_table
+
+        lines = [f"audit of {self.model or '(generator built in code)'}", f"verdict: {self.verdict}"]
+        if self.layers:
+            lines += ["", f"layers (sampled at {self.samples} points: {self.source})"]
+            rows = [
+                (
+                    la.index,
+                    f"{la.in_features} -> {la.out_features}",
+                    f"{la.expansion:.2f}x",
+                    la.activation,
+                    la.rank,
+                    f"{la.active_min}/{la.active_median:g}",
+                    _pct(la.identifiable_share),
+                    _pct(la.growth_share),
+                    _pct(la.coherence_share),
+                    ", ".join(la.source_nodes) or "-",
+                )
+                for la in self.layers
+            ]
+            header = (
+                "#",
+                "in -> out",
+                "expansion",
+                "activation",
+                "rank W",
+                "active min/median",
+                "identifiable",
+                "growth x2",
+                "coherence",
+                "source nodes",
+            )
+            lines += format_table(header, rows)
+            lines.append(
+                "  identifiable: W_I has full column rank; growth x2: ||h_i||_0 >= 2 ||h_i-1||_0; "
+                "coherence: ||h_i-1||_0 < (1 + 1/mu(W_I)) / 2"
+            )
+        if self.inversion_verdicts:
+            counts = ", ".join(f"{n} {name}" for name, n in self.inversion_verdicts.items())
+            lines += ["", f"inversion of each sample: {counts} ({_pct(self.unique_share)} unique)"]
+        if self.findings:
+            lines += ["", "findings"]
+            lines += [f"  {f.describe()}" for f in self.findings]
+        lines += ["", f"{self.seconds:.2f} s"]
+        return "\n".join(lines)
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.0f}%"
+
+
+# --------------------------------------------------------------------------------------------------
+# The audit
+
+
+def audit(
+    generator: Generator | str | os.PathLike[str],
+    samples: int = DEFAULT_SAMPLES,
+    observations: np.ndarray | str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> AuditReport:
+    """Audit whether ``generator``'s latents can be recovered from its outputs.
+
+    Parameters
+    ----------
+    generator : a loaded generator, or the path of an ONNX file. A file whose graph onnxinv cannot
+        read gives a report with status ``UNSUPPORTED`` listing every refused node (not an exception).
+    samples : how many latents to draw from N(0, I) (ignored when ``observations`` is given)
+    observations : real observations instead of sampled latents: an array (one observation or a batch
+        (N, ...)) or a file (.npy / .npz / .png); they are inverted first (method ``auto``) and the
+        layers are examined at the recovered latents.
+    seed : seed of the sampled latents
+
+    Returns
+    -------
+    AuditReport
+
+    Raises
+    ------
+    ModelLoadError, SelfCheckError, OracleError : the model could not be read or run at all.
+    ObservationError : ``observations`` has the wrong size or values.
+    """
+    started = time.perf_counter()
+    if not isinstance(generator, Generator):
+        from onnxinv.loader import load
+
+        try:
+            generator = load(generator)
+        except UnsupportedModelError as exc:
+            return _unsupported_report(str(generator), exc, time.perf_counter() - started)
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+
+    from onnxinv.inversion import invert
+
+    if observations is None:
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((samples, generator.latent_dim))
+        x = generator.run_onnx(z)  # the model itself produces the observations that are inverted
+        method, source, used_seed = "exact", f"latents drawn from N(0, I), seed {seed}", seed
+    else:
+        x, source = _observation_rows(generator, observations)
+        method, used_seed, z = "auto", None, None
+    results = _invert_all(invert, generator, x, method)
+    if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
+        found = [r.z for r in results if r.verdict.value != "not found"]
+        z = np.stack(found or [r.z for r in results])
+        if found and len(found) < len(results):
+            source += f"; layers examined at the {len(found)} latents found"
+    count = x.shape[0]
+
+    hidden = generator.hidden_values(z)
+    layers = tuple(
+        _layer_audit(i, layer, hidden[i], hidden[i + 1]) for i, layer in enumerate(generator.layers)
+    )
+    verdicts = _count_verdicts(results)
+    unique = verdicts.get("unique", 0)
+    unique_share = unique / count
+    failing = next((la.index for la in layers if la.identifiable_share < 1.0), None)
+    if unique == count:
+        status = AuditStatus.INVERTIBLE
+    elif unique == 0:
+        status = AuditStatus.NOT_INVERTIBLE
+    else:
+        status = AuditStatus.PARTLY
+    if failing is None and status is not AuditStatus.INVERTIBLE:
+        # every layer passed the sampled test, yet some inversion was not unique: blame what it names
+        named = [r.layer for r in results if getattr(r, "layer", None) is not None]
+        failing = min(named) if named else None
+
+    findings = _static_findings(generator, layers) + _sampled_findings(generator, layers, count)
+    findings += _inversion_findings(verdicts, count, method, results, generator)
+    findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], -1 if f.layer is None else f.layer))
+    verdict = _verdict_line(status, count, unique_share, failing, generator, layers, results)
+    return AuditReport(
+        model=generator.path,
+        status=status,
+        verdict=verdict,
+        layers=layers,
+        findings=tuple(findings),
+        samples=count,
+        source=source,
+        inversion_verdicts=verdicts,
+        unique_share=unique_share,
+        failing_layer=None if status is AuditStatus.INVERTIBLE else failing,
+        latent_dim=generator.latent_dim,
+        output_dim=generator.output_dim,
+        seed=used_seed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+_SEVERITY_ORDER = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+def _unsupported_report(path: str, exc: UnsupportedModelError, seconds: float) -> AuditReport:
+    problems = exc.problems
+    if problems:
+        findings = tuple(
+            Finding(
+                "unsupported-node",
+                Severity.ERROR,
+                "; ".join(p.reasons) + (f". Try: {p.hint}" if p.hint else ""),
+                None,
+                (f"{p.node} ({p.op}, opset {p.opset})" if p.op else p.node,),
+            )
+            for p in problems
+        )
+    else:
+        findings = (Finding("unsupported-node", Severity.ERROR, str(exc)),)
+    count = len(findings)
+    return AuditReport(
+        model=path,
+        status=AuditStatus.UNSUPPORTED,
+        verdict=(
+            f"not invertible: unsupported graph ({count} node{'s' if count != 1 else ''} cannot be read as "
+            "dense layers; see the findings)"
+        ),
+        findings=findings,
+        seconds=seconds,
+    )
+
+
+def _observation_rows(generator: Generator, observations) -> tuple[np.ndarray, str]:
+    from onnxinv.files import read_observations, split_batch
+
+    if isinstance(observations, (str, os.PathLike)):
+        obs = read_observations(observations, generator)
+        return obs.values, f"real observations from {Path(observations)}, inverted first"
+    rows, _ = split_batch(np.asarray(observations, dtype=np.float64), generator.output_dim, "audit")
+    return rows, "real observations, inverted first"
+
+
+def _invert_all(invert, generator: Generator, x: np.ndarray, method: str) -> list:
+    if x.shape[0] == 1:
+        return [invert(generator, x[0], method=method)]
+    return list(invert(generator, x, method=method).results)
+
+
+def _count_verdicts(results: list) -> dict[str, int]:
+    from onnxinv.inversion import Verdict
+
+    return {v.value: sum(r.verdict is v for r in results) for v in Verdict}
+
+
+def _is_relu(layer: Layer) -> bool:
+    return layer.activation is Activation.RELU or (
+        layer.activation is Activation.LEAKY_RELU and layer.slope == 0.0
+    )
+
+
+def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
+    """Statistics of one layer at the samples: ``h_in`` (N, n_in) its inputs, ``h_out`` (N, n_out) outputs.
+
+    Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
+    so "identifiable" here and in an inversion's layer steps mean the same thing.
+    """
+    from onnxinv.inversion.linear import mutual_coherence, numerical_rank
+
+    n_in = layer.in_features
+    rank = numerical_rank(layer.weight)
+    relu = _is_relu(layer)
+    active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
+    for h_prev, h in zip(h_in, h_out):
+        if relu:
+            tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
+            active = h > tau
+        else:
+            active = np.ones(h.shape[0], dtype=bool)
+        w_active = layer.weight[active]
+        count = int(active.sum())
+        active_counts.append(count)
+        if not relu:
+            identifiable.append(rank == n_in)
+        else:
+            identifiable.append(count >= n_in and numerical_rank(w_active) == n_in)
+        nnz_prev = _nnz(h_prev)
+        growth.append(_nnz(h) >= 2 * nnz_prev)
+        mu = mutual_coherence(w_active) if count else 1.0
+        mus.append(mu)
+        coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
+    counts = np.array(active_counts)
+    return LayerAudit(
+        index=index,
+        in_features=n_in,
+        out_features=layer.out_features,
+        expansion=layer.expansion,
+        activation=layer.describe_activation(),
+        rank=rank,
+        source_nodes=layer.source_nodes,
+        active_min=int(counts.min()),
+        active_median=float(np.median(counts)),
+        identifiable_share=float(np.mean(identifiable)),
+        growth_share=float(np.mean(growth)),
+        coherence_share=float(np.mean(coherence_ok)),
+        coherence_median=float(np.median(mus)),
+    )
+
+
+def _nnz(h: np.ndarray) -> int:
+    tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
+    return int(np.count_nonzero(np.abs(h) > tau))
+
+
+def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> list[Finding]:
+    findings = []
+    for la, layer in zip(layers, generator.layers):
+        nodes = layer.source_nodes
+        n_in, n_out = layer.in_features, layer.out_features
+        where = f"{la.activation} layer {n_in} -> {n_out}"
+        if _is_relu(layer):
+            if n_out < n_in:
+                findings.append(
+                    Finding(
+                        "relu-contracting",
+                        Severity.ERROR,
+                        f"This {where} has fewer outputs than inputs, so at most {n_out} of the {n_in} rows "
+                        "needed are ever active: it is never identifiable by the active-rows test and not "
+                        "injective.",
+                        la.index,
+                        nodes,
+                    )
+                )
+            elif la.rank < n_in:
+                findings.append(
+                    Finding(
+                        "rank-deficient",
+                        Severity.ERROR,
+                        f"This {where} has rank(W) = {la.rank} < {n_in} inputs, so no set of active rows "
+                        "has full column rank: it is never identifiable.",
+                        la.index,
+                        nodes,
+                    )
+                )
+            continue
+        if layer.activation is Activation.LEAKY_RELU and layer.slope < 0:
+            findings.append(
+                Finding(
+                    "rank-deficient",
+                    Severity.ERROR,
+                    f"This {where} has a negative slope, so its activation is not injective.",
+                    la.index,
+                    nodes,
+                )
+            )
+        elif la.rank == n_in:
+            findings.append(
+                Finding(
+                    "injective",
+                    Severity.INFO,
+                    f"This {where} has full column rank ({n_in}) and an injective activation, so it is "
+                    "invertible at every output it can produce.",
+                    la.index,
+                    nodes,
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "rank-deficient",
+                    Severity.ERROR,
+                    f"This {where} has rank(W) = {la.rank} < {n_in} inputs, so it is never injective: "
+                    f"every output has a preimage of dimension {n_in - la.rank}.",
+                    la.index,
+                    nodes,
+                )
+            )
+    return findings
+
+
+def _sampled_findings(generator: Generator, layers: tuple[LayerAudit, ...], count: int) -> list[Finding]:
+    findings = []
+    for la, layer in zip(layers, generator.layers):
+        if not _is_relu(layer):
+            continue  # decided by the static facts above
+        nodes = layer.source_nodes
+        active = (
+            f"active rows min {la.active_min}, median {la.active_median:g}, for {la.in_features} unknowns"
+        )
+        if la.identifiable_share == 1.0:
+            findings.append(
+                Finding(
+                    "identifiable",
+                    Severity.INFO,
+                    f"Identifiable at all {count} sampled points ({active}).",
+                    la.index,
+                    nodes,
+                )
+            )
+            continue
+        if layer.out_features >= layer.in_features and la.rank == layer.in_features:  # else: static finding
+            if la.identifiable_share == 0.0:
+                severity = Severity.ERROR
+                text = (
+                    f"Not identifiable at any of the {count} sampled points ({active}): its input is not "
+                    "determined by its output there."
+                )
+            else:
+                severity = Severity.WARNING
+                text = (
+                    f"Identifiable at only {_pct(la.identifiable_share)} of the {count} sampled points "
+                    f"({active}); at the others its input is not determined by its output."
+                )
+            findings.append(Finding("not-identifiable", severity, text, la.index, nodes))
+        if la.index > 0 and la.coherence_share > 0:
+            findings.append(
+                Finding(
+                    "sparse-recovery",
+                    Severity.INFO,
+                    f"The mutual-coherence condition holds at {_pct(la.coherence_share)} of the sampled points "
+                    f"(cardinality growth at {_pct(la.growth_share)}): there the sparse hidden code is the "
+                    "unique sparsest one; try --method sparse.",
+                    la.index,
+                    nodes,
+                )
+            )
+    return findings
+
+
+def _inversion_findings(
+    verdicts: dict[str, int], count: int, method: str, results: list, generator: Generator
+) -> list[Finding]:
+    unique, not_unique, not_found = (verdicts.get(k, 0) for k in ("unique", "not unique", "not found"))
+    findings = []
+    if unique:
+        findings.append(
+            Finding(
+                "inversion-unique",
+                Severity.INFO,
+                f"Method {method} recovered a unique latent for {unique} of {count} samples.",
+            )
+        )
+    if not_unique:
+        layers = sorted({r.layer for r in results if getattr(r, "layer", None) is not None})
+        named = f" (first non-identifiable layer: {', '.join(map(str, layers))})" if layers else ""
+        findings.append(
+            Finding(
+                "inversion-not-unique",
+                Severity.ERROR,
+                f"Method {method} found a latent but not a unique one for {not_unique} of {count} samples{named}.",
+            )
+        )
+    if not_found:
+        missed = [r for r in results if r.verdict.value == "not found"]
+        best = min(r.residual_rel_l2 for r in missed)
+        failed_steps = [s for r in missed for s in r.steps if not s.status.ok and s.status.value != "not run"]
+        where = ""
+        if failed_steps:
+            first = failed_steps[0]
+            where = f"; e.g. layer {first.layer} ended '{first.status.value}'"
+        findings.append(
+            Finding(
+                "inversion-not-found",
+                Severity.WARNING,
+                f"Method {method} returned 'not found' for {not_found} of {count} samples (best relative "
+                f"residual through onnxruntime {best:.1e}{where}).",
+                None if not failed_steps else failed_steps[0].layer,
+                () if not failed_steps else generator.layers[failed_steps[0].layer].source_nodes,
+            )
+        )
+    return findings
+
+
+def _verdict_line(
+    status: AuditStatus,
+    count: int,
+    unique_share: float,
+    failing: int | None,
+    generator: Generator,
+    layers: tuple[LayerAudit, ...],
+    results: list,
+) -> str:
+    if status is AuditStatus.INVERTIBLE:
+        return f"invertible at all {count} sampled points (a unique latent was recovered at each)"
+    blame = ""
+    if failing is not None:
+        la = layers[failing]
+        layer = generator.layers[failing]
+        if _is_relu(layer) and layer.out_features < layer.in_features:
+            why = "a ReLU layer with fewer outputs than inputs is never identifiable"
+        elif la.rank < la.in_features:
+            why = f"rank(W) = {la.rank} < {la.in_features} inputs"
+        elif la.identifiable_share < 1.0:
+            why = (
+                f"identifiable at {_pct(la.identifiable_share)} of the samples, median "
+                f"{la.active_median:g} active rows for {la.in_features} unknowns"
+            )
+        else:
+            why = "named by the inversion as the first layer whose preimage is not a single point"
+        blame = f"; first failing layer: layer {failing} ({la.activation} {la.in_features} -> {la.out_features}): {why}"
+    else:
+        missed = sum(r.verdict.value == "not found" for r in results)
+        if missed:
+            blame = (
+                f"; every layer is identifiable at every sampled point, but the inversion found no preimage "
+                f"at {missed} of them (see the findings)"
+            )
+    if status is AuditStatus.NOT_INVERTIBLE:
+        return f"not invertible at the {count} sampled points{blame}"
+    return f"invertible at {_pct(unique_share)} of the {count} sampled points{blame}"

@@ -1,0 +1,158 @@
+"""Plain-text and JSON views of onnxinv's results, shared by the command line and notebooks.
+
+Nothing here computes anything: each function turns a result object into lines of text or into a
+JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+from onnxinv.layers import Generator
+from onnxinv.loader import SelfCheck
+
+__all__ = [
+    "format_generator",
+    "format_table",
+    "generator_to_dict",
+    "jsonable",
+    "to_json",
+    "verdict_text",
+]
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars, enums, paths and dataclass-like objects made JSON-ready.
+
+    Non-finite floats become None (JSON has no NaN or infinity).
+    """
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(jsonable(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, PurePath):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return jsonable(value.to_dict())
+    return value
+
+
+def to_json(document: Any) -> str:
+    """One JSON document, indented, with keys in the order they were built."""
+    return json.dumps(jsonable(document), indent=2, allow_nan=False)
+
+
+def verdict_text(verdict: Any) -> str:
+    """A verdict enum (or string) as the words users read: "unique", "not unique", "not found"."""
+    return str(verdict.value if isinstance(verdict, enum.Enum) else verdict)
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "  ") -> list[str]:
+    """Rows of cells padded into aligned columns (numbers right-aligned, text left-aligned)."""
+    text_rows = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in text_rows) for i in range(len(header))]
+    numeric = [
+        all(_is_number(r[i]) for r in text_rows[1:]) and len(text_rows) > 1 for i in range(len(header))
+    ]
+    lines = []
+    for row in text_rows:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric)
+        ]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("x%"))
+    except ValueError:
+        return False
+    return True
+
+
+def generator_to_dict(generator: Generator, self_check: SelfCheck | None = None) -> dict:
+    """What ``onnxinv inspect --json`` prints: the model's interface, its layers and the self-check."""
+    return {
+        "path": generator.path,
+        "producer": generator.producer,
+        "opset": generator.opset,
+        "input": _tensor_dict(generator.input),
+        "output": _tensor_dict(generator.output),
+        "latent_dim": generator.latent_dim,
+        "output_dim": generator.output_dim,
+        "sample_input_shape": list(generator.sample_input_shape),
+        "batch_size": generator.batch_size,
+        "has_batch_dim": generator.has_batch_dim,
+        "layers": [
+            {
+                "index": i,
+                "in_features": layer.in_features,
+                "out_features": layer.out_features,
+                "expansion": layer.expansion,
+                "activation": layer.activation.value,
+                "slope": layer.slope,
+                "source_nodes": list(layer.source_nodes),
+            }
+            for i, layer in enumerate(generator.layers)
+        ],
+        "notes": list(generator.notes),
+        "self_check": None if self_check is None else self_check.to_dict(),
+    }
+
+
+def _tensor_dict(info) -> dict:
+    return {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
+
+
+def format_generator(generator: Generator, self_check: SelfCheck | None = None) -> list[str]:
+    """What ``onnxinv inspect`` prints."""
+    producer = generator.producer or "unknown producer"
+    lines = [
+        str(generator.path or "(generator built in code)"),
+        f"  producer    {producer}, opset {generator.opset or '?'}",
+        f"  input       {generator.input.describe()}  (latent: {generator.latent_dim} values)",
+        f"  output      {generator.output.describe()}  ({generator.output_dim} values)",
+    ]
+    batch = "any" if generator.batch_size is None else str(generator.batch_size)
+    if not generator.has_batch_dim:
+        batch = "none (one latent per run)"
+    lines.append(f"  batch size  {batch}")
+    lines.append(f"  layers      {len(generator.layers)}")
+    rows = [
+        (
+            i,
+            f"{layer.in_features} -> {layer.out_features}",
+            f"{layer.expansion:.2f}x",
+            layer.describe_activation(),
+            ", ".join(layer.source_nodes) or "-",
+        )
+        for i, layer in enumerate(generator.layers)
+    ]
+    lines += format_table(("#", "in -> out", "expansion", "activation", "source nodes"), rows, "    ")
+    if generator.notes:
+        lines.append("  notes")
+        lines += [f"    - {note}" for note in generator.notes]
+    else:
+        lines.append("  notes       none")
+    if self_check is None:
+        lines.append("  self-check  skipped (--no-self-check)")
+    else:
+        lines.append(f"  self-check  {self_check.describe()}")
+    return lines

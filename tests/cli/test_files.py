@@ -1,0 +1,272 @@
+"""onnxinv.files: arrays and PNG images in, atomic writes out."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from builders import init, model, node, save
+from cli_helpers import save_generator
+
+import onnxinv
+from onnxinv import files
+from onnxinv.errors import ObservationError
+from onnxinv.layers import Activation
+
+# --------------------------------------------------------------------------------------------------
+# A reference PNG encoder that applies a chosen filter to every scanline, to exercise all five filters.
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+
+
+def _filter_row(kind: int, row: bytes, prev: bytes, bpp: int) -> bytes:
+    out = bytearray()
+    for i, value in enumerate(row):
+        left = row[i - bpp] if i >= bpp else 0
+        up = prev[i]
+        upper_left = prev[i - bpp] if i >= bpp else 0
+        predictor = [0, left, up, (left + up) // 2, _paeth(left, up, upper_left)][kind]
+        out.append((value - predictor) % 256)
+    return bytes([kind]) + bytes(out)
+
+
+def _png_bytes(
+    pixels: np.ndarray, color_type: int, depth: int = 8, filters=(0, 1, 2, 3, 4), interlace=0
+) -> bytes:
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    sample = ">u2" if depth == 16 else "u1"
+    raw = pixels.astype(sample).reshape(height, width * channels)
+    bpp = channels * depth // 8
+    prev = bytes(raw.shape[1] * raw.itemsize)
+    data = b""
+    for y in range(height):
+        row = raw[y].tobytes()
+        data += _filter_row(filters[y % len(filters)], row, prev, bpp)
+        prev = row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, interlace)
+    return (
+        files.PNG_SIGNATURE
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("color_type", "channels", "depth"), [(0, 1, 8), (2, 3, 8), (4, 2, 8), (6, 4, 8), (0, 1, 16), (2, 3, 16)]
+)
+def test_png_decoder_undoes_every_filter(color_type, channels, depth):
+    rng = np.random.default_rng(color_type + depth)
+    top = 65536 if depth == 16 else 256
+    pixels = rng.integers(0, top, size=(11, 7, channels))
+    image, max_value = files.decode_png(_png_bytes(pixels, color_type, depth))
+    assert max_value == top - 1
+    assert image.shape == (11, 7, channels)
+    np.testing.assert_array_equal(image, pixels)
+
+
+@pytest.mark.parametrize("shape", [(9, 13), (9, 13, 1), (5, 6, 3)])
+def test_png_writer_round_trips_through_the_reader(tmp_path, shape):
+    pixels = np.random.default_rng(1).integers(0, 256, size=shape).astype(np.uint8)
+    path = tmp_path / "p.png"
+    files.write_png(path, pixels)
+    image, max_value = files.read_png(path)
+    assert max_value == 255
+    np.testing.assert_array_equal(image.reshape(pixels.shape), pixels)
+
+
+def test_png_written_by_us_reads_in_pillow_when_installed(tmp_path):
+    image_module = pytest.importorskip("PIL.Image")
+    pixels = np.random.default_rng(2).integers(0, 256, size=(6, 10, 3)).astype(np.uint8)
+    files.write_png(tmp_path / "p.png", pixels)
+    np.testing.assert_array_equal(np.asarray(image_module.open(tmp_path / "p.png")), pixels)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda b: b"GIF89a" + b[6:], "bad signature"),
+        (lambda b: b[:45], "truncated"),
+        (lambda b: b[:33], "ends before its IEND"),
+        (lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:], "CRC"),
+    ],
+)
+def test_damaged_png_is_refused_with_the_reason(mutate, words):
+    good = _png_bytes(np.zeros((4, 4), np.uint8), 0)
+    with pytest.raises(ObservationError, match=words):
+        files.decode_png(mutate(good), "bad.png")
+
+
+def test_palette_and_interlaced_png_are_refused_with_advice():
+    with pytest.raises(ObservationError, match="palette.*re-save"):
+        files.decode_png(_png_bytes(np.zeros((4, 4), np.uint8), 3))
+    with pytest.raises(ObservationError, match="interlaced"):
+        files.decode_png(_png_bytes(np.zeros((4, 4), np.uint8), 0, interlace=1))
+
+
+# --------------------------------------------------------------------------------------------------
+# Arrays
+
+
+def test_read_array_npy_and_single_array_npz(tmp_path):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "a.npz", obs=a)
+    np.testing.assert_array_equal(files.read_array(tmp_path / "a.npy"), a)
+    np.testing.assert_array_equal(files.read_array(tmp_path / "a.npz"), a)
+
+
+def test_npz_with_two_arrays_is_refused(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.ones(3))
+    with pytest.raises(ObservationError, match=r"two.npz.*2 arrays \(a, b\)"):
+        files.read_array(tmp_path / "two.npz", "observation")
+
+
+def test_object_arrays_are_never_unpickled(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ObservationError, match="obj.npy.*never unpickles"):
+        files.read_array(tmp_path / "obj.npy")
+
+
+def test_non_numeric_and_unknown_suffix_are_refused(tmp_path):
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(ObservationError, match="dtype <U1"):
+        files.read_array(tmp_path / "s.npy")
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(ObservationError, match="x.csv.*.npy"):
+        files.read_array(tmp_path / "x.csv")
+
+
+def test_split_batch_single_any_shape_and_batches():
+    rows, single = files.split_batch(np.zeros((1, 1, 8, 8)), 64, "x")
+    assert single and rows.shape == (1, 64)
+    rows, single = files.split_batch(np.zeros((5, 1, 8, 8)), 64, "x")
+    assert not single and rows.shape == (5, 64)
+    rows, single = files.split_batch(np.zeros((3, 64)), 64, "x")
+    assert not single and rows.shape == (3, 64)
+    with pytest.raises(ObservationError, match=r"shape \(3, 10\).*64 values"):
+        files.split_batch(np.zeros((3, 10)), 64, "x")
+
+
+def test_read_mask_accepts_booleans_and_0_1_only(tmp_path):
+    np.save(tmp_path / "m.npy", np.array([1, 0, 1, 1]))
+    np.testing.assert_array_equal(files.read_mask(tmp_path / "m.npy", 4), [True, False, True, True])
+    np.save(tmp_path / "bad.npy", np.array([2, 0, 1, 1]))
+    with pytest.raises(ObservationError, match="bad.npy.*neither 0 nor 1"):
+        files.read_mask(tmp_path / "bad.npy", 4)
+    with pytest.raises(ObservationError, match=r"m.npy.*4 entries.*5 entries"):
+        files.read_mask(tmp_path / "m.npy", 5)
+    np.save(tmp_path / "per_obs.npy", np.ones((3, 4), bool))
+    assert files.read_mask(tmp_path / "per_obs.npy", 4, count=3).shape == (3, 4)
+
+
+def test_integer_observations_are_refused_with_advice(tmp_path):
+    path = save_generator(tmp_path, "g.onnx", [3, 10, 16])
+    np.save(tmp_path / "u8.npy", np.zeros(16, np.uint8))
+    with pytest.raises(ObservationError, match="u8.npy.*uint8.*divide by 255"):
+        files.read_observations(tmp_path / "u8.npy", onnxinv.load(path))
+
+
+def test_observations_with_nan_are_refused_naming_the_entry(tmp_path):
+    path = save_generator(tmp_path, "g.onnx", [3, 10, 20])
+    x = np.zeros(20)
+    x[7] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(ObservationError, match="nan.npy.*entry 7"):
+        files.read_observations(tmp_path / "nan.npy", onnxinv.load(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def test_atomic_write_leaves_the_old_file_whole_when_the_body_fails(tmp_path):
+    target = tmp_path / "z.npy"
+    target.write_bytes(b"old contents")
+    with pytest.raises(RuntimeError), files.atomic_write(target) as handle:
+        handle.write(b"new")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.npy"]  # no temporary file left
+
+
+def test_save_npy_replaces_the_file(tmp_path):
+    target = tmp_path / "z.npy"
+    files.save_npy(target, np.ones(3, np.float32))
+    files.save_npy(target, np.zeros((2, 3), np.float32))
+    assert np.load(target).shape == (2, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image layout and PNG observations
+
+
+def test_image_layout_of_a_flat_square_output(tmp_path):
+    path = save_generator(tmp_path, "g.onnx", [3, 16, 64], output_activation=Activation.TANH)
+    layout = files.image_layout(onnxinv.load(path))
+    assert (layout.height, layout.width, layout.channels) == (8, 8, 1)
+    assert (layout.low, layout.high) == (-1.0, 1.0)
+    assert files.image_layout(onnxinv.load(save_generator(tmp_path, "h.onnx", [3, 16, 50]))) is None
+
+
+def test_image_layout_from_a_declared_chw_output(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [
+        node("Gemm", ["z", "W", "b"], ["a"], name="dense", transB=1),
+        node("Sigmoid", ["a"], ["s"], name="act"),
+        node("Reshape", ["s", "shape"], ["x"], name="to_image"),
+    ]
+    inits = [
+        init("W", rng.normal(size=(48, 4))),
+        init("b", np.zeros(48)),
+        init("shape", [-1, 3, 4, 4], np.int64),
+    ]
+    path = save(model(nodes, inits, output_shape=("N", 3, 4, 4)), tmp_path)
+    generator = onnxinv.load(path)
+    layout = files.image_layout(generator)
+    assert (layout.height, layout.width, layout.channels, layout.channels_first) == (4, 4, 3, True)
+    # an RGB PNG comes back in the model's (C, H, W) order
+    pixels = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+    files.write_png(tmp_path / "rgb.png", pixels)
+    obs = files.read_observations(tmp_path / "rgb.png", generator)
+    assert obs.single and obs.values.shape == (1, 48)
+    np.testing.assert_allclose(obs.values[0], (pixels / 255.0).transpose(2, 0, 1).ravel())
+
+
+def test_png_observation_maps_pixels_onto_the_output_range(tmp_path):
+    path = save_generator(tmp_path, "g.onnx", [3, 16, 64], output_activation=Activation.TANH)
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    files.write_png(tmp_path / "x.png", pixels)
+    obs = files.read_observations(tmp_path / "x.png", onnxinv.load(path))
+    np.testing.assert_allclose(obs.values[0], 2 * (pixels.ravel() / 255.0) - 1)
+    files.write_png(tmp_path / "small.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(ObservationError, match="small.png.*4x4.*8x8"):
+        files.read_observations(tmp_path / "small.png", onnxinv.load(path))
+
+
+def test_png_observation_needs_an_image_shaped_model(tmp_path):
+    path = save_generator(tmp_path, "g.onnx", [3, 16, 50])
+    files.write_png(tmp_path / "x.png", np.zeros((5, 10), np.uint8))
+    with pytest.raises(ObservationError, match="not image-shaped|image-shaped model output"):
+        files.read_observations(tmp_path / "x.png", onnxinv.load(path))
+
+
+def test_comparison_pixels_scale_small_images_up(tmp_path):
+    layout = files.ImageLayout(8, 8, 1, True, 0.0, 1.0)
+    obs = np.linspace(0, 1, 64)
+    pixels = files.comparison_pixels(layout, obs[None], obs[None])
+    assert pixels.shape[0] == 64  # 8 x 8 scaled by 8
+    assert pixels.shape[1] == 3 * 64 + 2 * 4  # three panels and two gaps
+    diff_panel = pixels[:, -64:, 0]
+    assert diff_panel.max() == 0  # identical images: black difference
