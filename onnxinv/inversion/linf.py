@@ -1,0 +1,244 @@
+"""Noisy inversion with the l_inf LP, Algorithm 1 of [1]_.
+
+Problem
+-------
+Given ``x = G(z*) + e`` with ``|e_j| <= ε``, per layer (output first), with the row split by ``ε``:
+
+.. math::
+
+    \\min_{u,\\delta}\\; \\delta \\quad\\text{s.t.}\\quad
+    |w_j^\\top u + b_j - y_j| \\le \\delta \\;\\; (y_j > \\varepsilon), \\qquad
+    w_j^\\top u + b_j \\le y_j + \\delta \\;\\; (y_j \\le \\varepsilon), \\qquad
+    \\delta \\le \\varepsilon,
+
+plus ``u >= 0`` when ``u`` is a ReLU output. If infeasible, ``ε ← α ε`` (α = 1.2) and re-solve.
+LeakyReLU layers use the rows of Remark 1 of [1]_, Tanh / Sigmoid outputs the derivative-scaled rows
+of :mod:`onnxinv.inversion.targets`; the set ``{u : |act(Wu+b) - y| <= ε}`` is exactly eq. (6).
+
+Notes
+-----
+* The LP is solved without the cap ``δ <= ε``; "feasible" means ``δ* <= ε``. This is the same test as
+  Algorithm 1's and also gives ``δ*``. Growing ε only relaxes rows (two-sided rows become one-sided),
+  so ``δ*(ε)`` is non-increasing while ``ε`` grows: the first feasible ``ε`` on Algorithm 1's grid
+  ``ε_0 α^m`` lies at or below ``m = ⌈log_α(δ*(ε_0)/ε_0)⌉`` and is found by bisection on ``m``, with
+  the same answer as the sequential loop in a few LP solves.
+* The defects of the authors' code are avoided: ε starts positive (the given noise level, else
+  ``1e-6 · max|y|``), every layer starts from its own initial ε (the relative noise level times
+  that layer's ``max|y|``), and only ``OPTIMAL`` LP statuses count; anything else fails the layer
+  with its status in the step record.
+* Identifiability is reported for the linearisation: the two-sided rows at the final ε must have
+  full column rank (then the error of ``u`` is bounded by ``δ*/σ_min``, Theorem 3 of [1]_); otherwise
+  ``preimage_dim = n_in - rank`` is the number of directions the data does not constrain at all.
+* Few rows bind at an l_inf optimum, so the LP is solved by row generation (:mod:`onnxinv.inversion.lp`)
+  from the rows a least-squares start violates most.
+
+References
+----------
+.. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
+   at a Time", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from onnxinv.inversion import linear, lp
+from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
+from onnxinv.inversion.result import SolverStatus
+from onnxinv.inversion.targets import Targets, build_targets, project
+from onnxinv.layers import Activation
+
+__all__ = ["solve"]
+
+
+def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
+    """Algorithm 1 of [1]_, layer by layer from the output (see module docstring)."""
+    return walk(problem, settings, solve_layer, "linf", deadline)
+
+
+def solve_layer(ctx: LayerContext) -> LayerOutcome:
+    """One layer of Algorithm 1: the smallest ε on the grid ``ε_0 α^m`` with ``δ*(ε) <= ε``."""
+    settings = ctx.settings
+    eps0, alpha = ctx.initial_eps(), settings.alpha
+    cache: dict[int, tuple[float, Targets, lp.LPResult]] = {}
+
+    def attempt(m: int) -> tuple[float, Targets, lp.LPResult]:
+        if m not in cache:
+            eps = eps0 * alpha**m
+            targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
+            cache[m] = (eps, targets, _min_delta(ctx, targets))
+        return cache[m]
+
+    def feasible(m: int) -> bool | None:
+        eps, _, res = attempt(m)
+        if not res.ok or res.x is None:
+            return None
+        return res.x[-1] <= eps * (1 + 1e-9)
+
+    first = feasible(0)
+    if first is None:
+        return _failed(ctx, *attempt(0))
+    hi = 0
+    if not first:
+        delta0 = attempt(0)[2].x[-1]
+        hi = max(1, math.ceil(math.log(delta0 / eps0) / math.log(alpha)))
+        if hi > settings.max_growth:
+            hi = settings.max_growth
+        ok_hi = feasible(hi)
+        if ok_hi is None:
+            return _failed(ctx, *attempt(hi))
+        if not ok_hi:
+            eps, targets, res = attempt(hi)
+            return _outcome(
+                ctx,
+                eps,
+                targets,
+                res,
+                SolverStatus.ITERATION_LIMIT,
+                f"δ* = {res.x[-1]:.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
+            )
+        lo = 0
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            ok = feasible(mid)
+            if ok is None:
+                return _failed(ctx, *attempt(mid))
+            if ok:
+                hi = mid
+            else:
+                lo = mid
+    eps, targets, res = attempt(hi)
+    return _outcome(
+        ctx,
+        eps,
+        targets,
+        res,
+        SolverStatus.OPTIMAL,
+        f"l_inf LP: δ* = {res.x[-1]:.3g} <= ε = {eps:.3g} after {hi} growth step(s), {len(cache)} LP solve(s)",
+    )
+
+
+def _min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
+    """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring)."""
+    w, b = targets.matrices(ctx.layer)
+    n = ctx.layer.in_features
+    up = np.isfinite(targets.upper)
+    lo = np.isfinite(targets.lower)
+    a_ub = np.vstack(
+        [
+            np.hstack([w[up], -targets.upper_scale[up, None]]),
+            np.hstack([-w[lo], -targets.lower_scale[lo, None]]),
+        ]
+    )
+    b_ub = np.concatenate([targets.upper[up] - b[up], -(targets.lower[lo] - b[lo])])
+    c = np.zeros(n + 1)
+    c[-1] = 1.0
+    if ctx.bounds is None:
+        lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
+    else:
+        lower, upper = ctx.bounds
+    bounds = (np.append(lower, 0.0), np.append(upper, np.inf))
+    start = _start_point(ctx, targets, w, b)
+    if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
+        return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)
+    viol = a_ub[:, :n] @ start - b_ub
+    count = min(b_ub.size, 2 * (n + 1))
+    initial = np.argsort(-viol)[:count]
+    return lp.solve_lp(
+        c,
+        a_ub,
+        b_ub,
+        bounds=bounds,
+        time_limit=ctx.remaining,
+        row_generation=True,
+        initial_rows=initial,
+    )
+
+
+def _start_point(ctx: LayerContext, targets: Targets, w: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Least squares on the two-sided rows (a guess of which rows bind), None if they are rank deficient."""
+    two = targets.equality
+    n = ctx.layer.in_features
+    if two.sum() >= n:
+        ls = linear.solve_active(w[two], targets.upper[two] - b[two], 1.0 / targets.upper_scale[two])
+        if ls.rank == n:
+            return project(ls.u, ctx.bounds)
+    return None
+
+
+def _outcome(
+    ctx: LayerContext, eps: float, targets: Targets, res: lp.LPResult, status: SolverStatus, message: str
+) -> LayerOutcome:
+    return noisy_outcome(ctx, targets, res.x[: ctx.layer.in_features], eps, status, message)
+
+
+def noisy_outcome(
+    ctx: LayerContext, targets: Targets, u: np.ndarray, eps: float, status: SolverStatus, message: str
+) -> LayerOutcome:
+    """A noisy method's LayerOutcome with the identifiability of :func:`identifiability`."""
+    n = ctx.layer.in_features
+    active, rank, dim, err = identifiability(ctx, targets, u)
+    cert = f"{active} sign-certain two-sided rows have full column rank" if dim == 0 else ""
+    if dim:
+        message += (
+            f"; {active} sign-certain two-sided rows of rank {rank} < {n}: {dim} direction(s) unconstrained"
+        )
+    return LayerOutcome(
+        u, status, active, rank, dim, message, cert, epsilon=eps, u_error=err if dim == 0 else 0.0
+    )
+
+
+def _failed(ctx: LayerContext, eps: float, targets: Targets, res: lp.LPResult) -> LayerOutcome:
+    n = ctx.layer.in_features
+    u = res.x[:n] if res.x is not None else np.zeros(n)
+    return noisy_outcome(
+        ctx,
+        targets,
+        project(u, ctx.bounds),
+        eps,
+        res.status,
+        f"l_inf LP at ε = {eps:.3g} ended '{res.status.value}': {res.message}",
+    )
+
+
+def two_sided_rank(ctx: LayerContext, targets: Targets) -> tuple[int, int]:
+    """(number of sign-certain two-sided rows, rank of their weights); see :func:`identifiability`."""
+    rows = _certain_rows(ctx, targets)
+    w = ctx.layer.weight[targets.rows[rows]]
+    n = ctx.layer.in_features
+    if w.shape[0] >= n:
+        return int(rows.sum()), linear.solve_active(w, np.zeros(w.shape[0])).rank
+    return int(rows.sum()), linear.numerical_rank(w)
+
+
+def identifiability(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple[int, int, int, float]:
+    """How well the noisy data determine this layer's input: (rows, rank, dimension, error bound).
+
+    The rows counted are the two-sided rows (``|a_j - c_j| <= s_j δ``) whose sign is certain: for
+    ReLU / LeakyReLU layers, ``|y_j|`` must exceed 3× the error of ``y`` (the noise level at the
+    output, the propagated bound below), so that small spurious values of an estimated hidden layer
+    do not count as information. If they have full column rank, the true input ``u*`` and ``u`` differ
+    by at most ``||W_T⁺ diag(s)||_inf (dev(u) + err(y))``, where ``dev(u) = max_j |a_j(u) - c_j| / s_j``
+    and ``err(y)`` bounds the same quantity for ``u*``. That bound becomes the error of the next
+    layer's target.
+    """
+    n = ctx.layer.in_features
+    rows = _certain_rows(ctx, targets)
+    w = ctx.layer.weight[targets.rows[rows]]
+    rank = linear.solve_active(w, np.zeros(w.shape[0])).rank if w.shape[0] >= n else linear.numerical_rank(w)
+    if rank < n:
+        return int(rows.sum()), rank, n - rank, 0.0
+    scale = targets.upper_scale[rows]
+    pre = w @ u + ctx.layer.bias[targets.rows[rows]]
+    dev = float(np.max(np.abs(pre - targets.upper[rows]) / scale)) if scale.size else 0.0
+    factor = linear.pinv_inf_norm(w, scale)
+    return int(rows.sum()), rank, 0, factor * (dev + ctx.y_error)
+
+
+def _certain_rows(ctx: LayerContext, targets: Targets) -> np.ndarray:
+    rows = targets.equality
+    if ctx.layer.activation in (Activation.RELU, Activation.LEAKY_RELU) and ctx.y_error > 0:
+        rows = rows & (np.abs(ctx.y[targets.rows]) > 3.0 * ctx.y_error)
+    return rows

@@ -1,0 +1,428 @@
+"""Linear programs through HiGHS: the only module in onnxinv that imports ``highspy``.
+
+A problem goes in as arrays, a :class:`LPResult` with onnxinv's own :class:`SolverStatus` comes out.
+
+Problem
+-------
+.. math::
+
+    \\min_x\\; c^\\top x \\quad \\text{s.t.}\\quad A_{ub} x \\le b_{ub},\\quad A_{eq} x = b_{eq},\\quad
+    l \\le x \\le u
+
+``bounds`` is ``None`` (every variable free: **unlike** ``scipy.optimize.linprog``, whose default is
+``x >= 0``), a pair of scalars, or a pair of arrays; use ``±inf`` for a missing side.
+
+Notes
+-----
+* Every HiGHS model status maps to a :class:`SolverStatus` (``_STATUS_MAP``); a status HiGHS adds
+  later maps to ``UNKNOWN``. HiGHS's "infeasible or unbounded" (a presolve verdict) is settled by
+  re-solving once without presolve.
+* After an "optimal" solve the solution is re-checked in numpy (:meth:`LinearProgram.violation`,
+  scaled by ``1 + |rhs|``); beyond ``tol`` the status is downgraded to ``NUMERICAL``. Only
+  ``OPTIMAL`` is success.
+* HiGHS runs with one thread and no output. ``time_limit`` bounds the wall time of the whole call.
+* ``row_generation=True`` solves with a working subset of the ``A_ub`` rows, adds the rows the
+  current solution violates (checked in numpy) and re-solves from the previous basis until none is
+  violated. The answer is that of the full problem: the subset problem is a relaxation, so its
+  optimum is optimal for the full problem once it satisfies every row. It pays off when few of many
+  inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_.
+
+References
+----------
+.. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
+   at a Time", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+
+from onnxinv.errors import SolverError
+from onnxinv.inversion.result import SolverStatus
+
+_MS = highspy.HighsModelStatus
+_INF = float(highspy.kHighsInf)
+
+_STATUS_MAP: dict[object, SolverStatus] = {
+    _MS.kNotset: SolverStatus.UNKNOWN,
+    _MS.kLoadError: SolverStatus.UNKNOWN,
+    _MS.kModelError: SolverStatus.UNKNOWN,
+    _MS.kPresolveError: SolverStatus.NUMERICAL,
+    _MS.kSolveError: SolverStatus.NUMERICAL,
+    _MS.kPostsolveError: SolverStatus.NUMERICAL,
+    _MS.kModelEmpty: SolverStatus.OPTIMAL,  # nothing to solve; the numpy re-check decides
+    _MS.kOptimal: SolverStatus.OPTIMAL,
+    _MS.kInfeasible: SolverStatus.INFEASIBLE,
+    _MS.kUnboundedOrInfeasible: SolverStatus.INFEASIBLE_OR_UNBOUNDED,
+    _MS.kUnbounded: SolverStatus.UNBOUNDED,
+    _MS.kObjectiveBound: SolverStatus.UNKNOWN,
+    _MS.kObjectiveTarget: SolverStatus.UNKNOWN,
+    _MS.kTimeLimit: SolverStatus.TIME_LIMIT,
+    _MS.kIterationLimit: SolverStatus.ITERATION_LIMIT,
+    _MS.kUnknown: SolverStatus.UNKNOWN,
+    _MS.kSolutionLimit: SolverStatus.UNKNOWN,
+    _MS.kInterrupt: SolverStatus.UNKNOWN,
+    _MS.kMemoryLimit: SolverStatus.UNKNOWN,
+}
+# Members added by newer HiGHS releases (kHighsInterrupt, ...) fall through to UNKNOWN.
+
+RECHECK_TOL = 1e-6
+
+
+def reset_after_fork() -> None:
+    """Give a forked worker process a fresh HiGHS task scheduler (the parent's threads do not exist there)."""
+    highspy.Highs.resetGlobalScheduler(True)
+
+
+def status_table() -> dict[str, SolverStatus]:
+    """onnxinv's status for every model status this HiGHS build defines, by HiGHS's name."""
+    return {name: map_status(member) for name, member in _MS.__members__.items()}
+
+
+def map_status(model_status: object) -> SolverStatus:
+    """onnxinv's status for a ``highspy.HighsModelStatus`` (``UNKNOWN`` for anything unmapped)."""
+    return _STATUS_MAP.get(model_status, SolverStatus.UNKNOWN)
+
+
+@dataclass(frozen=True, eq=False)
+class LinearProgram:
+    """``min cᵀx`` s.t. ``A_ub x <= b_ub``, ``A_eq x = b_eq``, ``lower <= x <= upper`` (validated, float64)."""
+
+    c: np.ndarray
+    a_ub: sp.csr_matrix
+    b_ub: np.ndarray
+    a_eq: sp.csr_matrix
+    b_eq: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def num_vars(self) -> int:
+        return self.c.shape[0]
+
+    @classmethod
+    def build(
+        cls,
+        c: np.ndarray,
+        A_ub: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+        b_ub: np.ndarray | None = None,
+        A_eq: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+        b_eq: np.ndarray | None = None,
+        bounds: tuple[object, object] | None = None,
+    ) -> LinearProgram:
+        c = np.asarray(c, dtype=np.float64).reshape(-1)
+        n = c.shape[0]
+        a_ub, b_ub = _rows(A_ub, b_ub, n, "A_ub", "b_ub")
+        a_eq, b_eq = _rows(A_eq, b_eq, n, "A_eq", "b_eq")
+        if bounds is None:
+            lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
+        else:
+            lo, hi = bounds
+            lower = np.broadcast_to(np.asarray(-np.inf if lo is None else lo, dtype=np.float64), (n,)).copy()
+            upper = np.broadcast_to(np.asarray(np.inf if hi is None else hi, dtype=np.float64), (n,)).copy()
+        if not (np.all(np.isfinite(c)) and np.all(np.isfinite(b_ub)) and np.all(np.isfinite(b_eq))):
+            raise ValueError("LP data must be finite (c, b_ub, b_eq)")
+        if np.any(np.isnan(lower)) or np.any(np.isnan(upper)):
+            raise ValueError("LP bounds must not be NaN")
+        return cls(c, a_ub, b_ub, a_eq, b_eq, lower, upper)
+
+    def violation(self, x: np.ndarray) -> float:
+        """Largest constraint violation of ``x``, each scaled by ``1 + |right-hand side|``."""
+        x = np.asarray(x, dtype=np.float64)
+        worst = 0.0
+        if x.shape != (self.num_vars,) or not np.all(np.isfinite(x)):
+            return float("inf")
+        if self.b_ub.size:
+            worst = max(worst, float(np.max((self.a_ub @ x - self.b_ub) / (1.0 + np.abs(self.b_ub)))))
+        if self.b_eq.size:
+            worst = max(worst, float(np.max(np.abs(self.a_eq @ x - self.b_eq) / (1.0 + np.abs(self.b_eq)))))
+        with np.errstate(invalid="ignore"):
+            lo = np.where(np.isfinite(self.lower), (self.lower - x) / (1.0 + np.abs(self.lower)), 0.0)
+            hi = np.where(np.isfinite(self.upper), (x - self.upper) / (1.0 + np.abs(self.upper)), 0.0)
+        if x.size:
+            worst = max(worst, float(np.max(lo)), float(np.max(hi)))
+        return max(worst, 0.0)
+
+    def recheck(
+        self, x: np.ndarray | None, status: SolverStatus, tol: float = RECHECK_TOL
+    ) -> tuple[SolverStatus, float, str]:
+        """Re-check a reported solution in numpy: an ``OPTIMAL`` ``x`` violating a constraint by more
+        than ``tol`` (scaled) becomes ``NUMERICAL``. Returns (status, violation, message)."""
+        if status is not SolverStatus.OPTIMAL:
+            return status, float("nan"), ""
+        if x is None:
+            return SolverStatus.NUMERICAL, float("inf"), "the solver reported optimal but gave no solution"
+        viol = self.violation(x)
+        if viol > tol:
+            return (
+                SolverStatus.NUMERICAL,
+                viol,
+                f"the solver reported optimal but its solution violates a constraint by {viol:.3g} "
+                f"(scaled; tolerance {tol:.1g}), so it is not accepted",
+            )
+        return status, viol, ""
+
+
+@dataclass(frozen=True, eq=False)
+class LPResult:
+    """Outcome of :func:`solve_lp`. ``x`` is None when the solver produced no usable point."""
+
+    status: SolverStatus
+    x: np.ndarray | None
+    objective: float
+    violation: float
+    iterations: int
+    seconds: float
+    message: str
+    highs_status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SolverStatus.OPTIMAL
+
+
+def solve_lp(
+    c: np.ndarray,
+    A_ub: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+    b_ub: np.ndarray | None = None,
+    A_eq: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+    b_eq: np.ndarray | None = None,
+    bounds: tuple[object, object] | None = None,
+    *,
+    time_limit: float | None = None,
+    iteration_limit: int | None = None,
+    row_generation: bool = False,
+    initial_rows: np.ndarray | None = None,
+    tol: float = RECHECK_TOL,
+) -> LPResult:
+    """Solve ``min cᵀx`` s.t. ``A_ub x <= b_ub``, ``A_eq x = b_eq``, bounds (free by default).
+
+    Parameters
+    ----------
+    c, A_ub, b_ub, A_eq, b_eq : objective and constraints; matrices dense or scipy.sparse
+    bounds : None (all free), ``(lo, hi)`` scalars or arrays, ``±inf`` (or None) for no bound
+    time_limit : seconds for the whole call (None: no limit)
+    iteration_limit : HiGHS simplex iteration limit per solve (None: HiGHS's default)
+    row_generation : solve with a working set of ``A_ub`` rows grown on demand (see module Notes)
+    initial_rows : indices of the first working set (default: the first ``2 n + 2`` rows)
+    tol : tolerance of the numpy re-check of an optimal solution
+
+    Returns
+    -------
+    LPResult
+        ``status`` is OPTIMAL only if HiGHS reported optimal and the re-check passed.
+
+    Raises
+    ------
+    SolverError
+        HiGHS refused the model or could not run at all.
+    ValueError
+        Inconsistent shapes or non-finite data.
+    """
+    problem = LinearProgram.build(c, A_ub, b_ub, A_eq, b_eq, bounds)
+    return solve(
+        problem,
+        time_limit=time_limit,
+        iteration_limit=iteration_limit,
+        row_generation=row_generation,
+        initial_rows=initial_rows,
+        tol=tol,
+    )
+
+
+def solve(
+    problem: LinearProgram,
+    *,
+    time_limit: float | None = None,
+    iteration_limit: int | None = None,
+    row_generation: bool = False,
+    initial_rows: np.ndarray | None = None,
+    tol: float = RECHECK_TOL,
+) -> LPResult:
+    """:func:`solve_lp` for an already built :class:`LinearProgram`."""
+    start = time.perf_counter()
+    deadline = None if time_limit is None else start + max(float(time_limit), 0.0)
+    n_ub = problem.b_ub.shape[0]
+    if row_generation and n_ub > 0:
+        if initial_rows is None:
+            initial_rows = np.arange(min(n_ub, 2 * problem.num_vars + 2))
+        work = np.zeros(n_ub, dtype=bool)
+        work[np.asarray(initial_rows, dtype=np.intp)] = True
+    else:
+        work = np.ones(n_ub, dtype=bool)
+
+    highs = _new_highs(iteration_limit)
+    _pass(highs, problem, work)
+    iterations = 0
+    presolve_retry = True
+    generating = not work.all()
+    rounds = 0
+    while True:
+        rounds += 1
+        if deadline is not None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return _finish(problem, SolverStatus.TIME_LIMIT, None, 0.0, iterations, start, "time limit")
+            # HiGHS's time limit counts the object's total run time over all runs.
+            highs.setOptionValue("time_limit", float(highs.getRunTime()) + remaining)
+        run_status = highs.run()
+        model_status = highs.getModelStatus()
+        info = highs.getInfo()
+        iterations += int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
+        if model_status in (_MS.kModelError, _MS.kLoadError) or (
+            run_status == highspy.HighsStatus.kError and model_status == _MS.kNotset
+        ):
+            raise SolverError(
+                f"HiGHS could not take the LP ({problem.num_vars} variables, {n_ub} inequality and "
+                f"{problem.b_eq.shape[0]} equality rows): {highs.modelStatusToString(model_status)}. "
+                "This is a bug in onnxinv's LP assembly; please report it with the model."
+            )
+        status = map_status(model_status)
+        text = highs.modelStatusToString(model_status)
+        if status is SolverStatus.INFEASIBLE_OR_UNBOUNDED and presolve_retry:
+            presolve_retry = False
+            highs.setOptionValue("presolve", "off")
+            highs.clearSolver()
+            continue
+        if status in (SolverStatus.UNBOUNDED, SolverStatus.INFEASIBLE_OR_UNBOUNDED) and not work.all():
+            # A relaxation may be unbounded where the full problem is not: solve the full problem.
+            missing = np.flatnonzero(~work)
+            _add_rows(highs, problem, missing)
+            work[:] = True
+            continue
+        x = None
+        if status is SolverStatus.OPTIMAL or model_status in (_MS.kTimeLimit, _MS.kIterationLimit):
+            sol = highs.getSolution()
+            if sol.value_valid:
+                x = np.asarray(sol.col_value, dtype=np.float64)
+        if generating and status is SolverStatus.ITERATION_LIMIT and rounds > 1:
+            # A warm re-solve stalled (degenerate optimum): solve the full problem from scratch.
+            highs = _new_highs(iteration_limit)
+            work[:] = True
+            _pass(highs, problem, work)
+            generating = False
+            continue
+        if status is SolverStatus.OPTIMAL and x is not None and not work.all():
+            viol = problem.a_ub @ x - problem.b_ub
+            bad = np.flatnonzero((viol > 1e-9 * (1.0 + np.abs(problem.b_ub))) & ~work)
+            if bad.size:
+                batch = max(10, problem.num_vars // 2)
+                bad = bad[np.argsort(-viol[bad])[:batch]]
+                _add_rows(highs, problem, bad)
+                work[bad] = True
+                if iteration_limit is None:
+                    limit = max(1000, 5 * (problem.num_vars + int(work.sum())))
+                    highs.setOptionValue("simplex_iteration_limit", limit)
+                continue
+        objective = float(info.objective_function_value) if status is SolverStatus.OPTIMAL else float("nan")
+        return _finish(problem, status, x, objective, iterations, start, text, tol)
+
+
+def _finish(
+    problem: LinearProgram,
+    status: SolverStatus,
+    x: np.ndarray | None,
+    objective: float,
+    iterations: int,
+    start: float,
+    highs_text: str,
+    tol: float = RECHECK_TOL,
+) -> LPResult:
+    status, viol, message = problem.recheck(x, status, tol)
+    if not message:
+        message = {
+            SolverStatus.OPTIMAL: "optimal",
+            SolverStatus.INFEASIBLE: "the LP is infeasible",
+            SolverStatus.UNBOUNDED: "the LP is unbounded",
+            SolverStatus.INFEASIBLE_OR_UNBOUNDED: "the LP is infeasible or unbounded",
+            SolverStatus.TIME_LIMIT: "HiGHS stopped at the time limit",
+            SolverStatus.ITERATION_LIMIT: "HiGHS stopped at the iteration limit",
+            SolverStatus.NUMERICAL: f"HiGHS ran into numerical trouble ({highs_text})",
+        }.get(status, f"HiGHS ended with status {highs_text!r}")
+    return LPResult(
+        status=status,
+        x=x,
+        objective=objective,
+        violation=viol,
+        iterations=iterations,
+        seconds=time.perf_counter() - start,
+        message=message,
+        highs_status=highs_text,
+    )
+
+
+def _new_highs(iteration_limit: int | None) -> highspy.Highs:
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("threads", 1)
+    # The dense layer LPs solve fastest without presolve (it finds nothing to remove).
+    highs.setOptionValue("presolve", "off")
+    if iteration_limit is not None:
+        highs.setOptionValue("simplex_iteration_limit", int(iteration_limit))
+        highs.setOptionValue("ipm_iteration_limit", int(iteration_limit))
+    return highs
+
+
+def _pass(highs: highspy.Highs, problem: LinearProgram, work: np.ndarray) -> None:
+    a = sp.vstack([problem.a_ub[work], problem.a_eq], format="csc")
+    n = problem.num_vars
+    lp = highspy.HighsLp()
+    lp.num_col_ = n
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = problem.c
+    lp.col_lower_ = _to_highs_inf(problem.lower)
+    lp.col_upper_ = _to_highs_inf(problem.upper)
+    lp.row_lower_ = np.concatenate([np.full(int(work.sum()), -_INF), problem.b_eq])
+    lp.row_upper_ = np.concatenate([problem.b_ub[work], problem.b_eq])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.num_col_ = n
+    lp.a_matrix_.num_row_ = a.shape[0]
+    lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+    lp.a_matrix_.index_ = a.indices.astype(np.int32)
+    lp.a_matrix_.value_ = a.data.astype(np.float64)
+    status = highs.passModel(lp)
+    if status == highspy.HighsStatus.kError:
+        raise SolverError(
+            f"HiGHS refused an LP with {n} variables and {a.shape[0]} rows; this is a bug in onnxinv's "
+            "LP assembly, please report it"
+        )
+
+
+def _add_rows(highs: highspy.Highs, problem: LinearProgram, rows: np.ndarray) -> None:
+    block = problem.a_ub[rows].tocsr()
+    highs.addRows(
+        int(rows.size),
+        np.full(rows.size, -_INF),
+        problem.b_ub[rows],
+        int(block.nnz),
+        block.indptr[:-1].astype(np.int32),
+        block.indices.astype(np.int32),
+        block.data.astype(np.float64),
+    )
+
+
+def _to_highs_inf(values: np.ndarray) -> np.ndarray:
+    return np.clip(values, -_INF, _INF)
+
+
+def _rows(
+    a: np.ndarray | sp.spmatrix | sp.sparray | None, b: np.ndarray | None, n: int, a_name: str, b_name: str
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    if a is None:
+        if b is not None and np.asarray(b).size:
+            raise ValueError(f"{b_name} given without {a_name}")
+        return sp.csr_matrix((0, n)), np.zeros(0)
+    mat = sp.csr_matrix(a, dtype=np.float64)
+    if mat.ndim != 2 or mat.shape[1] != n:
+        raise ValueError(f"{a_name} has shape {mat.shape}; expected (rows, {n})")
+    rhs = np.asarray(b, dtype=np.float64).reshape(-1) if b is not None else None
+    if rhs is None or rhs.shape[0] != mat.shape[0]:
+        raise ValueError(f"{b_name} must have {mat.shape[0]} entries, one per row of {a_name}")
+    if mat.nnz and not np.all(np.isfinite(mat.data)):
+        raise ValueError(f"{a_name} must be finite")
+    return mat, rhs

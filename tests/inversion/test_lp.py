@@ -1,0 +1,112 @@
+"""The HiGHS module: known answers, infeasible / unbounded / limits mapped to our statuses, re-checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from onnxinv.inversion import SolverStatus, lp
+
+
+def test_known_answer_inequalities() -> None:
+    # max x + y  s.t.  x + 2y <= 4, 3x + y <= 6, x, y >= 0   ->  (1.6, 1.2), value 2.8
+    res = lp.solve_lp([-1.0, -1.0], [[1.0, 2.0], [3.0, 1.0]], [4.0, 6.0], bounds=(0.0, None))
+    assert res.status is SolverStatus.OPTIMAL and res.ok
+    np.testing.assert_allclose(res.x, [1.6, 1.2], atol=1e-9)
+    assert res.objective == pytest.approx(-2.8)
+    assert res.violation <= 1e-9
+
+
+def test_known_answer_equalities_sparse_and_free_default() -> None:
+    # min x0 + 2 x1 + 3 x2  s.t.  x0 + x1 + x2 = 1 (sparse), x >= 0  ->  x = e0
+    res = lp.solve_lp(
+        np.array([1.0, 2.0, 3.0]), A_eq=sp.csr_matrix([[1.0, 1.0, 1.0]]), b_eq=[1.0], bounds=(0, None)
+    )
+    np.testing.assert_allclose(res.x, [1.0, 0.0, 0.0], atol=1e-9)
+    # bounds=None means free variables (unlike scipy's linprog): min x s.t. x >= -3 written as -x <= 3
+    res = lp.solve_lp([1.0], [[-1.0]], [3.0])
+    assert res.ok and res.x[0] == pytest.approx(-3.0)
+
+
+def test_infeasible() -> None:
+    res = lp.solve_lp([1.0, 1.0], [[1.0, 1.0], [-1.0, -1.0]], [1.0, -2.0], bounds=(0.0, None))
+    assert res.status is SolverStatus.INFEASIBLE and not res.ok
+    assert "infeasible" in res.message
+
+
+def test_unbounded() -> None:
+    res = lp.solve_lp([-1.0, 0.0], [[0.0, 1.0]], [1.0], bounds=(0.0, None))
+    assert res.status is SolverStatus.UNBOUNDED and not res.ok
+
+
+def _largish_lp(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    m, n = 1500, 600
+    a = rng.normal(size=(m, n))
+    b = rng.uniform(1.0, 2.0, size=m)
+    return rng.normal(size=n), a, b
+
+
+def test_iteration_limit() -> None:
+    c, a, b = _largish_lp()
+    res = lp.solve_lp(c, a, b, bounds=(-1.0, 1.0), iteration_limit=5)
+    assert res.status is SolverStatus.ITERATION_LIMIT and not res.ok
+
+
+def test_time_limit() -> None:
+    c, a, b = _largish_lp(1)
+    res = lp.solve_lp(c, a, b, bounds=(-1.0, 1.0), time_limit=1e-3)
+    assert res.status is SolverStatus.TIME_LIMIT and not res.ok
+    assert "time limit" in res.message
+
+
+def test_every_highs_status_is_mapped() -> None:
+    table = lp.status_table()
+    assert table["kOptimal"] is SolverStatus.OPTIMAL
+    assert table["kInfeasible"] is SolverStatus.INFEASIBLE
+    assert table["kUnbounded"] is SolverStatus.UNBOUNDED
+    assert table["kTimeLimit"] is SolverStatus.TIME_LIMIT
+    assert table["kIterationLimit"] is SolverStatus.ITERATION_LIMIT
+    assert table["kSolveError"] is SolverStatus.NUMERICAL
+    assert all(isinstance(v, SolverStatus) for v in table.values())
+    assert set(table) >= {"kOptimal", "kInfeasible", "kUnboundedOrInfeasible", "kUnknown", "kModelEmpty"}
+
+
+def test_recheck_downgrades_a_bad_optimal() -> None:
+    problem = lp.LinearProgram.build([1.0, 1.0], [[1.0, 1.0]], [1.0], [[1.0, -1.0]], [0.0], (0.0, None))
+    good = np.array([0.5, 0.5])
+    status, viol, msg = problem.recheck(good, SolverStatus.OPTIMAL)
+    assert status is SolverStatus.OPTIMAL and viol <= 1e-12 and msg == ""
+    for fake in ([0.9, 0.9], [0.7, 0.3], [-0.1, 0.0]):  # breaks A_ub, A_eq, bounds in turn
+        status, viol, msg = problem.recheck(np.array(fake), SolverStatus.OPTIMAL)
+        assert status is SolverStatus.NUMERICAL and viol > 1e-6
+        assert "violates" in msg
+    # non-optimal statuses pass through untouched
+    assert problem.recheck(None, SolverStatus.INFEASIBLE)[0] is SolverStatus.INFEASIBLE
+    assert problem.recheck(None, SolverStatus.OPTIMAL)[0] is SolverStatus.NUMERICAL
+
+
+def test_row_generation_matches_full_solve() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(400, 30))
+    b = rng.uniform(0.5, 1.0, size=400)
+    c = rng.normal(size=30)
+    full = lp.solve_lp(c, a, b, bounds=(-5.0, 5.0))
+    gen = lp.solve_lp(c, a, b, bounds=(-5.0, 5.0), row_generation=True, initial_rows=np.arange(10))
+    assert full.ok and gen.ok
+    assert gen.objective == pytest.approx(full.objective, rel=1e-9)
+    assert gen.violation <= 1e-6
+
+
+def test_row_generation_recovers_from_an_unbounded_relaxation() -> None:
+    # min -x s.t. x <= 1 (row 1); the first working set only holds the useless row 0
+    res = lp.solve_lp([-1.0], [[-1.0], [1.0]], [5.0, 1.0], row_generation=True, initial_rows=[0])
+    assert res.ok and res.x[0] == pytest.approx(1.0)
+
+
+def test_bad_input_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="A_ub has shape"):
+        lp.solve_lp([1.0, 2.0], [[1.0, 2.0, 3.0]], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        lp.solve_lp([np.nan], [[1.0]], [1.0])

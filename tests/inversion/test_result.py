@@ -1,0 +1,46 @@
+"""Result records: JSON-ready to_dict (used by the CLI's --json), verdict strings, read-only latents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from inversion_helpers import latent, make_generator
+
+from onnxinv.inversion import InversionResult, SolverStatus, Verdict, invert
+
+
+def test_to_dict_is_json_ready(relu_20_100_500) -> None:
+    r = invert(relu_20_100_500, relu_20_100_500.forward(latent(20, 1)))
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["verdict"] == "unique" and d["method"] == "exact" and d["requested"] == "auto"
+    assert len(d["z"]) == 20 and d["layer"] is None and d["reproduces"] is True
+    assert [s["layer"] for s in d["steps"]] == [0, 1]
+    assert d["steps"][1]["status"] == "optimal" and d["steps"][1]["identifiable"] is True
+    assert d["attempts"][0]["method"] == "exact"
+
+
+def test_not_unique_dict_and_batch_dict() -> None:
+    g = make_generator([140, 250, 600], seed=5)
+    r = invert(g, g.forward(latent(140, 5)), method="exact")
+    d = r.to_dict()
+    assert d["verdict"] == "not unique" and d["layer"] == 0 and d["preimage_dim"] > 0
+    res = invert(g, np.stack([g.forward(latent(140, s)) for s in (6, 7)]), method="exact", workers=1)
+    bd = json.loads(json.dumps(res.to_dict()))
+    assert bd["count"] == 2 and bd["verdicts"]["not unique"] == 2
+
+
+def test_result_is_frozen(relu_20_100_500) -> None:
+    r = invert(relu_20_100_500, relu_20_100_500.forward(latent(20, 2)))
+    assert isinstance(r, InversionResult)
+    with pytest.raises(AttributeError):
+        r.verdict = Verdict.NOT_FOUND  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        r.z[0] = 1.0
+
+
+def test_enums_are_strings() -> None:
+    assert Verdict("not unique") is Verdict.NOT_UNIQUE
+    assert SolverStatus.OPTIMAL.ok and not SolverStatus.TIME_LIMIT.ok
+    assert {v.value for v in Verdict} == {"unique", "not unique", "not found"}
