@@ -32,6 +32,7 @@ starts a pool. Results do not depend on the number of workers.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import pickle
@@ -44,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from onnxinv.errors import ObservationError
 from onnxinv.inversion import auto, exact, gd, l1, linf, relaxed, sparse
 from onnxinv.inversion.layerwise import Draft, Problem, Settings, accepts, residual_norms
 from onnxinv.inversion.result import BatchInversionResult, InversionResult, LayerStep, Verdict
@@ -107,7 +107,7 @@ def invert(
     ObservationError
         ``x``, ``mask`` or ``noise`` is malformed (size, dtype, NaN/Inf, ...).
     ValueError
-        Unknown method.
+        Unknown method, or a non-positive ``tol``, ``time_limit`` or ``workers``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -125,7 +125,7 @@ def invert(
         if not tol > 0:
             raise ValueError(f"tol must be positive, got {tol!r}")
         overrides["tol"] = float(tol)
-    cfg = Settings(**{**base.__dict__, **overrides})
+    cfg = dataclasses.replace(base, **overrides)
     if obs.single:
         return solve_chunk(generator, obs.values, obs.mask, level, method, cfg)[0]
     return _invert_batch(generator, obs, level, method, cfg, workers)
@@ -140,10 +140,8 @@ def solve_chunk(
     settings: Settings,
 ) -> list[InversionResult]:
     """Solve observations ``values`` (M, n) one by one, then verify all of them with one onnxruntime call."""
-    module = METHODS[method]
-    problems, drafts, times = [], [], []
     with _blas_threads_one():
-        _solve_rows(generator, values, masks, noise, module, settings, problems, drafts, times)
+        problems, drafts, times = _solve_rows(generator, values, masks, noise, METHODS[method], settings)
     start = time.perf_counter()
     outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
     share = (time.perf_counter() - start) / len(drafts)
@@ -153,14 +151,22 @@ def solve_chunk(
     ]
 
 
-def _solve_rows(generator, values, masks, noise, module, settings, problems, drafts, times) -> None:  # noqa: ANN001
+def _solve_rows(
+    generator: Generator,
+    values: np.ndarray,
+    masks: np.ndarray | None,
+    noise: float | None,
+    module: Any,
+    settings: Settings,
+) -> tuple[list[Problem], list[Draft], list[float]]:
+    problems, drafts, times = [], [], []
     for i in range(values.shape[0]):
         start = time.perf_counter()
         problem = Problem(generator, values[i], None if masks is None else masks[i], noise)
-        draft = module.solve(problem, settings, start + settings.time_limit)
+        drafts.append(module.solve(problem, settings, start + settings.time_limit))
         problems.append(problem)
-        drafts.append(draft)
         times.append(time.perf_counter() - start)
+    return problems, drafts, times
 
 
 def _finalize(
@@ -302,7 +308,7 @@ def _invert_batch(
     start = time.perf_counter()
     count = obs.count
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ObservationError(f"workers must be a positive integer or None, got {workers!r}")
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     procs = (os.cpu_count() or 1) if workers is None else workers
     procs = max(1, min(procs, count))
     results: list[InversionResult] = []
@@ -340,13 +346,14 @@ def _pool_map(
     chunks = min(remaining, procs * 4)
     bounds = np.linspace(done, obs.count, chunks + 1).astype(int)
     payload = pickle.dumps(generator)
-    context = multiprocessing.get_context("spawn")
-    with (
-        _single_threaded_blas(),
-        ProcessPoolExecutor(
-            max_workers=procs, mp_context=context, initializer=_init_worker, initargs=(payload,)
-        ) as pool,
-    ):
+    method_name = start_method()
+    pool = ProcessPoolExecutor(
+        max_workers=procs,
+        mp_context=multiprocessing.get_context(method_name),
+        initializer=_init_worker,
+        initargs=(payload, method_name == "fork"),
+    )
+    with _single_threaded_blas(), pool:
         futures = [
             pool.submit(_worker_chunk, obs.values[a:b], _slice(obs.mask, a, b), noise, method, settings)
             for a, b in zip(bounds[:-1], bounds[1:])

@@ -194,15 +194,15 @@ def _analyse_layer(ctx: LayerContext, u: np.ndarray) -> LayerOutcome:
             "full column rank (Theorem 2)",
         )
     scale = max(ctx.scale, 1.0)
-    slack = max(
+    tight = max(
         1e-6 * scale, 10.0 * float(np.max(np.abs(ctx.layer.forward(u)[targets.rows] - ctx.y[targets.rows])))
     )
     dim = linear.preimage_dimension(
-        ctx.layer, targets, ctx.bounds, u, tight_tol=slack, time_limit=ctx.remaining
+        ctx.layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.remaining
     )
     return LayerOutcome(
         u,
-        dim.status if not dim.status.ok else SolverStatus.OPTIMAL,
+        dim.status,
         n_eq,
         rank,
         dim.dim,

@@ -47,7 +47,7 @@ class Settings:
     """
 
     tol: float = 1e-5
-    noise_factor: float = 1.5
+    noise_factor: float = 2.0
     time_limit: float = 60.0
     alpha: float = 1.2
     max_growth: int = 200

@@ -125,22 +125,25 @@ def _extreme_eigs(gram: np.ndarray, factor: tuple[np.ndarray, bool]) -> tuple[fl
     return lam_max, (1.0 / lam_inv if lam_inv > 0 else 0.0)
 
 
-def pinv_inf_norm(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
-    """``||A⁺ diag(row_scale)||_inf`` for a tall ``A`` of full column rank (inf otherwise).
+def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
+    """``sqrt(trace((AᵀS⁻²A)⁻¹) / n)`` for a tall ``A`` of full column rank (inf otherwise).
 
-    Bounds how far two inputs whose outputs on these rows differ by at most ``row_scale_j · e`` can be
-    apart: ``||u - u'||_inf <= ||A⁺ diag(s)||_inf · e``.
+    If the rows' errors, divided by ``S = diag(row_scale)``, are independent with standard deviation
+    ``σ``, the least-squares solution's entries have root-mean-square standard deviation
+    ``σ · error_scale``: a typical per-entry error, not a worst-case bound.
     """
     m, n = a.shape
-    if m < n or n == 0:
-        return float("inf") if n else 0.0
+    if n == 0:
+        return 0.0
+    if m < n:
+        return float("inf")
+    aw = a if row_scale is None else a / row_scale[:, None]
     try:
-        factor = sla.cho_factor(a.T @ a, lower=False, check_finite=False)
+        chol = sla.cholesky(aw.T @ aw, lower=True, check_finite=False)
+        inv = sla.solve_triangular(chol, np.eye(n), lower=True, check_finite=False)
     except (np.linalg.LinAlgError, ValueError):
         return float("inf")
-    rhs = a.T if row_scale is None else (a * row_scale[:, None]).T
-    pinv = sla.cho_solve(factor, rhs, check_finite=False)
-    value = float(np.max(np.sum(np.abs(pinv), axis=1)))
+    value = float(np.sqrt(np.sum(inv * inv) / n))
     return value if np.isfinite(value) else float("inf")
 
 

@@ -214,15 +214,15 @@ def two_sided_rank(ctx: LayerContext, targets: Targets) -> tuple[int, int]:
 
 
 def identifiability(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple[int, int, int, float]:
-    """How well the noisy data determine this layer's input: (rows, rank, dimension, error bound).
+    """How well the noisy data determine this layer's input: (rows, rank, dimension, typical error).
 
     The rows counted are the two-sided rows (``|a_j - c_j| <= s_j δ``) whose sign is certain: for
-    ReLU / LeakyReLU layers, ``|y_j|`` must exceed 3× the error of ``y`` (the noise level at the
-    output, the propagated bound below), so that small spurious values of an estimated hidden layer
-    do not count as information. If they have full column rank, the true input ``u*`` and ``u`` differ
-    by at most ``||W_T⁺ diag(s)||_inf (dev(u) + err(y))``, where ``dev(u) = max_j |a_j(u) - c_j| / s_j``
-    and ``err(y)`` bounds the same quantity for ``u*``. That bound becomes the error of the next
-    layer's target.
+    ReLU / LeakyReLU layers ``|y_j|`` must exceed 3× the typical error of ``y`` (0 at the output, where
+    the threshold ε already separates the noise), so that small spurious values of an estimated hidden
+    layer do not count as information. If they have full column rank, the typical error of ``u`` is
+    ``σ · sqrt(trace((W_TᵀS⁻²W_T)⁻¹)/n)`` with ``σ = dev(u) + err(y)``, ``dev(u) = max_j |a_j(u) - c_j|
+    / s_j`` (the least-squares error model of :func:`~onnxinv.inversion.linear.error_scale`); it is
+    passed down as the error of the next layer's target. This is a statistical estimate, not a bound.
     """
     n = ctx.layer.in_features
     rows = _certain_rows(ctx, targets)
@@ -233,8 +233,7 @@ def identifiability(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple
     scale = targets.upper_scale[rows]
     pre = w @ u + ctx.layer.bias[targets.rows[rows]]
     dev = float(np.max(np.abs(pre - targets.upper[rows]) / scale)) if scale.size else 0.0
-    factor = linear.pinv_inf_norm(w, scale)
-    return int(rows.sum()), rank, 0, factor * (dev + ctx.y_error)
+    return int(rows.sum()), rank, 0, linear.error_scale(w, scale) * (dev + ctx.y_error)
 
 
 def _certain_rows(ctx: LayerContext, targets: Targets) -> np.ndarray:

@@ -15,17 +15,20 @@ Problem
 Notes
 -----
 * Every HiGHS model status maps to a :class:`SolverStatus` (``_STATUS_MAP``); a status HiGHS adds
-  later maps to ``UNKNOWN``. HiGHS's "infeasible or unbounded" (a presolve verdict) is settled by
-  re-solving once without presolve.
+  later maps to ``UNKNOWN``. HiGHS's "infeasible or unbounded" is settled by re-solving once from
+  scratch with primal simplex.
 * After an "optimal" solve the solution is re-checked in numpy (:meth:`LinearProgram.violation`,
   scaled by ``1 + |rhs|``); beyond ``tol`` the status is downgraded to ``NUMERICAL``. Only
   ``OPTIMAL`` is success.
-* HiGHS runs with one thread and no output. ``time_limit`` bounds the wall time of the whole call.
+* HiGHS runs with one thread, no output and no presolve (it finds nothing to remove in dense layer
+  LPs and costs time). ``time_limit`` bounds the wall time of the whole call.
 * ``row_generation=True`` solves with a working subset of the ``A_ub`` rows, adds the rows the
   current solution violates (checked in numpy) and re-solves from the previous basis until none is
   violated. The answer is that of the full problem: the subset problem is a relaxation, so its
   optimum is optimal for the full problem once it satisfies every row. It pays off when few of many
-  inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_.
+  inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_. A warm re-solve
+  that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations) is abandoned for
+  one cold solve of the full problem.
 
 References
 ----------
@@ -259,7 +262,7 @@ def solve(
     highs = _new_highs(iteration_limit)
     _pass(highs, problem, work)
     iterations = 0
-    presolve_retry = True
+    retry = True
     generating = not work.all()
     rounds = 0
     while True:
@@ -267,7 +270,9 @@ def solve(
         if deadline is not None:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                return _finish(problem, SolverStatus.TIME_LIMIT, None, 0.0, iterations, start, "time limit")
+                return _finish(
+                    problem, SolverStatus.TIME_LIMIT, None, float("nan"), iterations, start, "time limit"
+                )
             # HiGHS's time limit counts the object's total run time over all runs.
             highs.setOptionValue("time_limit", float(highs.getRunTime()) + remaining)
         run_status = highs.run()
@@ -284,9 +289,10 @@ def solve(
             )
         status = map_status(model_status)
         text = highs.modelStatusToString(model_status)
-        if status is SolverStatus.INFEASIBLE_OR_UNBOUNDED and presolve_retry:
-            presolve_retry = False
-            highs.setOptionValue("presolve", "off")
+        if status is SolverStatus.INFEASIBLE_OR_UNBOUNDED and retry:
+            # Settle it with primal simplex from scratch, which tells the two apart.
+            retry = False
+            highs.setOptionValue("simplex_strategy", 4)
             highs.clearSolver()
             continue
         if status in (SolverStatus.UNBOUNDED, SolverStatus.INFEASIBLE_OR_UNBOUNDED) and not work.all():
@@ -300,7 +306,7 @@ def solve(
             sol = highs.getSolution()
             if sol.value_valid:
                 x = np.asarray(sol.col_value, dtype=np.float64)
-        if generating and status is SolverStatus.ITERATION_LIMIT and rounds > 1:
+        if generating and iteration_limit is None and status is SolverStatus.ITERATION_LIMIT and rounds > 1:
             # A warm re-solve stalled (degenerate optimum): solve the full problem from scratch.
             highs = _new_highs(iteration_limit)
             work[:] = True

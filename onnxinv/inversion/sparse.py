@@ -90,7 +90,7 @@ def _noisy_layer(ctx: LayerContext, relu_input: bool) -> LayerOutcome:
     n = ctx.layer.in_features
     eps = ctx.initial_eps()
     targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-    active, rank = linf.two_sided_rank(ctx, targets)
+    _, rank = linf.two_sided_rank(ctx, targets)
     if rank == n or not relu_input:
         return linf.solve_layer(ctx)
     res = None
