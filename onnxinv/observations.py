@@ -8,7 +8,9 @@ Rules
 * One observation: any shape whose size is the generator's output size ``n`` (``(n,)``, ``(1, n)``,
   ``(1, 1, 8, 8)``, ...). A batch: shape ``(N, ...)`` with ``N * n`` values, the batch on the first
   axis. ``batch=True`` / ``False`` forces the reading of a size-``n`` array.
-* Values must be real floating point (float16/32/64); they are converted to float64. Integers,
+* Values must be real floating point (float16/32/64); they are converted to float64, and the machine
+  epsilon of the dtype they came in is kept as :attr:`Observations.precision` (float32 values are only
+  accurate to about 1e-7 relative, whatever produced them). Integers,
   booleans, complex numbers and objects are refused rather than guessed at (images stored as uint8
   usually need scaling first).
 * NaN and ±Inf are refused, except at entries a mask marks as unobserved.
@@ -37,12 +39,14 @@ class Observations:
     mask : (N, n) bool (True = observed) or None when everything is observed
     single : the input was one observation (the caller gets one result, not a batch)
     input_shape : the shape the user passed
+    precision : machine epsilon of the dtype the values came in (float32: 1.19e-7; float64: 2.2e-16)
     """
 
     values: np.ndarray
     mask: np.ndarray | None
     single: bool
     input_shape: tuple[int, ...]
+    precision: float = float(np.finfo(np.float64).eps)
 
     @property
     def count(self) -> int:
@@ -61,6 +65,8 @@ def prepare_observations(
 ) -> Observations:
     """Validate ``x`` (and ``mask``) against a generator with ``output_dim`` outputs."""
     arr = _as_float_array(x, "observation")
+    precision = float(np.finfo(arr.dtype).eps)
+    arr = arr.astype(np.float64, copy=False)
     n = int(output_dim)
     shape = tuple(arr.shape)
     if arr.ndim == 0:
@@ -109,7 +115,9 @@ def prepare_observations(
     values = np.where(masks, values, 0.0) if masks is not None else values.copy()
     if masks is not None and masks.all():
         masks = None
-    return Observations(values=np.ascontiguousarray(values), mask=masks, single=single, input_shape=shape)
+    return Observations(
+        values=np.ascontiguousarray(values), mask=masks, single=single, input_shape=shape, precision=precision
+    )
 
 
 def prepare_mask(mask: object, output_dim: int, count: int = 1) -> np.ndarray | None:
@@ -182,7 +190,7 @@ def _as_float_array(x: object, what: str) -> np.ndarray:
         raise ObservationError(f"the {what} cannot be read as an array: {exc}") from exc
     kind = arr.dtype.kind
     if kind == "f":
-        return arr.astype(np.float64, copy=False)
+        return arr  # the caller records the precision of this dtype, then converts to float64
     names = {"b": "bool", "i": "integer", "u": "unsigned integer", "c": "complex", "O": "object"}
     hint = {
         "b": "a bool array looks like a mask; pass it as mask= and the values as x",

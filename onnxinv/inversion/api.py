@@ -14,11 +14,15 @@ If ``z`` reproduces the observation: **not unique** when some layer's preimage h
 ended ``optimal``, else **not found** (a layer's check failed, so ``z`` is not a certified preimage;
 the message says which).
 
-If ``z`` does not reproduce it: **not unique** only when the miss can come from a free choice, i.e. a
-hidden layer (index >= 1) solved exactly (layer residual <= ``tol``) whose preimage has dimension > 0,
-above the first failed layer (from the output side); a different point of that preimage may lead to
-a latent, and the message says to try ``sparse`` or ``gd``. Otherwise **not found**, with the best
-residual.
+If ``z`` does not reproduce it, no preimage was found, so the verdict is **not found** with the best
+residual, unless there is evidence that the latent is not determined: a clean observation whose
+layers from the output down to a hidden layer (index >= 1) were all solved exactly (status optimal,
+layer residual <= ``tol``), that hidden layer's preimage having a dimension strictly between 0 and
+its input size. Then the observation pins down a whole polytope of that layer's inputs, the point
+chosen in it did not lead to a latent, and another may: **not unique**, and the message says to try
+``sparse`` or ``gd``. A positive dimension reported by a noisy method (directions without
+sign-certain rows, an estimate), a layer-0 preimage (the miss is not a choice there) or a preimage
+as large as the whole input space (nothing pinned down) is not such evidence.
 
 Batches
 -------
@@ -127,7 +131,7 @@ def invert(
         overrides["tol"] = float(tol)
     cfg = dataclasses.replace(base, **overrides)
     if obs.single:
-        return solve_chunk(generator, obs.values, obs.mask, level, method, cfg)[0]
+        return solve_chunk(generator, obs.values, obs.mask, level, method, cfg, obs.precision)[0]
     return _invert_batch(generator, obs, level, method, cfg, workers)
 
 
@@ -138,10 +142,16 @@ def solve_chunk(
     noise: float | None,
     method: str,
     settings: Settings,
+    precision: float = 0.0,
 ) -> list[InversionResult]:
-    """Solve observations ``values`` (M, n) one by one, then verify all of them with one onnxruntime call."""
+    """Solve observations ``values`` (M, n) one by one, then verify all of them with one onnxruntime call.
+
+    ``precision`` is the machine epsilon of the dtype the observations came in (0: the model's).
+    """
     with _blas_threads_one():
-        problems, drafts, times = _solve_rows(generator, values, masks, noise, METHODS[method], settings)
+        problems, drafts, times = _solve_rows(
+            generator, values, masks, noise, METHODS[method], settings, precision
+        )
     start = time.perf_counter()
     outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
     share = (time.perf_counter() - start) / len(drafts)
@@ -158,11 +168,12 @@ def _solve_rows(
     noise: float | None,
     module: Any,
     settings: Settings,
+    precision: float,
 ) -> tuple[list[Problem], list[Draft], list[float]]:
     problems, drafts, times = [], [], []
     for i in range(values.shape[0]):
         start = time.perf_counter()
-        problem = Problem(generator, values[i], None if masks is None else masks[i], noise)
+        problem = Problem(generator, values[i], None if masks is None else masks[i], noise, precision)
         drafts.append(module.solve(problem, settings, start + settings.time_limit))
         problems.append(problem)
         times.append(time.perf_counter() - start)
@@ -220,21 +231,27 @@ def decide(
         fail_text = f"layer {first_fail.layer} ended '{first_fail.status.value}': {first_fail.message}"
     if reproduces:
         dims = [s for s in steps if s.preimage_dim > 0]
-    else:
-        # only a free choice in an exactly solved hidden layer above the failure can explain a miss
+    elif noise is None:
+        # a miss is only excused by a free choice in a hidden layer that the exact data pinned down,
+        # with every layer above it solved exactly
         dims = [
             s
             for s in steps
-            if s.status.ok
-            and s.preimage_dim > 0
+            if 0 < s.preimage_dim < s.unknowns
             and s.layer >= 1
-            and s.residual <= layer_tol
-            and (first_fail is None or s.layer > first_fail.layer)
+            and all(t.status.ok and t.residual <= layer_tol for t in steps if t.layer >= s.layer)
         ]
+    else:
+        dims = []
     if dims:
         step = min(dims, key=lambda s: s.layer)
         head = f"Layer {step.layer}'s preimage has dimension {step.preimage_dim} ({step.message})."
-        if step.layer == 0:
+        if step.epsilon is not None:
+            meaning = (
+                f"Within the noise, the observation does not constrain {step.preimage_dim} direction(s) of "
+                f"layer {step.layer}'s input, so many latents explain it: the latent is not determined."
+            )
+        elif step.layer == 0:
             meaning = (
                 f"Every latent in that {step.preimage_dim}-dimensional set gives the same output of "
                 "layer 0, hence the same observation: the latent is not unique."
@@ -274,7 +291,16 @@ def decide(
         reason = f"{fail_text}. Best {fit}"
     else:
         reason = f"the best z found does not reproduce the observation: {fit}"
-    return Verdict.NOT_FOUND, None, None, f"Not found. {reason}."
+    message = f"Not found. {reason}."
+    free = [s for s in steps if s.status.ok and 0 < s.preimage_dim < s.unknowns and s.layer >= 1]
+    if not reproduces and free:
+        step = min(free, key=lambda s: s.layer)
+        message += (
+            f" Layer {step.layer}'s input was not determined by its estimated output (dimension "
+            f"{step.preimage_dim}); another choice there might lead to a latent: try method='sparse' or "
+            "method='gd'."
+        )
+    return Verdict.NOT_FOUND, None, None, message
 
 
 # ----------------------------------------------------------------------------- batches
@@ -292,9 +318,14 @@ def _init_worker(payload: bytes, forked: bool) -> None:
 
 
 def _worker_chunk(
-    values: np.ndarray, masks: np.ndarray | None, noise: float | None, method: str, settings: Settings
+    values: np.ndarray,
+    masks: np.ndarray | None,
+    noise: float | None,
+    method: str,
+    settings: Settings,
+    precision: float,
 ) -> list[InversionResult]:
-    return solve_chunk(_WORKER["generator"], values, masks, noise, method, settings)
+    return solve_chunk(_WORKER["generator"], values, masks, noise, method, settings, precision)
 
 
 def _invert_batch(
@@ -317,7 +348,7 @@ def _invert_batch(
         # Probe in this process: start a pool only if the rest would take long enough to pay for it.
         probe = min(count, 2)
         results += solve_chunk(
-            generator, obs.values[:probe], _slice(obs.mask, 0, probe), noise, method, settings
+            generator, obs.values[:probe], _slice(obs.mask, 0, probe), noise, method, settings, obs.precision
         )
         done = probe
         per = sum(r.seconds for r in results) / probe
@@ -326,7 +357,13 @@ def _invert_batch(
     if done < count:
         if procs == 1:
             results += solve_chunk(
-                generator, obs.values[done:], _slice(obs.mask, done, count), noise, method, settings
+                generator,
+                obs.values[done:],
+                _slice(obs.mask, done, count),
+                noise,
+                method,
+                settings,
+                obs.precision,
             )
         else:
             results += _pool_map(generator, obs, done, noise, method, settings, procs)
@@ -355,7 +392,9 @@ def _pool_map(
     )
     with _single_threaded_blas(), pool:
         futures = [
-            pool.submit(_worker_chunk, obs.values[a:b], _slice(obs.mask, a, b), noise, method, settings)
+            pool.submit(
+                _worker_chunk, obs.values[a:b], _slice(obs.mask, a, b), noise, method, settings, obs.precision
+            )
             for a, b in zip(bounds[:-1], bounds[1:])
             if b > a
         ]

@@ -36,6 +36,7 @@ References
 
 from __future__ import annotations
 
+from onnxinv.inversion import polish
 from onnxinv.inversion.layerwise import (
     Draft,
     LayerContext,
@@ -43,19 +44,18 @@ from onnxinv.inversion.layerwise import (
     Problem,
     Settings,
     clean_layer,
-    clean_threshold,
+    clean_targets,
     walk,
 )
-from onnxinv.inversion.targets import build_targets
 
 __all__ = ["solve"]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Exact layer-wise inversion of ``problem`` (see module docstring)."""
-    return walk(problem, settings, _layer, "exact", deadline)
+    return polish.refine(problem, settings, walk(problem, settings, _layer, "exact", deadline), deadline)
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:
-    targets = build_targets(ctx.layer, ctx.y, ctx.rows, clean_threshold(ctx), noisy=False)
+    targets = clean_targets(ctx)
     return clean_layer(ctx, targets)

@@ -23,8 +23,9 @@ the layer's preimage polytope through that point, :mod:`onnxinv.inversion.linear
 reproduces ``x`` and every layer is identifiable there, Theorem 2 of [1]_ makes ``z`` the unique
 preimage and the verdict is *unique* (certified by that analysis, not by GD); a layer with a
 preimage of dimension > 0 gives *not unique*; otherwise the residual is too large and the verdict is
-*not found* with GD's best residual. For noisy observations the analysis uses the two-sided rows at
-the layer's initial ε, as the l_inf method does.
+*not found* with GD's best residual. For noisy observations the last layer's analysis uses the
+two-sided rows at its initial ε, as the l_inf method does; the hidden layers are analysed at GD's own
+hidden values (:func:`onnxinv.inversion.polish.analyse_at`).
 
 References
 ----------
@@ -38,19 +39,9 @@ import time
 
 import numpy as np
 
-from onnxinv.inversion import linear, linf
-from onnxinv.inversion.layerwise import (
-    Draft,
-    LayerContext,
-    LayerOutcome,
-    Problem,
-    Settings,
-    clean_threshold,
-    walk,
-)
-from onnxinv.inversion.result import SolverStatus
-from onnxinv.inversion.targets import build_targets, project
-from onnxinv.layers import Activation, Layer
+from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
+from onnxinv.inversion.polish import analyse_at, derivative
+from onnxinv.layers import Layer
 
 __all__ = ["solve"]
 
@@ -61,9 +52,10 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Gradient descent from random starts, then the layer-wise analysis at the best point."""
     z, summary = _descend(problem, settings, deadline)
     hidden = problem.generator.hidden_values(z)
+    last = len(problem.generator.layers) - 1
 
     def analyse(ctx: LayerContext) -> LayerOutcome:
-        return _analyse_layer(ctx, hidden[ctx.index])
+        return analyse_at(ctx, hidden[ctx.index], "the GD point", last=ctx.index == last)
 
     draft = walk(problem, settings, analyse, "gd", deadline)
     draft.z = np.asarray(z, dtype=np.float64)
@@ -147,65 +139,7 @@ def _loss_grad(
         g = r
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            g = g * _derivative(layer, outs[i])
+            g = g * derivative(layer, outs[i])
             g = g @ layer.weight
     loss = np.where(np.isfinite(loss), loss, np.inf)
     return loss, np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def _derivative(layer: Layer, out: np.ndarray) -> np.ndarray:
-    """d act / d a, written in terms of the activation's output."""
-    act = layer.activation
-    if act is Activation.RELU:
-        return (out > 0).astype(np.float64)
-    if act is Activation.LEAKY_RELU:
-        return np.where(out >= 0, 1.0, layer.slope)
-    if act is Activation.TANH:
-        return 1.0 - out * out
-    if act is Activation.SIGMOID:
-        return out * (1.0 - out)
-    return np.ones_like(out)
-
-
-def _analyse_layer(ctx: LayerContext, u: np.ndarray) -> LayerOutcome:
-    """Identifiability of one layer at GD's hidden value ``u`` (the input of this layer)."""
-    n = ctx.layer.in_features
-    u = project(u, ctx.bounds)
-    if ctx.noise_rel is not None:
-        eps = ctx.initial_eps()
-        targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-        return linf.noisy_outcome(ctx, targets, u, eps, SolverStatus.OPTIMAL, "analysed at the GD point")
-    targets = build_targets(ctx.layer, ctx.y, ctx.rows, clean_threshold(ctx), noisy=False)
-    w, b = targets.matrices(ctx.layer)
-    eq = targets.equality
-    n_eq = int(eq.sum())
-    if n_eq >= n:
-        rank = linear.solve_active(w[eq], targets.lower[eq] - b[eq], 1.0 / targets.lower_scale[eq]).rank
-    else:
-        rank = linear.numerical_rank(w[eq])
-    if rank == n:
-        return LayerOutcome(
-            u,
-            SolverStatus.OPTIMAL,
-            n_eq,
-            rank,
-            0,
-            f"analysed at the GD point: {n_eq} active rows of full column rank {n}",
-            "full column rank (Theorem 2)",
-        )
-    scale = max(ctx.scale, 1.0)
-    tight = max(
-        1e-6 * scale, 10.0 * float(np.max(np.abs(ctx.layer.forward(u)[targets.rows] - ctx.y[targets.rows])))
-    )
-    dim = linear.preimage_dimension(
-        ctx.layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.remaining
-    )
-    return LayerOutcome(
-        u,
-        dim.status,
-        n_eq,
-        rank,
-        dim.dim,
-        f"analysed at the GD point: {n_eq} active rows of rank {rank} < {n}: preimage of dimension {dim.dim}",
-        "preimage is a single point" if dim.dim == 0 else "",
-    )

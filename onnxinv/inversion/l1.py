@@ -37,7 +37,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from onnxinv.inversion import lp
+from onnxinv.inversion import lp, polish
 from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
 from onnxinv.inversion.linf import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
@@ -49,7 +49,7 @@ __all__ = ["solve"]
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Algorithm 2 of [1]_, layer by layer from the output (see module docstring)."""
-    return walk(problem, settings, _layer, "l1", deadline)
+    return polish.refine(problem, settings, walk(problem, settings, _layer, "l1", deadline), deadline)
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:

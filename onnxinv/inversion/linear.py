@@ -7,7 +7,8 @@ active targets minus the bias, rows weighted by ``1/s_j``) is solved by Cholesky
 one step of iterative refinement, the cheap route. Its 2-norm condition number is estimated from a
 few power / inverse iterations on the factor; above ``COND_LIMIT`` (or if the factorisation fails) the
 solve switches to column-pivoted QR, whose diagonal gives the numerical rank (``|R_kk| >
-RANK_RTOL·|R_00|``).
+RANK_RTOL·|R_00|``). The spread ``sqrt(trace((AᵀA)⁻¹)/n)`` (Hutchinson's estimator on the factor)
+turns a per-row error of the data into the typical per-entry error of ``u``.
 
 **Layer LP**, eq. (4) of [1]_: ``W_I u + b_I = y_I``, ``W_{I^c} u + b_{I^c} <= 0`` (generally: the row
 bounds of :mod:`onnxinv.inversion.targets`) and the input bounds (``u >= 0`` after a ReLU). With the
@@ -62,6 +63,8 @@ class LeastSquares:
     residual: float  # max |A u - t| (unweighted rows)
     error: float  # estimated absolute error of u from the data's inconsistency
     method: str
+    spread: float = float("inf")  # sqrt(trace((AᵀW²A)⁻¹)/n): per-entry error of u per unit row error
+    rms: float = 0.0  # root-mean-square weighted residual ||diag(w)(A u - t)|| / sqrt(m)
 
 
 def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None) -> LeastSquares:
@@ -83,9 +86,26 @@ def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
                 r = tw - aw @ u
                 u = u + sla.cho_solve(factor, aw.T @ r, check_finite=False)
                 res = a @ u - t
-                err = float(np.linalg.norm(tw - aw @ u) / np.sqrt(lam_min))
-                return LeastSquares(u, n, cond, _maxabs(res), err, "cholesky")
+                rw = float(np.linalg.norm(tw - aw @ u))
+                err = rw / float(np.sqrt(lam_min))
+                spread = _spread(factor[0])
+                return LeastSquares(u, n, cond, _maxabs(res), err, "cholesky", spread, rw / np.sqrt(m))
     return _solve_qr(a, t, aw, tw)
+
+
+_PROBES = 8
+
+
+def _spread(r: np.ndarray) -> float:
+    """``sqrt(trace((RᵀR)⁻¹)/n)`` for an upper triangular ``R``, by Hutchinson's estimator with a fixed
+    set of ``±1`` probes (``trace(M⁻¹) = E[vᵀM⁻¹v]``; a few triangular solves, not an inverse)."""
+    n = r.shape[0]
+    if n == 0:
+        return 0.0
+    signs = np.where(np.random.default_rng(0).random((n, _PROBES)) < 0.5, -1.0, 1.0)
+    y = sla.solve_triangular(r, signs, trans="T", lower=False, check_finite=False)
+    value = float(np.sqrt(np.sum(y * y) / (_PROBES * n)))
+    return value if np.isfinite(value) else float("inf")
 
 
 def _solve_qr(a: np.ndarray, t: np.ndarray, aw: np.ndarray, tw: np.ndarray) -> LeastSquares:
@@ -103,8 +123,11 @@ def _solve_qr(a: np.ndarray, t: np.ndarray, aw: np.ndarray, tw: np.ndarray) -> L
         u[perm[:rank]] = sol
     cond = float(diag[0] / diag[rank - 1]) if rank else float("inf")
     res = a @ u - t
-    err = float(np.linalg.norm(tw - aw @ u) / diag[rank - 1]) if rank else float("inf")
-    return LeastSquares(u, rank, cond if rank == n else float("inf"), _maxabs(res), err, "qr")
+    rw = float(np.linalg.norm(tw - aw @ u))
+    err = rw / float(diag[rank - 1]) if rank else float("inf")
+    spread = _spread(r[:n, :n]) if rank == n else float("inf")
+    cond = cond if rank == n else float("inf")
+    return LeastSquares(u, rank, cond, _maxabs(res), err, "qr", spread, rw / np.sqrt(m))
 
 
 def _extreme_eigs(gram: np.ndarray, factor: tuple[np.ndarray, bool]) -> tuple[float, float]:
@@ -198,15 +221,64 @@ def layer_lp(
     )
 
 
-@dataclass(frozen=True)
+def min_widening(
+    layer: Layer,
+    targets: Targets,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    time_limit: float | None = None,
+) -> lp.LPResult:
+    """The smallest widening ``t`` of the row bounds (in units of each row's scale, so on the layer's
+    output) for which the eq. (4) LP has a point: ``min t`` over ``(u, t)`` subject to
+    ``ℓ_j - t s^ℓ_j <= a_j <= h_j + t s^h_j`` and the input bounds; ``x = [u, t]``.
+
+    When rounding leaves the exact eq. (4) LP without a point, its optimum is the point that comes
+    closest, and the constraints tight there (within a few ``t*``) are those of the unrounded data.
+    """
+    w, b = targets.matrices(layer)
+    n = layer.in_features
+    up = np.isfinite(targets.upper)
+    lo = np.isfinite(targets.lower)
+    a_ub = np.vstack(
+        [
+            np.hstack([w[up], -targets.upper_scale[up, None]]),
+            np.hstack([-w[lo], -targets.lower_scale[lo, None]]),
+        ]
+    )
+    b_ub = np.concatenate([targets.upper[up] - b[up], -(targets.lower[lo] - b[lo])])
+    c = np.zeros(n + 1)
+    c[-1] = 1.0
+    lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if bounds is None else bounds
+    box = (np.append(lower, 0.0), np.append(upper, np.inf))
+    # degenerate at its optimum (t is tiny and many rows bind), where dual simplex can stall
+    return lp.solve_lp(
+        c,
+        a_ub if a_ub.shape[0] else None,
+        b_ub if a_ub.shape[0] else None,
+        bounds=box,
+        time_limit=time_limit,
+        algorithm="primal simplex",
+    )
+
+
+@dataclass(frozen=True, eq=False)
 class Dimension:
-    """Result of :func:`preimage_dimension`."""
+    """Result of :func:`preimage_dimension`.
+
+    The masks say which constraints were found to be implicit equalities (None when the LP was not
+    run): rows of ``targets`` held at their upper / lower bound, inputs held at their lower / upper
+    bound.
+    """
 
     dim: int
     rank: int  # rank of the equalities alone
     implicit: int  # tight inequalities found to be implicit equalities
     status: SolverStatus
     message: str = ""
+    upper_rows: np.ndarray | None = None
+    lower_rows: np.ndarray | None = None
+    at_lower: np.ndarray | None = None
+    at_upper: np.ndarray | None = None
 
 
 def preimage_dimension(
@@ -221,8 +293,10 @@ def preimage_dimension(
 ) -> Dimension:
     """Dimension of the layer's preimage polytope, from a point ``u`` in it (module Notes).
 
-    ``extra_equalities`` (rows ``g`` with ``gᵀd = 0``) restricts to a face, e.g. ``1ᵀd = 0`` for the
-    optimal face of basis pursuit.
+    A row counts as tight when ``u`` is within ``tight_tol`` of (or beyond) its bound, measured on the
+    layer's output (the pre-activation gap divided by the row's scale); an input bound when ``u`` is
+    within ``tight_tol`` of it. ``extra_equalities`` (rows ``g`` with ``gᵀd = 0``) restricts to a
+    face, e.g. ``1ᵀd = 0`` for the optimal face of basis pursuit.
     """
     w, b = targets.matrices(layer)
     n = layer.in_features
@@ -235,12 +309,15 @@ def preimage_dimension(
         return Dimension(0, rank_eq, 0, SolverStatus.OPTIMAL)
     pre = w @ u + b
     normals = []
-    up = np.isfinite(targets.upper) & ~eq
-    up &= targets.upper - pre <= tight_tol
+    with np.errstate(invalid="ignore"):
+        up = np.isfinite(targets.upper) & ~eq
+        up &= (targets.upper - pre) / targets.upper_scale <= tight_tol
+        lo = np.isfinite(targets.lower) & ~eq
+        lo &= (pre - targets.lower) / targets.lower_scale <= tight_tol
     normals.append(w[up])
-    lo = np.isfinite(targets.lower) & ~eq
-    lo &= pre - targets.lower <= tight_tol
     normals.append(-w[lo])
+    at_lo = np.zeros(n, dtype=bool)
+    at_hi = np.zeros(n, dtype=bool)
     if bounds is not None:
         lower, upper = bounds
         at_lo = np.isfinite(lower) & (u - lower <= tight_tol)
@@ -249,9 +326,16 @@ def preimage_dimension(
         normals.append(-eye[at_lo])
         normals.append(eye[at_hi])
     g = np.vstack(normals) if normals else np.zeros((0, n))
+    # where each candidate came from: (kind, index) with kind 0 upper row, 1 lower row, 2/3 input bound
+    kinds = np.concatenate([np.full(int(up.sum()), 0), np.full(int(lo.sum()), 1)])
+    kinds = np.concatenate([kinds, np.full(int(at_lo.sum()), 2), np.full(int(at_hi.sum()), 3)])
+    where = np.concatenate(
+        [np.flatnonzero(up), np.flatnonzero(lo), np.flatnonzero(at_lo), np.flatnonzero(at_hi)]
+    )
     if g.shape[0] == 0:
         return Dimension(n - rank_eq, rank_eq, 0, SolverStatus.OPTIMAL)
     norms = np.linalg.norm(g, axis=1)
+    kinds, where = kinds[norms > 0], where[norms > 0]
     g = g[norms > 0] / norms[norms > 0, None]
     eq_norms = np.linalg.norm(a_eq, axis=1) if a_eq.size else np.zeros(0)
     a_eq_n = a_eq[eq_norms > 0] / eq_norms[eq_norms > 0, None] if a_eq.size else a_eq
@@ -282,7 +366,70 @@ def preimage_dimension(
     implicit = res.x[n:] < 0.5
     full = np.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
     rank_all = numerical_rank(full)
-    return Dimension(n - rank_all, rank_eq, int(implicit.sum()), SolverStatus.OPTIMAL)
+
+    def mask(kind: int, size: int) -> np.ndarray:
+        out = np.zeros(size, dtype=bool)
+        out[where[implicit & (kinds == kind)]] = True
+        return out
+
+    return Dimension(
+        n - rank_all,
+        rank_eq,
+        int(implicit.sum()),
+        SolverStatus.OPTIMAL,
+        upper_rows=mask(0, targets.count),
+        lower_rows=mask(1, targets.count),
+        at_lower=mask(2, n),
+        at_upper=mask(3, n),
+    )
+
+
+def pinned_point(
+    layer: Layer,
+    targets: Targets,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    dim: Dimension,
+) -> LeastSquares | None:
+    """The point of a preimage that is a single point only through implicit equalities.
+
+    Least squares on the equality rows plus the implicit equalities of ``dim`` (rows at their bound
+    become equalities, inputs at their bound are fixed and leave the system), weighted like
+    :func:`solve_active`. Unlike a vertex of the eq. (4) LP, which rests on ``n`` of the tight
+    constraints only, it uses all of them, so rounding errors of the data average out. None when
+    ``dim`` carries no implicit set or the system is rank deficient.
+    """
+    if dim.upper_rows is None or dim.lower_rows is None or dim.at_lower is None or dim.at_upper is None:
+        return None
+    w, b = targets.matrices(layer)
+    n = layer.in_features
+    eq = targets.equality
+    rows = eq | dim.upper_rows | dim.lower_rows
+    target = np.where(dim.upper_rows & ~eq, targets.upper, targets.lower)
+    scale = np.where(dim.upper_rows & ~eq, targets.upper_scale, targets.lower_scale)
+    fixed = dim.at_lower | dim.at_upper
+    value = np.zeros(n)
+    if bounds is not None:
+        value = np.where(dim.at_lower, bounds[0], np.where(dim.at_upper, bounds[1], 0.0))
+    free = ~fixed
+    a = w[rows][:, free]
+    t = target[rows] - b[rows] - w[rows][:, fixed] @ value[fixed]
+    if a.shape[0] < a.shape[1]:
+        return None
+    ls = solve_active(a, t, 1.0 / scale[rows])
+    if ls.rank < a.shape[1]:
+        return None
+    u = value.copy()
+    u[free] = ls.u
+    return LeastSquares(
+        u,
+        n,
+        ls.cond,
+        ls.residual,
+        ls.error,
+        f"{ls.method} with {int(fixed.sum())} inputs fixed",
+        ls.spread,
+        ls.rms,
+    )
 
 
 def mutual_coherence(a: np.ndarray) -> float:

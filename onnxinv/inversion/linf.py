@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from onnxinv.inversion import linear, lp
+from onnxinv.inversion import linear, lp, polish
 from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets, project
@@ -55,7 +55,7 @@ __all__ = ["solve"]
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Algorithm 1 of [1]_, layer by layer from the output (see module docstring)."""
-    return walk(problem, settings, solve_layer, "linf", deadline)
+    return polish.refine(problem, settings, walk(problem, settings, solve_layer, "linf", deadline), deadline)
 
 
 def solve_layer(ctx: LayerContext) -> LayerOutcome:

@@ -20,6 +20,13 @@ Notes
 * After an "optimal" solve the solution is re-checked in numpy (:meth:`LinearProgram.violation`,
   scaled by ``1 + |rhs|``); beyond ``tol`` the status is downgraded to ``NUMERICAL``. Only
   ``OPTIMAL`` is success.
+* An unconverged end (``UNKNOWN``, ``NUMERICAL``, or the iteration cap when the caller set no limit)
+  is not final: the full problem is solved again from scratch with primal simplex, then with the
+  interior point method (``RETRY_STRATEGIES``), within the same time limit. The message says so.
+  Without a caller's limit, simplex runs are capped at ``max(STALL_MINIMUM, STALL_FACTOR·(variables
+  + rows))`` iterations: HiGHS's dual simplex can cycle on degenerate LPs (e.g. the smallest widening
+  of a layer LP, :func:`onnxinv.inversion.linear.min_widening`), and the cap turns that into a retry
+  instead of a wait for the time limit.
 * HiGHS runs with one thread, no output and no presolve (it finds nothing to remove in dense layer
   LPs and costs time). ``time_limit`` bounds the wall time of the whole call.
 * ``row_generation=True`` solves with a working subset of the ``A_ub`` rows, adds the rows the
@@ -38,6 +45,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -75,6 +83,12 @@ _STATUS_MAP: dict[object, SolverStatus] = {
 # Members added by newer HiGHS releases (kHighsInterrupt, ...) fall through to UNKNOWN.
 
 RECHECK_TOL = 1e-6
+# Simplex iteration cap when the caller gives none: max(STALL_MINIMUM, STALL_FACTOR * (variables + rows)).
+STALL_FACTOR = 20
+STALL_MINIMUM = 10_000
+# Algorithms tried, in order, after an unconverged end (see solve()).
+RETRY_STRATEGIES = ("primal simplex", "interior point")
+_UNCONVERGED = (SolverStatus.UNKNOWN, SolverStatus.NUMERICAL)
 
 
 def reset_after_fork() -> None:
@@ -202,6 +216,7 @@ def solve_lp(
     row_generation: bool = False,
     initial_rows: np.ndarray | None = None,
     tol: float = RECHECK_TOL,
+    algorithm: str | None = None,
 ) -> LPResult:
     """Solve ``min cᵀx`` s.t. ``A_ub x <= b_ub``, ``A_eq x = b_eq``, bounds (free by default).
 
@@ -214,6 +229,8 @@ def solve_lp(
     row_generation : solve with a working set of ``A_ub`` rows grown on demand (see module Notes)
     initial_rows : indices of the first working set (default: the first ``2 n + 2`` rows)
     tol : tolerance of the numpy re-check of an optimal solution
+    algorithm : None (HiGHS's default, dual simplex), ``"primal simplex"`` or ``"interior point"`` for
+        the first solve; the others are the retries after an unconverged end
 
     Returns
     -------
@@ -235,6 +252,7 @@ def solve_lp(
         row_generation=row_generation,
         initial_rows=initial_rows,
         tol=tol,
+        algorithm=algorithm,
     )
 
 
@@ -246,10 +264,49 @@ def solve(
     row_generation: bool = False,
     initial_rows: np.ndarray | None = None,
     tol: float = RECHECK_TOL,
+    algorithm: str | None = None,
 ) -> LPResult:
-    """:func:`solve_lp` for an already built :class:`LinearProgram`."""
+    """:func:`solve_lp` for an already built :class:`LinearProgram`.
+
+    An unconverged end (``UNKNOWN`` or ``NUMERICAL``, including an optimum that fails the numpy
+    re-check) is retried from scratch on the full problem, first with primal simplex, then with the
+    interior point method; the first converged answer is returned, else the last one.
+    """
     start = time.perf_counter()
     deadline = None if time_limit is None else start + max(float(time_limit), 0.0)
+    if algorithm is not None and algorithm not in RETRY_STRATEGIES:
+        raise ValueError(f"unknown LP algorithm {algorithm!r}; choose one of {', '.join(RETRY_STRATEGIES)}")
+    result = _solve_once(problem, deadline, iteration_limit, row_generation, initial_rows, tol, algorithm)
+    unconverged = _UNCONVERGED if iteration_limit is not None else (*_UNCONVERGED, SolverStatus.ITERATION_LIMIT)
+    notes = []
+    for strategy in (alt for alt in RETRY_STRATEGIES if alt != algorithm):
+        if result.status not in unconverged:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        notes.append(f"'{result.status.value}' ({result.message}), retried from scratch with {strategy}")
+        result = _solve_once(problem, deadline, iteration_limit, False, None, tol, strategy)
+    if notes:
+        result = dataclasses.replace(
+            result,
+            seconds=time.perf_counter() - start,
+            message=f"{result.message}; earlier: {'; '.join(notes)}",
+        )
+    return result
+
+
+def _solve_once(
+    problem: LinearProgram,
+    deadline: float | None,
+    iteration_limit: int | None,
+    row_generation: bool,
+    initial_rows: np.ndarray | None,
+    tol: float,
+    strategy: str | None,
+) -> LPResult:
+    """One solve (with row generation if asked); ``strategy`` None (HiGHS's default), ``"primal
+    simplex"`` or ``"interior point"``."""
+    start = time.perf_counter()
     n_ub = problem.b_ub.shape[0]
     if row_generation and n_ub > 0:
         if initial_rows is None:
@@ -259,7 +316,8 @@ def solve(
     else:
         work = np.ones(n_ub, dtype=bool)
 
-    highs = _new_highs(iteration_limit)
+    cap = iteration_limit if iteration_limit is not None else _default_cap(problem)
+    highs = _new_highs(cap, strategy)
     _pass(highs, problem, work)
     iterations = 0
     retry = True
@@ -308,7 +366,7 @@ def solve(
                 x = np.asarray(sol.col_value, dtype=np.float64)
         if generating and iteration_limit is None and status is SolverStatus.ITERATION_LIMIT and rounds > 1:
             # A warm re-solve stalled (degenerate optimum): solve the full problem from scratch.
-            highs = _new_highs(iteration_limit)
+            highs = _new_highs(cap, strategy)
             work[:] = True
             _pass(highs, problem, work)
             generating = False
@@ -323,7 +381,7 @@ def solve(
                 work[bad] = True
                 if iteration_limit is None:
                     limit = max(1000, 5 * (problem.num_vars + int(work.sum())))
-                    highs.setOptionValue("simplex_iteration_limit", limit)
+                    highs.setOptionValue("simplex_iteration_limit", min(limit, cap))
                 continue
         objective = float(info.objective_function_value) if status is SolverStatus.OPTIMAL else float("nan")
         return _finish(problem, status, x, objective, iterations, start, text, tol)
@@ -362,12 +420,25 @@ def _finish(
     )
 
 
-def _new_highs(iteration_limit: int | None) -> highspy.Highs:
+def _default_cap(problem: LinearProgram) -> int:
+    """Simplex iterations allowed when the caller sets no limit (``STALL_FACTOR`` per variable and
+    row): far more than a dense layer LP needs, and a stop for a simplex that cycles on a degenerate
+    problem (the other algorithms then take over, see :func:`solve`)."""
+    rows = problem.b_ub.shape[0] + problem.b_eq.shape[0]
+    return max(STALL_MINIMUM, STALL_FACTOR * (problem.num_vars + rows))
+
+
+def _new_highs(iteration_limit: int | None, strategy: str | None = None) -> highspy.Highs:
     highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("threads", 1)
     # The dense layer LPs solve fastest without presolve (it finds nothing to remove).
     highs.setOptionValue("presolve", "off")
+    if strategy == "primal simplex":
+        highs.setOptionValue("simplex_strategy", 4)
+    elif strategy == "interior point":
+        highs.setOptionValue("solver", "ipm")
+        highs.setOptionValue("run_crossover", "on")
     if iteration_limit is not None:
         highs.setOptionValue("simplex_iteration_limit", int(iteration_limit))
         highs.setOptionValue("ipm_iteration_limit", int(iteration_limit))

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinv.inversion import linf, lp
+from onnxinv.inversion import linf, lp, polish
 from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
 from onnxinv.inversion.linf import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
@@ -49,7 +49,7 @@ __all__ = ["solve"]
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """The relaxed LP of eq. (8), layer by layer from the output (see module docstring)."""
-    return walk(problem, settings, _layer, "relaxed", deadline)
+    return polish.refine(problem, settings, walk(problem, settings, _layer, "relaxed", deadline), deadline)
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinv.inversion import linear, linf
+from onnxinv.inversion import linear, linf, polish
 from onnxinv.inversion.layerwise import (
     Draft,
     LayerContext,
@@ -52,7 +52,7 @@ from onnxinv.inversion.layerwise import (
     Problem,
     Settings,
     clean_layer,
-    clean_threshold,
+    clean_targets,
     walk,
 )
 from onnxinv.inversion.result import SolverStatus
@@ -63,7 +63,7 @@ __all__ = ["solve"]
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Layered basis pursuit (see module docstring)."""
-    return walk(problem, settings, _layer, "sparse", deadline)
+    return polish.refine(problem, settings, walk(problem, settings, _layer, "sparse", deadline), deadline)
 
 
 def _relu_input(ctx: LayerContext) -> bool:
@@ -78,7 +78,7 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
     n = ctx.layer.in_features
     relu_input = _relu_input(ctx)
     if ctx.noise_rel is None:
-        targets = build_targets(ctx.layer, ctx.y, ctx.rows, clean_threshold(ctx), noisy=False)
+        targets = clean_targets(ctx)
         out = clean_layer(ctx, targets, objective=np.ones(n) if relu_input else None)
         if relu_input and out.status.ok and out.preimage_dim > 0:
             _certify(ctx, targets, out)
