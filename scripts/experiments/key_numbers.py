@@ -205,6 +205,39 @@ def digits_mask(out: Path) -> None:
     print()
 
 
+def time_per_observation(out: Path) -> None:
+    """Median wall and CPU time per observation and method over every run of each experiment."""
+    sources = [
+        ("Fig. 2, k-250-600 (clean)", "fig2_success_vs_k_runs.csv", None),
+        ("Fig. 1, 20-100-500, uniform noise", "fig1_error_vs_noise_runs.csv", "uniform"),
+        ("Fig. 1, 20-100-500, Gaussian noise", "fig1_error_vs_noise_runs.csv", "gaussian"),
+        ("digits decoder, noise sweep", "digits_noise_runs.csv", None),
+        ("digits decoder, inpainting and denoising", "digits_mask_runs.csv", None),
+    ]
+    body, methods = [], []
+    cells: dict[tuple[str, str], str] = {}
+    for label, name, kind in sources:
+        path = out / name
+        if not path.is_file():
+            continue
+        rows = [r for r in common.read_csv(path) if kind is None or r.get("noise_kind") == kind]
+        for m in dict.fromkeys(r["method"] for r in rows):
+            if m not in methods:
+                methods.append(m)
+            group = [r for r in rows if r["method"] == m]
+            wall = np.median([float(r["seconds"]) for r in group])
+            cpu = (
+                np.median([float(r["cpu_seconds"]) for r in group]) if "cpu_seconds" in group[0] else math.nan
+            )
+            cells[(label, m)] = f"{ms(wall)} ({ms(cpu)})" if math.isfinite(cpu) else ms(wall)
+        body.append(label)
+    if not body:
+        return
+    print("## Time per observation: median wall time (median CPU time)\n")
+    print(table(["experiment", *methods], [[b, *(cells.get((b, m), "") for m in methods)] for b in body]))
+    print()
+
+
 def run_times(out: Path) -> None:
     path = out / "run_times.csv"
     if not path.is_file():
@@ -237,6 +270,7 @@ def main(argv=None) -> int:
     noise(args.out, "fig1_error_vs_noise", "Fig. 1a-b: random 20-100-500 ReLU nets")
     noise(args.out, "digits_noise", "Fig. 1c-d analogue: digits VAE decoder")
     digits_mask(args.out)
+    time_per_observation(args.out)
     run_times(args.out)
     return 0
 
