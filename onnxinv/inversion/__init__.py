@@ -10,6 +10,10 @@ Entry point: :func:`invert`. Methods (one module each, ``solve(problem, settings
 * ``gd``      gradient-descent baseline (verdict from the layer-wise analysis at its point)
 * ``auto``    exact, then fallbacks in a documented order
 
+Shared pieces: :mod:`~onnxinv.inversion.layerwise` (problem, walk, the exact layer solve and its
+tolerances), :mod:`~onnxinv.inversion.targets` (row bounds per activation), :mod:`~onnxinv.inversion.linear`,
+:mod:`~onnxinv.inversion.lp` (HiGHS) and :mod:`~onnxinv.inversion.polish` (end-to-end refinement).
+
 Results: :class:`InversionResult` (one observation), :class:`BatchInversionResult` (a batch).
 """
 

@@ -27,6 +27,10 @@ Notes
   first, rows weighted by the derivative; saturated entries are inequalities
   (:mod:`onnxinv.inversion.targets`).
 * Only the last layer's rows are restricted by a mask.
+* Checks are made on each layer's output, with tolerances that allow for the data's dtype (float32
+  outputs are accurate to about 1e-7 relative; see :mod:`onnxinv.inversion.layerwise`). If every
+  layer is identifiable but rounding, amplified from layer to layer, leaves the latent just outside
+  ``tol``, it is refined on the whole network (:func:`onnxinv.inversion.polish.refine`).
 
 References
 ----------

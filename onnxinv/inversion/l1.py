@@ -23,6 +23,8 @@ Notes
   split (identity, tanh, sigmoid) take one LP.
 * Only ``OPTIMAL`` LP statuses count; a failed LP after a successful one keeps the earlier result.
 * Identifiability is reported as for the l_inf LP: rank of the two-sided rows at the returned ε.
+* A latent that misses the observation by more than the noise is refined on the whole network
+  (:func:`onnxinv.inversion.polish.refine`).
 
 References
 ----------

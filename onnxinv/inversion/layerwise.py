@@ -352,11 +352,20 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
     derivative, so that the fit is measured on the output), then the checks of the module's
     Tolerances at the point projected into the input bounds. If the RMS misfit of the active rows
     already exceeds ``δ``, no input reproduces the output within ``δ`` on every row (the l_inf misfit
-    of any point is at least the least-squares RMS misfit): infeasible. If only the other rows or the
-    bounds fail, the eq. (4) LP with every row widened by ``δ`` decides. Otherwise the layer is not
-    identifiable here: the eq. (4) LP (with ``objective``, e.g. ``1ᵀu`` for basis pursuit; widened by
-    ``δ`` if the exact one fails) gives a point of the preimage and
-    :func:`~onnxinv.inversion.linear.preimage_dimension` its dimension.
+    of any point is at least the least-squares RMS misfit): infeasible. The other rows and the bounds
+    also allow for the uncertainty of ``u`` itself (:func:`solution_error`, :func:`row_gain`); if they
+    fail, the eq. (4) LP with every row widened by that tolerance decides.
+
+    Otherwise the layer is not identifiable by its active rows alone: the eq. (4) LP (with
+    ``objective``, e.g. ``1ᵀu`` for basis pursuit) gives a point of the preimage and
+    :func:`~onnxinv.inversion.linear.preimage_dimension` its dimension. When tight inequalities pin
+    it (dimension 0), the point is recomputed by least squares on the active rows and those implicit
+    equalities (:func:`~onnxinv.inversion.linear.pinned_point`). Rounded data can leave the exact LP
+    without a point although the unrounded one has one (a hidden code pinned by its zeros is
+    overdetermined); then the point that comes closest (:func:`~onnxinv.inversion.linear.min_widening`,
+    within ``δ``) is used. Every constraint that fixes that point is tight by construction, so
+    dimension 0 is accepted there only if the least squares on the implicit equalities reproduces the
+    data within ``δ``; otherwise the dimension reported is the upper bound ``n - rank``.
     """
     layer = ctx.layer
     n = layer.in_features
@@ -374,11 +383,8 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
         ls = linear.solve_active(w[eq], t_eq, 1.0 / targets.lower_scale[eq])
     if ls is not None and ls.rank == n:
         how = f"least squares ({ls.method}, condition ~{ls.cond:.2g}) on {n_eq} active rows"
-        misfit = row_misfit(w, b, targets, ls.u)
-        rms = float(np.sqrt(np.mean(misfit[eq] ** 2)))
+        rms = ls.rms  # the active rows' misfit on the output (the weighted residual)
         u_error = solution_error(ctx, ls, n_eq, n)
-        # the other rows and the bounds also allow for the uncertainty of u itself
-        delta_all = delta + ERROR_FACTOR * math.sqrt(n) * u_error * row_gain(w, targets)
         if rms > delta:
             return LayerOutcome(
                 ls.u,
@@ -393,6 +399,10 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
             )
         u = project(ls.u, ctx.bounds)
         worst = float(np.max(row_misfit(w, b, targets, u))) if targets.count else 0.0
+        # the other rows and the bounds also allow for the uncertainty of u itself
+        delta_all = delta
+        if worst > delta:
+            delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * row_gain(w, targets)
         if worst <= delta_all:
             return LayerOutcome(
                 u,

@@ -38,6 +38,7 @@ References
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,14 +97,21 @@ def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
 _PROBES = 8
 
 
+@functools.lru_cache(maxsize=64)
+def _probes(n: int) -> np.ndarray:
+    """The fixed ``±1`` probes of :func:`_spread` for ``n`` unknowns (read-only)."""
+    signs = np.where(np.random.default_rng(0).random((n, _PROBES)) < 0.5, -1.0, 1.0)
+    signs.setflags(write=False)
+    return signs
+
+
 def _spread(r: np.ndarray) -> float:
     """``sqrt(trace((RᵀR)⁻¹)/n)`` for an upper triangular ``R``, by Hutchinson's estimator with a fixed
     set of ``±1`` probes (``trace(M⁻¹) = E[vᵀM⁻¹v]``; a few triangular solves, not an inverse)."""
     n = r.shape[0]
     if n == 0:
         return 0.0
-    signs = np.where(np.random.default_rng(0).random((n, _PROBES)) < 0.5, -1.0, 1.0)
-    y = sla.solve_triangular(r, signs, trans="T", lower=False, check_finite=False)
+    y = sla.solve_triangular(r, _probes(n), trans="T", lower=False, check_finite=False)
     value = float(np.sqrt(np.sum(y * y) / (_PROBES * n)))
     return value if np.isfinite(value) else float("inf")
 

@@ -21,7 +21,9 @@ Notes
   Algorithm 1's and also gives ``δ*``. Growing ε only relaxes rows (two-sided rows become one-sided),
   so ``δ*(ε)`` is non-increasing while ``ε`` grows: the first feasible ``ε`` on Algorithm 1's grid
   ``ε_0 α^m`` lies at or below ``m = ⌈log_α(δ*(ε_0)/ε_0)⌉`` and is found by bisection on ``m``, with
-  the same answer as the sequential loop in a few LP solves.
+  the same answer as the sequential loop in a few LP solves. (The rows of a tanh / sigmoid output are
+  exact at ``δ = ε`` and change with ``ε``; feasibility still only grows with ``ε``, and a guess that
+  falls short is repeated from ``δ*`` at that guess.)
 * The defects of the authors' code are avoided: ε starts positive (the given noise level, else
   ``1e-6 · max|y|``), every layer starts from its own initial ε (the relative noise level times
   that layer's ``max|y|``), and only ``OPTIMAL`` LP statuses count; anything else fails the layer
@@ -29,6 +31,9 @@ Notes
 * Identifiability is reported for the linearisation: the two-sided rows at the final ε must have
   full column rank (then the error of ``u`` is bounded by ``δ*/σ_min``, Theorem 3 of [1]_); otherwise
   ``preimage_dim = n_in - rank`` is the number of directions the data does not constrain at all.
+* Layer-wise errors grow with depth (Theorems 3-4 of [1]_); a latent that misses the observation by
+  more than the noise is refined on the whole network, and a positive preimage dimension from
+  sign-uncertain rows is checked at the returned latent (:func:`onnxinv.inversion.polish.refine`).
 * Few rows bind at an l_inf optimum, so the LP is solved by row generation (:mod:`onnxinv.inversion.lp`)
   from the rows a least-squares start violates most.
 
@@ -82,24 +87,29 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         return _failed(ctx, *attempt(0))
     hi = 0
     if not first:
-        delta0 = attempt(0)[2].x[-1]
-        hi = max(1, math.ceil(math.log(delta0 / eps0) / math.log(alpha)))
-        if hi > settings.max_growth:
-            hi = settings.max_growth
-        ok_hi = feasible(hi)
-        if ok_hi is None:
-            return _failed(ctx, *attempt(hi))
-        if not ok_hi:
-            eps, targets, res = attempt(hi)
-            return _outcome(
-                ctx,
-                eps,
-                targets,
-                res,
-                SolverStatus.ITERATION_LIMIT,
-                f"δ* = {res.x[-1]:.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
-            )
         lo = 0
+        while True:
+            # the step that would make the last δ* feasible; the rows of invertible output maps
+            # change with ε, so the guess is checked and repeated from there if it falls short
+            delta = attempt(lo)[2].x[-1]
+            guess = math.ceil(math.log(delta / eps0) / math.log(alpha)) if delta > 0 else lo + 1
+            hi = min(max(lo + 1, guess), settings.max_growth)
+            ok_hi = feasible(hi)
+            if ok_hi is None:
+                return _failed(ctx, *attempt(hi))
+            if ok_hi:
+                break
+            if hi >= settings.max_growth:
+                eps, targets, res = attempt(hi)
+                return _outcome(
+                    ctx,
+                    eps,
+                    targets,
+                    res,
+                    SolverStatus.ITERATION_LIMIT,
+                    f"δ* = {res.x[-1]:.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
+                )
+            lo = hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
             ok = feasible(mid)

@@ -277,7 +277,9 @@ def solve(
     if algorithm is not None and algorithm not in RETRY_STRATEGIES:
         raise ValueError(f"unknown LP algorithm {algorithm!r}; choose one of {', '.join(RETRY_STRATEGIES)}")
     result = _solve_once(problem, deadline, iteration_limit, row_generation, initial_rows, tol, algorithm)
-    unconverged = _UNCONVERGED if iteration_limit is not None else (*_UNCONVERGED, SolverStatus.ITERATION_LIMIT)
+    unconverged = (
+        _UNCONVERGED if iteration_limit is not None else (*_UNCONVERGED, SolverStatus.ITERATION_LIMIT)
+    )
     notes = []
     for strategy in (alt for alt in RETRY_STRATEGIES if alt != algorithm):
         if result.status not in unconverged:

@@ -57,6 +57,7 @@ from onnxinv.inversion.layerwise import (
     accepts,
     clean_targets,
     forward_fit,
+    relative_tolerance,
     walk,
 )
 from onnxinv.inversion.result import SolverStatus
@@ -72,21 +73,23 @@ def refine(problem: Problem, settings: Settings, draft: Draft, deadline: float) 
     """The layer-wise methods' last step (see module docstring)."""
     if time.perf_counter() >= deadline or not np.all(np.isfinite(draft.z)):
         return draft
-    ok, _ = accepts(problem, settings, problem.generator.forward(draft.z))
     if problem.noise is None:
+        # draft.fit is the clean acceptance measure (relative l2 of the float64 forward pass)
         certified = all(s.status.ok and s.preimage_dim == 0 for s in draft.steps)
-        if ok or not certified:
+        if draft.fit <= relative_tolerance(problem, settings) or not certified:
             return draft
         z, steps = levenberg_marquardt(problem, np.asarray(draft.z, dtype=np.float64), deadline)
         fit = forward_fit(problem, z)
         if not (fit < draft.fit and accepts(problem, settings, problem.generator.forward(z))[0]):
             return draft
         note = (
-            f"Every layer was identifiable, but the rounding of the data, amplified from layer to layer, "
-            f"left the layer-wise latent at relative l2 {draft.fit:.3g}; {steps} Gauss-Newton step(s) on "
-            f"the whole network brought it to {fit:.3g}, and every layer was analysed at that latent."
+            "Every layer was identifiable, but the rounding of the data, amplified from layer to layer, "
+            f"left the layer-wise latent at relative l2 {draft.fit:.3g}; {steps} Levenberg-Marquardt "
+            f"step(s) on the whole network brought it to {fit:.3g}, and every layer was analysed at that "
+            "latent."
         )
         return _analysed(problem, settings, draft, z, deadline, note)
+    ok, _ = accepts(problem, settings, problem.generator.forward(draft.z))
     if ok:
         loose = [s for s in draft.steps if s.status.ok and s.preimage_dim > 0]
         if not loose:
@@ -128,45 +131,52 @@ def _analysed(
 
 
 def levenberg_marquardt(problem: Problem, z: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
-    """Minimise ``½||M(G(z) - x)||²`` from ``z``; returns (z, accepted steps)."""
+    """Minimise ``½||M(G(z) - x)||²`` from ``z``; returns (z, accepted steps).
+
+    Each step solves ``(JᵀJ + λ diag(JᵀJ)) d = -Jᵀr``; a step that lowers the loss is taken and ``λ``
+    shrinks, otherwise ``λ`` grows and the step is solved again. It stops after ``MAX_STEPS`` steps,
+    when no step lowers the loss, or when the loss or the step stops changing.
+    """
     layers = problem.generator.layers
     rows = problem.rows
-    x = problem.observed
-    out, jac = _jacobian(layers, z)
-    r = (out if rows is None else out[rows]) - x
-    j = jac if rows is None else jac[rows]
-    loss = float(r @ r)
+
+    def evaluate(point: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        out, jac = _jacobian(layers, point)
+        if rows is not None:
+            out, jac = out[rows], jac[rows]
+        res = out - problem.observed
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss = float(res @ res)
+        return res, jac, loss if np.isfinite(loss) else float("inf")
+
+    r, j, loss = evaluate(z)
     lam = 1e-3
     taken = 0
-    for _ in range(MAX_STEPS):
-        if time.perf_counter() >= deadline or loss == 0.0:
-            break
+    while taken < MAX_STEPS and loss > 0.0 and np.isfinite(loss) and time.perf_counter() < deadline:
         g = j.T @ r
         h = j.T @ j
         diag = np.maximum(np.diag(h), 1e-12 * max(float(np.max(np.diag(h))), 1e-300))
-        improved = False
+        accepted = None
         while lam < 1e12:
             try:
                 step = np.linalg.solve(h + lam * np.diag(diag), -g)
             except np.linalg.LinAlgError:
                 lam *= 10.0
                 continue
-            z_new = z + step
-            out_new, jac_new = _jacobian(layers, z_new)
-            r_new = (out_new if rows is None else out_new[rows]) - x
-            loss_new = float(r_new @ r_new)
+            r_new, j_new, loss_new = evaluate(z + step)
             if np.isfinite(loss_new) and loss_new < loss:
-                decrease = loss - loss_new
-                z, r, loss = z_new, r_new, loss_new
-                j = jac_new if rows is None else jac_new[rows]
-                lam = max(lam / 3.0, 1e-12)
-                improved = True
-                taken += 1
+                accepted = (step, r_new, j_new, loss_new)
                 break
             lam *= 4.0
-        if not improved or decrease <= 1e-12 * loss or float(np.linalg.norm(step)) <= 1e-12 * (
-            1.0 + float(np.linalg.norm(z))
-        ):
+        if accepted is None:
+            break
+        step, r, j, loss_new = accepted
+        z = z + step
+        decrease, loss = loss - loss_new, loss_new
+        lam = max(lam / 3.0, 1e-12)
+        taken += 1
+        small_step = float(np.linalg.norm(step)) <= 1e-12 * (1.0 + float(np.linalg.norm(z)))
+        if decrease <= 1e-12 * loss or small_step:
             break
     return z, taken
 

@@ -24,6 +24,8 @@ Notes
   unbounded (numerically), the layer fails with that status.
 * **ε.** The layer's own initial value (noise level relative to ``max|y|``, else ``1e-6·max|y|``),
   multiplied by α while the LP is infeasible.
+* A latent that misses the observation by more than the noise is refined on the whole network
+  (:func:`onnxinv.inversion.polish.refine`).
 * Non-ReLU layers (identity, LeakyReLU, Tanh, Sigmoid) have no sign pattern to guess; they use the
   l_inf LP of Algorithm 1 (:mod:`onnxinv.inversion.linf`).
 

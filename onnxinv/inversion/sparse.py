@@ -31,6 +31,7 @@ Notes
   condition ``||u||_0 < (1 + 1/μ)/2`` holds for the active submatrix ``W_I`` (columns normalised),
   which makes ``u`` the unique sparsest solution of the active equalities ([2]_, via Donoho-Elad). On
   random weights (b) rarely holds (μ is large); (a) usually does when recovery succeeds.
+* The walk's latent goes through :func:`onnxinv.inversion.polish.refine`, as for the other methods.
 
 References
 ----------

@@ -11,8 +11,8 @@ the exact method, one shared ``δ`` for the l_inf LP (Algorithm 1 of [1]_), one 
 l_1 LP (Algorithm 2 of [1]_). A row with ``ℓ_j = h_j`` is an equality ("active row").
 
 * ReLU: ``y_j > θ`` gives ``a_j = y_j``; ``y_j <= θ`` gives ``a_j <= max(y_j, 0)`` (clean) or
-  ``a_j <= y_j + δ`` (noisy). ``θ`` is the active threshold: ``τ`` (tiny, relative to ``max|y|``) for clean data, ``ε``
-  for noisy data. This is eq. (4) / eq. (6) of [1]_.
+  ``a_j <= y_j + δ`` (noisy). ``θ`` is the active threshold: ``τ`` (tiny, relative to ``max|y|``)
+  for clean data, ``ε`` for noisy data. This is eq. (4) / eq. (6) of [1]_.
 * LeakyReLU with slope ``c``, eq. (5) of [1]_: clean data gives an equality on every row (``y/c`` where
   ``y < 0``). Noisy data follows Remark 1 of [1]_, with a lower bound that stays valid for every
   sign: ``y > ε``: ``|a - y| <= δ``; ``y <= -ε``: ``|a - y/c| <= δ/c``; otherwise
@@ -187,18 +187,14 @@ def _invertible_noisy(act: Activation, idx: np.ndarray, yv: np.ndarray, eps: flo
     safe_up = np.where(has_up, up, mid)
     f_dn, f_up = _f(act, safe_dn), _f(act, safe_up)
     centre = np.where(tangent, _f(act, np.where(two, y, mid)), 0.5 * (f_dn + f_up))
-    scale = np.where(
-        tangent, _fprime(act, np.where(two, y, mid)), (f_up - f_dn) / (2.0 * max(eps, 1e-300))
-    )
+    scale = np.where(tangent, _fprime(act, np.where(two, y, mid)), (f_up - f_dn) / (2.0 * max(eps, 1e-300)))
     d_dn, d_up = _fprime(act, safe_dn), _fprime(act, safe_up)
     lower = np.where(two, centre, np.where(has_lo, f_dn + eps * d_dn, -np.inf))
     upper = np.where(two, centre, np.where(has_up, f_up - eps * d_up, np.inf))
     lower_scale = np.where(two, scale, d_dn)
     upper_scale = np.where(two, scale, d_up)
     keep = has_lo | has_up
-    return Targets(
-        idx[keep], lower[keep], lower_scale[keep], upper[keep], upper_scale[keep]
-    )
+    return Targets(idx[keep], lower[keep], lower_scale[keep], upper[keep], upper_scale[keep])
 
 
 def row_misfit(w: np.ndarray, b: np.ndarray, targets: Targets, u: np.ndarray) -> np.ndarray:

@@ -110,3 +110,75 @@ def test_bad_input_is_a_value_error() -> None:
         lp.solve_lp([1.0, 2.0], [[1.0, 2.0, 3.0]], [1.0])
     with pytest.raises(ValueError, match="finite"):
         lp.solve_lp([np.nan], [[1.0]], [1.0])
+
+
+def _flaky_first_solve(monkeypatch, status: SolverStatus) -> list[str | None]:
+    """Make the first solve of every LP end with ``status`` (as HiGHS does now and then); record the
+    algorithm of every solve."""
+    real = lp._solve_once
+    calls: list[str | None] = []
+
+    def solve_once(problem, deadline, iteration_limit, row_generation, initial_rows, tol, strategy):
+        calls.append(strategy)
+        if len(calls) == 1:
+            if status is SolverStatus.ITERATION_LIMIT:  # a stalled simplex: one iteration allowed
+                return real(problem, deadline, 1, row_generation, initial_rows, tol, strategy)
+            return lp.LPResult(status, None, float("nan"), float("nan"), 0, 0.0, "HiGHS gave up", "Unknown")
+        return real(problem, deadline, iteration_limit, row_generation, initial_rows, tol, strategy)
+
+    monkeypatch.setattr(lp, "_solve_once", solve_once)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "status", [SolverStatus.UNKNOWN, SolverStatus.NUMERICAL, SolverStatus.ITERATION_LIMIT]
+)
+def test_an_unconverged_end_is_retried_from_scratch(monkeypatch, status: SolverStatus) -> None:
+    calls = _flaky_first_solve(monkeypatch, status)
+    c, a, b = _largish_lp(2)
+    res = lp.solve_lp(c[:40], a[:200, :40], b[:200], bounds=(-1.0, 1.0))
+    assert res.status is SolverStatus.OPTIMAL and res.violation <= 1e-6
+    assert calls == [None, "primal simplex"]
+    assert (
+        f"earlier: '{status.value}'" in res.message
+        and "retried from scratch with primal simplex" in res.message
+    )
+
+
+def test_a_limit_set_by_the_caller_is_not_retried() -> None:
+    c, a, b = _largish_lp()
+    res = lp.solve_lp(c, a, b, bounds=(-1.0, 1.0), iteration_limit=5)
+    assert res.status is SolverStatus.ITERATION_LIMIT and "earlier" not in res.message
+
+
+def test_algorithm_choice() -> None:
+    c, a, b = _largish_lp(3)
+    ref = lp.solve_lp(c[:50], a[:300, :50], b[:300], bounds=(-1.0, 1.0))
+    for algorithm in lp.RETRY_STRATEGIES:
+        res = lp.solve_lp(c[:50], a[:300, :50], b[:300], bounds=(-1.0, 1.0), algorithm=algorithm)
+        assert res.ok and res.objective == pytest.approx(ref.objective, rel=1e-7)
+    with pytest.raises(ValueError, match="unknown LP algorithm"):
+        lp.solve_lp([1.0], [[1.0]], [1.0], algorithm="barrier")
+
+
+def test_unknown_status_at_an_identifiable_layer_is_not_taken_as_success(monkeypatch) -> None:
+    """A full-rank layer whose only candidate breaks an inactive row needs the eq. (4) LP; if that LP
+    never converges, the layer reports the solver's status instead of claiming the point."""
+    from inversion_helpers import latent, make_generator
+
+    from onnxinv.inversion import Verdict, invert, linear
+
+    g = make_generator([10, 60], seed=4)
+    x = g.forward(latent(10, 4))
+    active = np.flatnonzero(x > 0.05 * x.max())
+    x[active[0]] = 0.0  # an active unit reported as off: the active rows still pin u, which breaks it
+    r = invert(g, x, method="exact")
+    assert r.verdict is Verdict.NOT_FOUND and r.steps[0].status is SolverStatus.INFEASIBLE
+
+    unconverged = lp.LPResult(
+        SolverStatus.UNKNOWN, None, float("nan"), float("nan"), 0, 0.0, "gave up", "Unknown"
+    )
+    monkeypatch.setattr(linear, "layer_lp", lambda *args, **kwargs: unconverged)
+    r = invert(g, x, method="exact")
+    assert r.steps[0].status is SolverStatus.UNKNOWN and not r.steps[0].identifiable
+    assert r.verdict is Verdict.NOT_FOUND and "ended 'unknown'" in r.message

@@ -115,3 +115,11 @@ def test_invert_raises_observation_error(relu_20_100_500) -> None:
         invert(relu_20_100_500, np.zeros(500), mask=np.zeros(500, dtype=bool))
     with pytest.raises(ValueError, match="unknown method 'newton'"):
         invert(relu_20_100_500, np.zeros(500), method="newton")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_precision_of_the_dtype_is_kept(dtype) -> None:
+    """Values are converted to float64, but they are only as accurate as the dtype they came in."""
+    obs = prepare_observations(np.zeros((2, N), dtype=dtype), N)
+    assert obs.values.dtype == np.float64
+    assert obs.precision == float(np.finfo(dtype).eps)
