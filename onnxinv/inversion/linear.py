@@ -243,6 +243,26 @@ def min_widening(
     When rounding leaves the exact eq. (4) LP without a point, its optimum is the point that comes
     closest, and the constraints tight there (within a few ``t*``) are those of the unrounded data.
     """
+    c, a_ub, b_ub, box = widening_lp(layer, targets, bounds)
+    # degenerate at its optimum (t is tiny and many rows bind), where dual simplex can stall
+    return lp.solve_lp(
+        c,
+        a_ub if a_ub.shape[0] else None,
+        b_ub if a_ub.shape[0] else None,
+        bounds=box,
+        time_limit=time_limit,
+        algorithm="primal simplex",
+    )
+
+
+def widening_lp(
+    layer: Layer, targets: Targets, bounds: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``(c, A_ub, b_ub, bounds)`` of ``min t`` over ``x = [u, t]`` subject to every finite row bound
+    widened by ``t`` times the row's scale: ``ℓ_j - t s^ℓ_j <= w_jᵀu + b_j <= h_j + t s^h_j``, ``t >= 0``.
+
+    Shared by :func:`min_widening` and the l_inf LP of Algorithm 1 (there ``t`` is ``δ``).
+    """
     w, b = targets.matrices(layer)
     n = layer.in_features
     up = np.isfinite(targets.upper)
@@ -257,16 +277,7 @@ def min_widening(
     c = np.zeros(n + 1)
     c[-1] = 1.0
     lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if bounds is None else bounds
-    box = (np.append(lower, 0.0), np.append(upper, np.inf))
-    # degenerate at its optimum (t is tiny and many rows bind), where dual simplex can stall
-    return lp.solve_lp(
-        c,
-        a_ub if a_ub.shape[0] else None,
-        b_ub if a_ub.shape[0] else None,
-        bounds=box,
-        time_limit=time_limit,
-        algorithm="primal simplex",
-    )
+    return c, a_ub, b_ub, (np.append(lower, 0.0), np.append(upper, np.inf))
 
 
 @dataclass(frozen=True, eq=False)

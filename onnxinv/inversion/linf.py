@@ -132,24 +132,9 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
 
 def _min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
     """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring)."""
+    c, a_ub, b_ub, bounds = linear.widening_lp(ctx.layer, targets, ctx.bounds)
     w, b = targets.matrices(ctx.layer)
     n = ctx.layer.in_features
-    up = np.isfinite(targets.upper)
-    lo = np.isfinite(targets.lower)
-    a_ub = np.vstack(
-        [
-            np.hstack([w[up], -targets.upper_scale[up, None]]),
-            np.hstack([-w[lo], -targets.lower_scale[lo, None]]),
-        ]
-    )
-    b_ub = np.concatenate([targets.upper[up] - b[up], -(targets.lower[lo] - b[lo])])
-    c = np.zeros(n + 1)
-    c[-1] = 1.0
-    if ctx.bounds is None:
-        lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
-    else:
-        lower, upper = ctx.bounds
-    bounds = (np.append(lower, 0.0), np.append(upper, np.inf))
     start = _start_point(ctx, targets, w, b)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
         return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)

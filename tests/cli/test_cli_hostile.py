@@ -99,7 +99,11 @@ def test_bad_model_files(tmp_path, case, existed):
     for command in (["inspect", path], ["audit", path, "--samples", "2"]):
         result = run(*command)
         # audit reports an unsupported graph as a negative answer (exit 3); everything else is an error
-        expected = 3 if command[0] == "audit" and case in {"unsupported_ops", "two_outputs", "weights_as_inputs"} else 1
+        expected = (
+            3
+            if command[0] == "audit" and case in {"unsupported_ops", "two_outputs", "weights_as_inputs"}
+            else 1
+        )
         assert result.exit_code == expected, (command, result.stderr)
         assert "Traceback" not in result.stderr
 

@@ -125,7 +125,9 @@ def test_deep_network_rounding_adds_up() -> None:
         r = invert(g, x[i], method="exact", time_limit=10)
         assert r.verdict is Verdict.UNIQUE, r.message
         assert rel_err(r.z, z[i]) <= 1e-4
-        assert r.seconds < 3.0
+        # the degenerate LP no longer cycles until the time limit
+        assert all(step.status is SolverStatus.OPTIMAL for step in r.steps), r.message
+        assert "time limit" not in r.message
     assert "Levenberg-Marquardt" in invert(g, x[0], method="exact").message
     assert "implicit equalities" in invert(g, x[1], method="exact").message
 
