@@ -2,6 +2,7 @@
 
 from onnxinv.audit import AuditReport, audit
 from onnxinv.errors import (
+    InvalidArgumentError,
     ModelLoadError,
     ObservationError,
     OnnxInvError,
@@ -35,6 +36,7 @@ __all__ = [
     "Layer",
     "TensorInfo",
     "OnnxInvError",
+    "InvalidArgumentError",
     "ModelLoadError",
     "ObservationError",
     "OracleError",

@@ -19,6 +19,7 @@ import numpy as np
 
 from onnxinv import __version__
 from onnxinv.errors import ObservationError, OnnxInvError
+from onnxinv.inversion import METHODS as INVERSION_METHODS
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -38,7 +39,7 @@ Exit codes:
 """
 
 PNG_MAX_ROWS = 32  # --png draws at most this many observations, one row each
-METHODS = ("auto", "exact", "linf", "l1", "relaxed", "sparse", "gd")
+METHODS = tuple(INVERSION_METHODS)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _OUTPUT_FILE = click.Path(dir_okay=False, writable=False, path_type=Path)
 

@@ -43,3 +43,7 @@ class SolverError(OnnxInvError):
 
 class OracleError(OnnxInvError):
     """onnxruntime refused the model or failed to run it."""
+
+
+class InvalidArgumentError(OnnxInvError, ValueError):
+    """A Python caller passed an argument outside its allowed values (an unknown method name, say)."""

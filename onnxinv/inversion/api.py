@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxinv.errors import InvalidArgumentError
 from onnxinv.inversion import auto, exact, gd, l1, linf, relaxed, sparse
 from onnxinv.inversion.layerwise import Draft, Problem, Settings, accepts, residual_norms
 from onnxinv.inversion.result import BatchInversionResult, InversionResult, LayerStep, Verdict
@@ -114,7 +115,7 @@ def invert(
         Unknown method, or a non-positive ``tol``, ``time_limit`` or ``workers``.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     obs = prepare_observations(x, generator.output_dim, mask, batch=batch)
     level = check_noise(noise)
     base = settings or Settings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxinv.errors import ObservationError, OnnxInvError
+from onnxinv.errors import InvalidArgumentError, ObservationError, OnnxInvError
 from onnxinv.inversion import invert
 from onnxinv.observations import check_noise, prepare_mask, prepare_observations
 
@@ -113,7 +113,7 @@ def test_invert_raises_observation_error(relu_20_100_500) -> None:
         invert(relu_20_100_500, np.zeros(499))
     with pytest.raises(OnnxInvError):  # the package's base class
         invert(relu_20_100_500, np.zeros(500), mask=np.zeros(500, dtype=bool))
-    with pytest.raises(ValueError, match="unknown method 'newton'"):
+    with pytest.raises(InvalidArgumentError, match="unknown method 'newton'"):
         invert(relu_20_100_500, np.zeros(500), method="newton")
 
 
