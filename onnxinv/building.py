@@ -37,7 +37,8 @@ def build_model(
     current = input_name
     for i, layer in enumerate(layers):
         w_name, b_name, gemm_out = f"W{i}", f"b{i}", f"gemm{i}"
-        inits.append(numpy_helper.from_array(layer.weight.astype(np_dtype), w_name))
+        # a sparse weight is written dense: generators built in code are small
+        inits.append(numpy_helper.from_array(layer.dense_weight().astype(np_dtype), w_name))
         inits.append(numpy_helper.from_array(layer.bias.astype(np_dtype), b_name))
         last = i == len(layers) - 1
         has_act = layer.activation is not Activation.IDENTITY
@@ -45,7 +46,12 @@ def build_model(
         nodes.append(helper.make_node("Gemm", [current, w_name, b_name], [out], name=f"dense{i}", transB=1))
         if has_act:
             act_out = output_name if last else f"h{i + 1}"
-            nodes.append(_activation_node(layer, out, act_out, f"act{i}"))
+            if layer.activation is Activation.LEAKY_RELU and layer.per_unit_slope:
+                slope_name = f"slope{i}"
+                inits.append(numpy_helper.from_array(layer.slopes().astype(np_dtype), slope_name))
+                nodes.append(helper.make_node("PRelu", [out, slope_name], [act_out], name=f"act{i}"))
+            else:
+                nodes.append(_activation_node(layer, out, act_out, f"act{i}"))
             out = act_out
         current = out
     k, n = layers[0].in_features, layers[-1].out_features
@@ -70,6 +76,8 @@ def _activation_node(layer: Layer, src: str, dst: str, name: str) -> onnx.NodePr
     if act is Activation.RELU:
         return helper.make_node("Relu", [src], [dst], name=name)
     if act is Activation.LEAKY_RELU:
+        if layer.per_unit_slope:
+            raise ValueError("use _prelu_nodes for per-unit slopes")
         return helper.make_node("LeakyRelu", [src], [dst], name=name, alpha=layer.slope)
     if act is Activation.TANH:
         return helper.make_node("Tanh", [src], [dst], name=name)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+import scipy.sparse as sp
 
 from onnxinv.errors import ObservationError
 
@@ -28,8 +29,9 @@ class Activation(str, enum.Enum):
     SIGMOID = "sigmoid"
 
 
-def apply_activation(a: np.ndarray, activation: Activation, slope: float = 0.0) -> np.ndarray:
-    """Apply ``activation`` elementwise to pre-activations ``a`` (float64)."""
+def apply_activation(a: np.ndarray, activation: Activation, slope: float | np.ndarray = 0.0) -> np.ndarray:
+    """Apply ``activation`` elementwise to pre-activations ``a`` (float64); ``slope`` is one value or one
+    per unit (the last axis of ``a``)."""
     if activation is Activation.IDENTITY:
         return a
     if activation is Activation.RELU:
@@ -46,55 +48,115 @@ def apply_activation(a: np.ndarray, activation: Activation, slope: float = 0.0) 
     raise ValueError(f"unknown activation {activation!r}")
 
 
+Weight: TypeAlias = "np.ndarray | sp.csr_array"
+"""A layer's ``(out, in)`` matrix: a dense float64 array, or a scipy.sparse CSR array for linear maps
+that are mostly zeros (convolutions, diagonal scalings, upsampling). Never a dense copy of those."""
+
+
+def is_sparse(weight: Weight) -> bool:
+    """True for a scipy.sparse weight."""
+    return sp.issparse(weight)
+
+
+def as_weight(weight: object) -> Weight:
+    """A read-only float64 weight: dense arrays stay dense, sparse ones become canonical CSR."""
+    if sp.issparse(weight):
+        w = sp.csr_array(weight, dtype=np.float64, copy=True)
+        w.sum_duplicates()
+        w.eliminate_zeros()
+        for part in (w.data, w.indices, w.indptr):
+            part.setflags(write=False)
+        return w
+    dense = np.array(weight, dtype=np.float64, copy=True)
+    dense.setflags(write=False)
+    return dense
+
+
 @dataclass(frozen=True, eq=False)
 class Layer:
-    """One dense layer ``act(W h + b)``.
+    """One layer ``act(W h + b)``.
 
     Attributes
     ----------
-    weight : (out, in) float64 array
+    weight : (out, in) float64, dense ``np.ndarray`` or ``scipy.sparse.csr_array`` (see :data:`Weight`)
     bias : (out,) float64 array
     activation : the elementwise map applied after the affine map
-    slope : negative-side slope of a leaky ReLU (0 for every other activation)
+    slope : negative-side slope of a leaky ReLU / PReLU: one float for every unit, or an (out,) array
+        with one slope per unit (PReLU per unit or per channel); 0 for every other activation
     source_nodes : names of the ONNX nodes this layer was built from, in graph order
     """
 
-    weight: np.ndarray
+    weight: Weight
     bias: np.ndarray
     activation: Activation = Activation.IDENTITY
-    slope: float = 0.0
+    slope: float | np.ndarray = 0.0
     source_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        w = np.array(self.weight, dtype=np.float64, copy=True)
+        w = as_weight(self.weight)
         b = np.array(self.bias, dtype=np.float64, copy=True).reshape(-1)
         if w.ndim != 2:
             raise ValueError(f"layer weight must be 2-D (out, in), got shape {w.shape}")
         if b.shape != (w.shape[0],):
             raise ValueError(f"layer bias must have shape ({w.shape[0]},), got {b.shape}")
-        w.setflags(write=False)
         b.setflags(write=False)
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "bias", b)
         object.__setattr__(self, "activation", Activation(self.activation))
-        object.__setattr__(self, "slope", float(self.slope))
+        object.__setattr__(self, "slope", _normalize_slope(self.slope, w.shape[0]))
         object.__setattr__(self, "source_nodes", tuple(self.source_nodes))
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return int(self.weight.shape[1])
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return int(self.weight.shape[0])
 
     @property
     def expansion(self) -> float:
         """``out / in``: above 1 the layer expands, below 1 it contracts."""
         return self.out_features / self.in_features
 
+    @property
+    def sparse(self) -> bool:
+        """True when the weight is stored as a scipy.sparse CSR array."""
+        return sp.issparse(self.weight)
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries of the weight (``out * in`` for a dense one)."""
+        return int(self.weight.nnz) if sp.issparse(self.weight) else int(self.weight.size)
+
+    @property
+    def per_unit_slope(self) -> bool:
+        """True when a leaky ReLU / PReLU has one slope per unit rather than one for all."""
+        return isinstance(self.slope, np.ndarray)
+
+    def slopes(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The negative-side slope of each output row (``rows``: a subset, by index or bool mask)."""
+        full = (
+            self.slope
+            if isinstance(self.slope, np.ndarray)
+            else np.full(self.out_features, float(self.slope))
+        )
+        return full if rows is None else full[rows]
+
+    def weight_rows(self, rows: np.ndarray) -> Weight:
+        """``W[rows]`` in the weight's own storage (sparse stays sparse)."""
+        return self.weight[rows]
+
+    def dense_weight(self) -> np.ndarray:
+        """The weight as a dense array (a copy for sparse weights: only for small layers)."""
+        return self.weight.toarray() if sp.issparse(self.weight) else self.weight
+
     def preactivation(self, h: np.ndarray) -> np.ndarray:
         """``W h + b`` for ``h`` of shape (in,) or (N, in)."""
+        if sp.issparse(self.weight):
+            if h.ndim == 1:
+                return self.weight @ h + self.bias
+            return np.asarray((self.weight @ h.T).T) + self.bias
         return h @ self.weight.T + self.bias
 
     def forward(self, h: np.ndarray) -> np.ndarray:
@@ -102,15 +164,31 @@ class Layer:
         return apply_activation(self.preactivation(h), self.activation, self.slope)
 
     def __repr__(self) -> str:
+        storage = f", sparse nnz={self.nnz}" if self.sparse else ""
         return (
-            f"Layer({self.in_features} -> {self.out_features}, {self.describe_activation()}, "
+            f"Layer({self.in_features} -> {self.out_features}, {self.describe_activation()}{storage}, "
             f"source_nodes={self.source_nodes})"
         )
 
     def describe_activation(self) -> str:
         if self.activation is Activation.LEAKY_RELU:
+            if isinstance(self.slope, np.ndarray):
+                return f"prelu(per unit, {float(self.slope.min()):g}..{float(self.slope.max()):g})"
             return f"leaky_relu({self.slope:g})"
         return self.activation.value
+
+
+def _normalize_slope(slope: object, out: int) -> float | np.ndarray:
+    """One float when every unit shares the slope, else a read-only (out,) float64 array."""
+    values = np.array(slope, dtype=np.float64, copy=True).reshape(-1)
+    if values.size == 1:
+        return float(values[0])
+    if values.size != out:
+        raise ValueError(f"layer slope must be one value or one per output ({out}), got {values.size}")
+    if values.size and np.all(values == values[0]):
+        return float(values[0])
+    values.setflags(write=False)
+    return values
 
 
 @dataclass(frozen=True)
@@ -158,7 +236,6 @@ class Generator:
     path: str | None = None
     model_bytes: bytes | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
@@ -173,12 +250,6 @@ class Generator:
         object.__setattr__(self, "layers", layers)
         if not self.sample_input_shape:
             object.__setattr__(self, "sample_input_shape", (layers[0].in_features,))
-
-    def __getstate__(self) -> dict:
-        # The cached onnxruntime session cannot be pickled; worker processes build their own.
-        state = dict(self.__dict__)
-        state["_cache"] = {}
-        return state
 
     @property
     def latent_dim(self) -> int:
@@ -212,12 +283,14 @@ class Generator:
 
     @property
     def oracle(self) -> Oracle:
-        """onnxruntime running this generator's model (built from the layers if there is no file)."""
-        if "oracle" not in self._cache:
-            from onnxinv.oracle import Oracle
+        """onnxruntime running this generator's model (built from the layers if there is no file).
 
-            self._cache["oracle"] = Oracle.for_generator(self)
-        return self._cache["oracle"]
+        The session is cached by :func:`onnxinv.oracle.oracle_for`, not stored in this record, so a
+        generator stays plain data (it pickles without a session; each process builds its own).
+        """
+        from onnxinv.oracle import oracle_for
+
+        return oracle_for(self)
 
     def run_onnx(self, z: np.ndarray) -> np.ndarray:
         """Run ``z`` through onnxruntime: (k,) -> (n,), or (N, k) -> (N, n), float64."""

@@ -7,6 +7,7 @@ as bytes with all external data already inlined by onnxinv, so onnxruntime never
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,6 +126,18 @@ class Oracle:
             )
         # Batch outermost in memory order; this also undoes skl2onnx's (N*n, 1) multi-target output.
         return result.reshape(count, self._output_dim)
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Generator, Oracle] = weakref.WeakKeyDictionary()
+
+
+def oracle_for(generator: Generator) -> Oracle:
+    """The onnxruntime oracle of ``generator``, built once per generator object and process."""
+    oracle = _SESSIONS.get(generator)
+    if oracle is None:
+        oracle = Oracle.for_generator(generator)
+        _SESSIONS[generator] = oracle
+    return oracle
 
 
 def _first_line(exc: BaseException) -> str:
