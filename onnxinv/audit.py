@@ -22,15 +22,19 @@ LeakyReLU, identity, tanh and sigmoid every row.
   ``||h_i||_0 >= 2 ||h_{i-1}||_0``, and the mutual-coherence bound
   ``||h_{i-1}||_0 < (1 + 1/mu(W_{i,I})) / 2`` with ``mu`` the largest normalized inner product of
   two columns of the active submatrix (sufficient for the sparse code to be the unique sparsest one).
-* **End to end**: every sample is inverted with ``onnxinv.inversion.invert`` (method ``exact``; for
-  real observations ``auto``) and the verdicts are counted. That count, not the layer statistics,
-  decides the verdict.
+* **End to end**: every sample is inverted with ``onnxinv.inversion.invert`` (method ``exact``, refined
+  on the whole network where it misses; for real observations ``auto``), under the verdict contract
+  of :mod:`onnxinv.inversion.verdict`. Those verdicts, not the layer statistics, decide the audit:
+  *invertible* only when every sample's latent is ``unique`` with a proof; *not invertible* only with
+  a concrete pair ``z ≠ z'`` with ``G(z) = G(z')`` (a witness, checked through onnxruntime), which the
+  report carries; otherwise *undecided*, with the shares of each verdict.
 
 Finding codes
 -------------
 ``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``injective``, ``identifiable``,
 ``not-identifiable``, ``sparse-recovery``, ``inversion-unique``, ``inversion-not-unique``,
-``inversion-not-found``. Codes are stable; messages may be reworded.
+``inversion-fits``, ``inversion-not-found``, ``inversion-no-preimage``. Codes are stable; messages may
+be reworded.
 
 References
 ----------
@@ -70,10 +74,10 @@ class Severity(str, enum.Enum):
 class AuditStatus(str, enum.Enum):
     """The audit's overall answer."""
 
-    INVERTIBLE = "invertible"  # a unique latent was recovered at every sampled point
-    PARTLY = "partly invertible"  # at some sampled points only
-    NOT_INVERTIBLE = "not invertible"  # at none
-    UNSUPPORTED = "unsupported graph"  # the model is not a chain of dense layers onnxinv reads
+    INVERTIBLE = "invertible"  # a unique latent was proved at every sampled point
+    NOT_INVERTIBLE = "not invertible"  # a concrete pair z != z' with G(z) = G(z') was found
+    UNDECIDED = "undecided"  # neither: some samples were not certified, and no pair was found
+    UNSUPPORTED = "unsupported graph"  # the model is not a chain of layers onnxinv reads
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ class AuditReport:
     samples : how many points were examined
     source : where the points came from, in words
     inversion_verdicts : count of each inversion verdict over the samples
-    unique_share : share of samples whose latent was recovered uniquely
+    unique_share : share of samples whose latent was proved unique
+    witness : a pair ``(z, z')`` with ``G(z) = G(z')`` (onnxruntime), when one was found
+    evidence_kinds : how many samples' verdicts rest on each kind of evidence
     failing_layer : the first layer (from the input side) that is not identifiable at every sample
     latent_dim, output_dim : the generator's sizes (0 when unsupported)
     seed : seed of the sampled latents (None with real observations)
@@ -172,6 +178,8 @@ class AuditReport:
     source: str = ""
     inversion_verdicts: dict[str, int] = field(default_factory=dict)
     unique_share: float = 0.0
+    witness: tuple[np.ndarray, np.ndarray] | None = None
+    evidence_kinds: dict[str, int] = field(default_factory=dict)
     failing_layer: int | None = None
     latent_dim: int = 0
     output_dim: int = 0
@@ -199,6 +207,10 @@ class AuditReport:
             "seed": self.seed,
             "unique_share": self.unique_share,
             "inversion_verdicts": dict(self.inversion_verdicts),
+            "evidence_kinds": dict(self.evidence_kinds),
+            "witness": None
+            if self.witness is None
+            else {"z": [float(v) for v in self.witness[0]], "z_prime": [float(v) for v in self.witness[1]]},
             "layers": [layer.to_dict() for layer in self.layers],
             "findings": [f.to_dict() for f in self.findings],
             "seconds": self.seconds,
@@ -245,7 +257,13 @@ class AuditReport:
             )
         if self.inversion_verdicts:
             counts = ", ".join(f"{n} {name}" for name, n in self.inversion_verdicts.items())
-            lines += ["", f"inversion of each sample: {counts} ({_pct(self.unique_share)} unique)"]
+            lines += ["", f"inversion of each sample: {counts} ({_pct(self.unique_share)} proved unique)"]
+        if self.witness is not None:
+            z, z2 = self.witness
+            lines.append(
+                f"a pair with the same output: z = {_vec(z)}, z' = {_vec(z2)} (max-abs distance "
+                f"{float(np.max(np.abs(z - z2))):.3g})"
+            )
         if self.findings:
             lines += ["", "findings"]
             lines += [f"  {f.describe()}" for f in self.findings]
@@ -255,6 +273,11 @@ class AuditReport:
 
 def _pct(share: float) -> str:
     return f"{100 * share:.0f}%"
+
+
+def _vec(v: np.ndarray, shown: int = 4) -> str:
+    head = ", ".join(f"{float(x):.3g}" for x in v[:shown])
+    return f"[{head}{', ...' if v.size > shown else ''}] ({v.size} values)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,7 +334,7 @@ def audit(
         method, used_seed, z = "auto", None, None
     results = _invert_all(invert, generator, x, method)
     if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
-        found = [r.z for r in results if r.verdict.value != "not found"]
+        found = [r.z for r in results if r.verdict.success]
         z = np.stack(found or [r.z for r in results])
         if found and len(found) < len(results):
             source += f"; layers examined at the {len(found)} latents found"
@@ -324,22 +347,23 @@ def audit(
     verdicts = _count_verdicts(results)
     unique = verdicts.get("unique", 0)
     unique_share = unique / count
+    witnessed = [r for r in results if r.witness is not None]
+    witness = (np.array(witnessed[0].z), np.array(witnessed[0].witness)) if witnessed else None
+    kinds: dict[str, int] = {}
+    for r in results:
+        kinds[r.evidence.kind.value] = kinds.get(r.evidence.kind.value, 0) + 1
     failing = next((la.index for la in layers if la.identifiable_share < 1.0), None)
     if unique == count:
         status = AuditStatus.INVERTIBLE
-    elif unique == 0:
+    elif witnessed:
         status = AuditStatus.NOT_INVERTIBLE
     else:
-        status = AuditStatus.PARTLY
-    if failing is None and status is not AuditStatus.INVERTIBLE:
-        # every layer passed the sampled test, yet some inversion was not unique: blame what it names
-        named = [r.layer for r in results if getattr(r, "layer", None) is not None]
-        failing = min(named) if named else None
+        status = AuditStatus.UNDECIDED
 
     findings = _static_findings(generator, layers) + _sampled_findings(generator, layers, count)
     findings += _inversion_findings(verdicts, count, method, results, generator)
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], -1 if f.layer is None else f.layer))
-    verdict = _verdict_line(status, count, unique_share, failing, generator, layers, results)
+    verdict = _verdict_line(status, count, verdicts, failing, generator, layers, results)
     return AuditReport(
         model=generator.path,
         status=status,
@@ -350,6 +374,8 @@ def audit(
         source=source,
         inversion_verdicts=verdicts,
         unique_share=unique_share,
+        witness=witness,
+        evidence_kinds=kinds,
         failing_layer=None if status is AuditStatus.INVERTIBLE else failing,
         latent_dim=generator.latent_dim,
         output_dim=generator.output_dim,
@@ -423,7 +449,8 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
     so "identifiable" here and in an inversion's layer steps mean the same thing.
     """
-    from onnxinv.inversion.linear import mutual_coherence, numerical_rank
+    from onnxinv.inversion.identifiability import mutual_coherence
+    from onnxinv.inversion.linear import numerical_rank
 
     n_in = layer.in_features
     rank = numerical_rank(layer.weight)
@@ -588,42 +615,66 @@ def _sampled_findings(generator: Generator, layers: tuple[LayerAudit, ...], coun
 def _inversion_findings(
     verdicts: dict[str, int], count: int, method: str, results: list, generator: Generator
 ) -> list[Finding]:
-    unique, not_unique, not_found = (verdicts.get(k, 0) for k in ("unique", "not unique", "not found"))
+    get = verdicts.get
     findings = []
-    if unique:
+    if get("unique", 0):
+        kinds = sorted({r.evidence.kind.value for r in results if r.verdict.value == "unique"})
         findings.append(
             Finding(
                 "inversion-unique",
                 Severity.INFO,
-                f"Method {method} recovered a unique latent for {unique} of {count} samples.",
+                f"Method {method} recovered the latent and proved it unique for {get('unique')} of {count} "
+                f"samples (evidence: {', '.join(kinds)}).",
             )
         )
-    if not_unique:
-        layers = sorted({r.layer for r in results if getattr(r, "layer", None) is not None})
-        named = f" (first non-identifiable layer: {', '.join(map(str, layers))})" if layers else ""
+    if get("not unique", 0):
+        witnessed = [r for r in results if r.witness is not None]
+        first = witnessed[0]
         findings.append(
             Finding(
                 "inversion-not-unique",
                 Severity.ERROR,
-                f"Method {method} found a latent but not a unique one for {not_unique} of {count} samples{named}.",
+                f"For {get('not unique')} of {count} samples a second latent gives the same output (checked "
+                f"through onnxruntime; e.g. at max-abs distance {float(np.max(np.abs(first.witness - first.z))):.3g}, "
+                f"{first.evidence.kind.value}): the generator is not injective.",
+                first.evidence.layer,
             )
         )
-    if not_found:
+    if get("fits", 0):
+        findings.append(
+            Finding(
+                "inversion-fits",
+                Severity.WARNING,
+                f"For {get('fits')} of {count} samples a latent reproducing the output was found, but its "
+                "uniqueness was neither proved nor refuted.",
+            )
+        )
+    if get("not found", 0):
         missed = [r for r in results if r.verdict.value == "not found"]
         best = min(r.residual_rel_l2 for r in missed)
         failed_steps = [s for r in missed for s in r.steps if not s.status.ok and s.status.value != "not run"]
         where = ""
         if failed_steps:
-            first = failed_steps[0]
-            where = f"; e.g. layer {first.layer} ended '{first.status.value}'"
+            first_step = failed_steps[0]
+            where = f"; e.g. layer {first_step.layer} ended '{first_step.status.value}'"
         findings.append(
             Finding(
                 "inversion-not-found",
                 Severity.WARNING,
-                f"Method {method} returned 'not found' for {not_found} of {count} samples (best relative "
+                f"Method {method} reproduced nothing for {get('not found')} of {count} samples (best relative "
                 f"residual through onnxruntime {best:.1e}{where}).",
                 None if not failed_steps else failed_steps[0].layer,
                 () if not failed_steps else generator.layers[failed_steps[0].layer].source_nodes,
+            )
+        )
+    if get("no preimage", 0):
+        findings.append(
+            Finding(
+                "inversion-no-preimage",
+                Severity.ERROR,
+                f"For {get('no preimage')} of {count} samples the inversion proved that no latent gives the "
+                "output, although the model produced it: the layer list and onnxruntime disagree there; please "
+                "report the model.",
             )
         )
     return findings
@@ -632,14 +683,15 @@ def _inversion_findings(
 def _verdict_line(
     status: AuditStatus,
     count: int,
-    unique_share: float,
+    verdicts: dict[str, int],
     failing: int | None,
     generator: Generator,
     layers: tuple[LayerAudit, ...],
     results: list,
 ) -> str:
     if status is AuditStatus.INVERTIBLE:
-        return f"invertible at all {count} sampled points (a unique latent was recovered at each)"
+        return f"invertible at all {count} sampled points (a unique latent was proved at each)"
+    shares = ", ".join(f"{n} {name}" for name, n in verdicts.items() if n)
     blame = ""
     if failing is not None:
         la = layers[failing]
@@ -648,21 +700,12 @@ def _verdict_line(
             why = "a ReLU layer with fewer outputs than inputs is never identifiable"
         elif la.rank < la.in_features:
             why = f"rank(W) = {la.rank} < {la.in_features} inputs"
-        elif la.identifiable_share < 1.0:
+        else:
             why = (
                 f"identifiable at {_pct(la.identifiable_share)} of the samples, median "
                 f"{la.active_median:g} active rows for {la.in_features} unknowns"
             )
-        else:
-            why = "named by the inversion as the first layer whose preimage is not a single point"
-        blame = f"; first failing layer: layer {failing} ({la.activation} {la.in_features} -> {la.out_features}): {why}"
-    else:
-        missed = sum(r.verdict.value == "not found" for r in results)
-        if missed:
-            blame = (
-                f"; every layer is identifiable at every sampled point, but the inversion found no preimage "
-                f"at {missed} of them (see the findings)"
-            )
+        blame = f"; first layer not identifiable everywhere: layer {failing} ({la.activation} {la.in_features} -> {la.out_features}): {why}"
     if status is AuditStatus.NOT_INVERTIBLE:
-        return f"not invertible at the {count} sampled points{blame}"
-    return f"invertible at {_pct(unique_share)} of the {count} sampled points{blame}"
+        return f"not invertible: a second latent gives the same output at some sampled points ({shares} of {count}){blame}"
+    return f"undecided: not every sampled point was proved unique and no second latent was found ({shares} of {count}){blame}"

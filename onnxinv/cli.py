@@ -6,8 +6,6 @@ one place, :meth:`_Group.invoke`, and printed as one paragraph; anything else is
 
 from __future__ import annotations
 
-import inspect as pyinspect
-import math
 import sys
 import time
 import traceback
@@ -20,6 +18,7 @@ import numpy as np
 from onnxinv import __version__
 from onnxinv.errors import ObservationError, OnnxInvError
 from onnxinv.inversion import METHODS as INVERSION_METHODS
+from onnxinv.inversion.framework import NOISE_MODELS
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -34,8 +33,9 @@ Exit codes:
      where and why (--debug adds the traceback)
   2  usage error (unknown option, missing argument, file that does not exist)
   3  the command ran but the answer is negative: verify found a residual above
-     the tolerance, invert found no preimage for some observation, audit found
-     the model not invertible at some sampled point, inspect's self-check failed
+     the tolerance, invert's verdict was "no preimage" or "not found" for some
+     observation (onnxruntime did not confirm a fit), audit found the model not
+     invertible at some sampled point, inspect's self-check failed
 """
 
 PNG_MAX_ROWS = 32  # --png draws at most this many observations, one row each
@@ -150,12 +150,22 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
     type=click.Choice(METHODS),
     default="auto",
     show_default=True,
-    help="Inversion method: exact (realizable case, certifies uniqueness), linf / l1 / relaxed "
-    "(noisy, LPs of Lei et al. 2019), sparse (layered basis pursuit), gd (gradient descent baseline), "
-    "auto (pick by the observation).",
+    help="Inversion method. " + "; ".join(f"{m.name}: {m.summary}" for m in INVERSION_METHODS.values()) + ".",
 )
 @click.option(
-    "--noise", type=click.FloatRange(min=0.0), default=None, help="Noise level EPS the observation may carry."
+    "--noise",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Noise level EPS the observation may carry: a bound on every entry's error (bounded noise) or its "
+    "standard deviation (--noise-model gaussian). 0 means clean. Without it, 8-bit data (PNG) implies half "
+    "a grey level.",
+)
+@click.option(
+    "--noise-model",
+    type=click.Choice(NOISE_MODELS),
+    default=None,
+    help="How to read --noise: bounded (default; a fit is max |G(z) - x| <= EPS) or gaussian (RMS residual "
+    "about EPS).",
 )
 @click.option(
     "--mask",
@@ -172,6 +182,12 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
     f"{PNG_MAX_ROWS}); image-shaped outputs only.",
 )
 @click.option(
+    "--recon",
+    type=_OUTPUT_FILE,
+    default=None,
+    help="Also write the reconstruction G(z) computed by onnxruntime (.npy, float32: (n,) or (N, n)).",
+)
+@click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar and no per-observation lines; totals only."
 )
 def invert(
@@ -180,9 +196,11 @@ def invert(
     output: Path | None,
     method: str,
     noise: float | None,
+    noise_model: str | None,
     mask: Path | None,
     as_json: bool,
     png: Path | None,
+    recon: Path | None,
     quiet: bool,
 ) -> None:
     """Find z with G(z) = OBS for the generator in MODEL and say whether z is unique.
@@ -192,7 +210,10 @@ def invert(
     channel dims) or a batch (N, ...). z is written as (k,) for one observation or (N, k) for a batch,
     float32; the file is written only when the whole run succeeds.
 
-    Exit code 3 when some observation has no preimage (verdict "not found").
+    The verdict follows onnxinv's contract: "unique" needs a proof, "not unique" a second latent
+    that onnxruntime confirms, "fits" a confirmed fit without either; "no preimage" needs a proof
+    and "not found" is everything else. Exit code 3 when some observation's verdict is "no preimage"
+    or "not found".
     """
     from onnxinv import files
     from onnxinv.inversion import Verdict
@@ -212,7 +233,7 @@ def invert(
         mask_values = files.read_mask(mask, generator.output_dim, observations.count)
         files.check_observed_finite(observations, mask_values)
     output = output if output is not None else Path.cwd() / f"{obs.stem}.z.npy"
-    for target in (output, png):
+    for target in (output, png, recon):
         if target is not None and not target.resolve().parent.is_dir():
             raise OnnxInvError(
                 f"{target}: the folder '{target.parent}' does not exist, so the result could not be written "
@@ -221,7 +242,7 @@ def invert(
 
     show_progress = not quiet and not as_json and not observations.single and _is_terminal(sys.stderr)
     started = time.perf_counter()
-    results = _invert_rows(generator, observations, method, noise, mask_values, show_progress)
+    results = _invert_rows(generator, observations, method, noise, noise_model, mask_values, show_progress)
     seconds = time.perf_counter() - started
 
     z = np.stack([r.z for r in results]).astype(np.float32)
@@ -233,6 +254,9 @@ def invert(
         reconstruction = generator.run_onnx(np.stack([r.z for r in results[:shown]]))
         png_bytes = _comparison_png(layout, observations.values[:shown], reconstruction)
     files.save_npy(output, z)
+    if recon is not None:
+        recon_values = np.stack([r.reconstruction for r in results]).astype(np.float32)
+        files.save_npy(recon, recon_values[0] if observations.single else recon_values)
     if png_bytes is not None:
         with files.atomic_write(png) as handle:
             handle.write(png_bytes)
@@ -245,6 +269,7 @@ def invert(
                 "observations": str(obs),
                 "output": str(output),
                 "png": None if png is None else str(png),
+                "recon": None if recon is None else str(recon),
                 "single": observations.single,
                 "count": len(results),
                 "z_shape": list(z.shape),
@@ -254,8 +279,8 @@ def invert(
             }
         )
     else:
-        _print_invert_summary(results, observations.single, counts, seconds, output, z, png, quiet)
-    if counts[Verdict.NOT_FOUND.value]:
+        _print_invert_summary(results, observations.single, counts, seconds, output, z, png, quiet, recon)
+    if not all(r.verdict.success for r in results):
         click.get_current_context().exit(EXIT_NEGATIVE)
 
 
@@ -266,32 +291,20 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def _invert_rows(generator, observations, method, noise, mask, show_progress) -> list:
-    """Invert every row, behind a progress bar on stderr when one is shown.
-
-    The bar advances through the API's ``progress`` callback when ``invert`` has one, else the batch is
-    inverted in about 50 chunks.
-    """
+def _invert_rows(generator, observations, method, noise, noise_model, mask, show_progress) -> list:
+    """Invert every row, behind a progress bar on stderr (fed by the API's ``progress`` callback) when
+    one is shown."""
     from onnxinv.inversion import invert
 
-    kwargs: dict[str, Any] = {"method": method, "noise": noise}
+    kwargs: dict[str, Any] = {"method": method, "noise": noise, "noise_model": noise_model}
     rows = observations.values
     if observations.single:
         return [invert(generator, rows[0], mask=mask, batch=False, **kwargs)]
     if not show_progress:
         return list(invert(generator, rows, mask=mask, batch=True, **kwargs).results)
-    results: list = []
     with click.progressbar(length=rows.shape[0], label="inverting", file=sys.stderr, show_pos=True) as bar:
-        if "progress" in pyinspect.signature(invert).parameters:  # the API reports finished observations
-            batch = invert(generator, rows, mask=mask, batch=True, progress=bar.update, **kwargs)
-            return list(batch.results)
-        chunk = max(1, math.ceil(rows.shape[0] / 50))
-        for start in range(0, rows.shape[0], chunk):
-            part = rows[start : start + chunk]
-            part_mask = mask[start : start + chunk] if mask is not None and mask.ndim == 2 else mask
-            results.extend(invert(generator, part, mask=part_mask, batch=True, **kwargs).results)
-            bar.update(part.shape[0])
-    return results
+        batch = invert(generator, rows, mask=mask, batch=True, progress=bar.update, **kwargs)
+    return list(batch.results)
 
 
 def _comparison_png(layout, observations: np.ndarray, reconstruction: np.ndarray) -> bytes:
@@ -300,7 +313,7 @@ def _comparison_png(layout, observations: np.ndarray, reconstruction: np.ndarray
     return files.encode_png(files.comparison_pixels(layout, observations, reconstruction))
 
 
-def _print_invert_summary(results, single, counts, seconds, output, z, png, quiet) -> None:
+def _print_invert_summary(results, single, counts, seconds, output, z, png, quiet, recon=None) -> None:
     from onnxinv.report import format_table, verdict_text
 
     if single:
@@ -308,7 +321,14 @@ def _print_invert_summary(results, single, counts, seconds, output, z, png, quie
         lines = [
             f"method    {r.method}"
             + (f" (asked: {r.requested})" if r.requested and r.requested != r.method else ""),
-            f"verdict   {verdict_text(r.verdict)}",
+            f"verdict   {verdict_text(r.verdict)} ({r.reason.value})",
+            f"evidence  {r.evidence.kind.value}"
+            + (
+                f": witness at max-abs distance {np.max(np.abs(r.witness - r.z)):.3g}"
+                if r.witness is not None
+                else ""
+            )
+            + (f": radius {r.radius:.3g} (max abs)" if r.radius is not None else ""),
             f"residual  {r.residual_rel_l2:.2e} relative l2, {r.residual_linf:.2e} max abs (onnxruntime)",
             f"time      {r.seconds:.3f} s",
         ]
@@ -330,6 +350,8 @@ def _print_invert_summary(results, single, counts, seconds, output, z, png, quie
             f"{seconds:.2f} s in all"
         )
     lines.append(f"z         written to {output} {tuple(z.shape)} float32")
+    if recon is not None:
+        lines.append(f"recon     written to {recon}")
     if png is not None:
         more = (
             f" (the first {PNG_MAX_ROWS} of {len(results)} observations)"

@@ -72,6 +72,21 @@ def as_weight(weight: object) -> Weight:
     return dense
 
 
+def activation_derivative(
+    out: np.ndarray, activation: Activation, slope: float | np.ndarray = 0.0
+) -> np.ndarray:
+    """``d act / d a`` written in terms of the activation's output ``out`` (at a ReLU kink: 0)."""
+    if activation is Activation.RELU:
+        return (out > 0).astype(np.float64)
+    if activation is Activation.LEAKY_RELU:
+        return np.where(out >= 0, 1.0, slope)
+    if activation is Activation.TANH:
+        return 1.0 - out * out
+    if activation is Activation.SIGMOID:
+        return out * (1.0 - out)
+    return np.ones_like(out)
+
+
 @dataclass(frozen=True, eq=False)
 class Layer:
     """One layer ``act(W h + b)``.

@@ -166,6 +166,32 @@ def prepare_mask(mask: object, output_dim: int, count: int = 1) -> np.ndarray | 
     return masks
 
 
+# Values on an 8-bit grid (k / 255) within this many grid steps are read as quantised.
+GRID_TOLERANCE = 1e-3
+
+
+def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    """The grid step when every observed value lies on an 8-bit grid, else None.
+
+    Grids: ``k / 255`` (images in ``[0, 1]``) and ``2k / 255 - 1`` (images in ``[-1, 1]``), with
+    ``k = 0..255``. Observations made only of the grid's ends (all 0 and 1, or all -1 and 1) are not
+    taken as quantised: they carry no sign of it.
+    """
+    v = values if mask is None else values[mask]
+    if v.size == 0:
+        return None
+    for step, offset in ((1.0 / 255.0, 0.0), (2.0 / 255.0, -1.0)):
+        k = (v - offset) / step
+        if np.any(k < -GRID_TOLERANCE) or np.any(k > 255 + GRID_TOLERANCE):
+            continue
+        if np.max(np.abs(k - np.round(k))) > GRID_TOLERANCE:
+            continue
+        inner = (np.round(k) > 0) & (np.round(k) < 255)
+        if inner.any():
+            return step
+    return None
+
+
 def check_noise(noise: object) -> float | None:
     """None for clean observations, else the noise level as a positive float."""
     if noise is None:

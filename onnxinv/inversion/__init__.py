@@ -1,41 +1,54 @@
-"""Layer-wise inversion of dense generators: find ``z`` with ``G(z) = x`` and say whether it is unique.
+"""Inversion of generators: find ``z`` with ``G(z) = x`` and say, with evidence, whether it is unique.
 
-Entry point: :func:`invert`. Methods (one module each, ``solve(problem, settings, deadline)``):
+Entry point: :func:`invert`, a pipeline **solve → refine → verify → evidence → decide**
+(:mod:`~onnxinv.inversion.api`). The verdict contract — what may be claimed and what each claim needs —
+is :mod:`~onnxinv.inversion.verdict`.
 
-* ``exact``   Theorem 2 / eq. (4) of Lei et al. 2019 (least squares on the active rows, LP fallback)
-* ``sparse``  layered basis pursuit (Aberdam, Simon, Elad) for layers with few active rows
-* ``linf``    Algorithm 1 (l_inf LP) for noisy observations
-* ``l1``      Algorithm 2 (l_1 LP)
-* ``relaxed`` eq. (8), the relaxed LP
-* ``gd``      gradient-descent baseline (verdict from the layer-wise analysis at its point)
-* ``auto``    exact, then fallbacks in a documented order
+Layout (calls go down this list):
 
-Shared pieces: :mod:`~onnxinv.inversion.layerwise` (problem, walk, the exact layer solve and its
-tolerances), :mod:`~onnxinv.inversion.targets` (row bounds per activation), :mod:`~onnxinv.inversion.linear`,
-:mod:`~onnxinv.inversion.lp` (HiGHS) and :mod:`~onnxinv.inversion.polish` (end-to-end refinement).
-
-Results: :class:`InversionResult` (one observation), :class:`BatchInversionResult` (a batch).
+* :mod:`~onnxinv.inversion.verdict`, :mod:`~onnxinv.inversion.result` — the contract and plain result data
+* :mod:`~onnxinv.inversion.framework` — Problem, Settings, the Method record, the fit rule, the layer walk
+* :mod:`~onnxinv.inversion.identifiability` — active rows, ranks, preimage dimension, stability radius,
+  null directions: the one definition
+* methods, one module each, exporting a ``METHOD`` record: :mod:`~onnxinv.inversion.exact`,
+  :mod:`~onnxinv.inversion.sparse`, :mod:`~onnxinv.inversion.linf`, :mod:`~onnxinv.inversion.l1`,
+  :mod:`~onnxinv.inversion.relaxed`, :mod:`~onnxinv.inversion.gd`, :mod:`~onnxinv.inversion.auto`;
+  listed in :mod:`~onnxinv.inversion.registry`
+* :mod:`~onnxinv.inversion.refine` — whole-network least squares, applied by the pipeline
+* :mod:`~onnxinv.inversion.evidence` — certificates, witnesses, radii, refutations
+* :mod:`~onnxinv.inversion.parallel` — process pools, BLAS thread limits, progress
+* :mod:`~onnxinv.inversion.api` — ``invert``
+* shared numerics: :mod:`~onnxinv.inversion.targets` (row bounds per activation),
+  :mod:`~onnxinv.inversion.linear` (least squares, layer LPs), :mod:`~onnxinv.inversion.lp` (the only
+  module that imports HiGHS)
 """
 
-from onnxinv.inversion.api import METHODS, invert
-from onnxinv.inversion.layerwise import Settings
+from onnxinv.inversion.api import invert
+from onnxinv.inversion.framework import Method, Settings
+from onnxinv.inversion.registry import METHODS, get_method
 from onnxinv.inversion.result import (
     Attempt,
     BatchInversionResult,
     InversionResult,
     LayerStep,
     SolverStatus,
-    Verdict,
 )
+from onnxinv.inversion.verdict import Evidence, EvidenceKind, FitCheck, Reason, Verdict
 
 __all__ = [
     "METHODS",
     "Attempt",
     "BatchInversionResult",
+    "Evidence",
+    "EvidenceKind",
+    "FitCheck",
     "InversionResult",
     "LayerStep",
+    "Method",
+    "Reason",
     "Settings",
     "SolverStatus",
     "Verdict",
+    "get_method",
     "invert",
 ]

@@ -1,73 +1,56 @@
-"""``invert``: the public entry point. Validates input, runs a method, verifies through onnxruntime,
-decides the verdict, and spreads batches over processes.
+"""``invert``: the public entry point, a pipeline **validate → solve → refine → verify → evidence → decide**.
 
-Verification
-------------
-Every ``z`` is fed back through the model with onnxruntime (:meth:`Generator.run_onnx`), one call per
-chunk of observations, and the residual on the observed entries decides whether ``z`` reproduces
-the observation (:func:`onnxinv.inversion.layerwise.accepts`).
-
-Verdict
--------
-If ``z`` reproduces the observation: **not unique** when some layer's preimage has dimension > 0
-(naming the one nearest the input; layer 0 is fed by z), else **unique** when every layer's solve
-ended ``optimal``, else **not found** (a layer's check failed, so ``z`` is not a certified preimage;
-the message says which).
-
-If ``z`` does not reproduce it, no preimage was found, so the verdict is **not found** with the best
-residual, unless there is evidence that the latent is not determined: a clean observation whose
-layers from the output down to a hidden layer (index >= 1) were all solved exactly (status optimal,
-layer residual <= ``tol``), that hidden layer's preimage having a dimension strictly between 0 and
-its input size. Then the observation pins down a whole polytope of that layer's inputs, the point
-chosen in it did not lead to a latent, and another may: **not unique**, and the message says to try
-``sparse`` or ``gd``. A positive dimension reported by a noisy method (directions without
-sign-certain rows, an estimate), a layer-0 preimage (the miss is not a choice there) or a preimage
-as large as the whole input space (nothing pinned down) is not such evidence.
+* **validate** the arguments and the observations (:mod:`onnxinv.observations`); every problem raises
+  an :class:`~onnxinv.errors.OnnxInvError`.
+* **solve** with the method's record from :mod:`onnxinv.inversion.registry`.
+* **refine** the estimate on the whole network when it misses (:mod:`onnxinv.inversion.refine`).
+* **verify**: every ``z`` is fed back through the model with onnxruntime, one call per chunk of
+  observations, and judged by the fit rule (:func:`~onnxinv.inversion.framework.fit_check`).
+* **evidence**: certificates, witnesses (checked through onnxruntime), radii, refutations
+  (:mod:`onnxinv.inversion.evidence`).
+* **decide**: the verdict contract (:func:`onnxinv.inversion.verdict.decide`) turns fit and evidence into
+  the verdict and its message.
 
 Batches
 -------
-``(N, ...)`` observations are split into chunks, each solved and verified (one onnxruntime call) in a
-worker process (see :func:`start_method`; BLAS limited to one thread per worker). ``workers=None``
-uses ``os.cpu_count()`` processes, but only when it pays: the first observations are solved in this
-process, and the pool is started only if the rest would take more than about a second. An explicit
-``workers > 1`` always uses a pool for ``N > 1``; ``workers=1`` never does. One observation never
-starts a pool. Results do not depend on the number of workers.
+``(N, ...)`` observations are split into chunks, each solved and verified in a worker process
+(:mod:`onnxinv.inversion.parallel`). ``workers=None`` uses ``os.cpu_count()`` processes, but only when
+it pays: the first observations are solved in this process, and the pool is started only if the rest
+would take more than about a second. An explicit ``workers > 1`` always uses a pool for ``N > 1``;
+``workers=1`` never does. Results do not depend on the number of workers.
+
+Noise
+-----
+``noise=None`` with observations whose observed values all lie on an 8-bit grid (``k/255``, or
+``2k/255 - 1`` for a ``[-1, 1]`` output) is read as quantised data: bounded noise of half a grey level
+(``noise_source="quantisation"``). ``noise=0`` means clean, without that test.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+import math
 import os
-import pickle
-import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
 
 from onnxinv.errors import InvalidArgumentError
-from onnxinv.inversion import auto, exact, gd, l1, linf, relaxed, sparse
-from onnxinv.inversion.layerwise import Draft, Problem, Settings, accepts, residual_norms
-from onnxinv.inversion.result import BatchInversionResult, InversionResult, LayerStep, Verdict
+from onnxinv.inversion import evidence as evidence_stage
+from onnxinv.inversion import parallel
+from onnxinv.inversion.framework import NOISE_MODELS, Draft, Problem, Settings, fit_check
+from onnxinv.inversion.refine import refine
+from onnxinv.inversion.registry import METHODS, get_method
+from onnxinv.inversion.result import BatchInversionResult, InversionResult
+from onnxinv.inversion.verdict import decide
 from onnxinv.layers import Generator
-from onnxinv.observations import Observations, check_noise, prepare_observations
+from onnxinv.observations import Observations, check_noise, prepare_observations, quantisation_step
 
-METHODS: dict[str, Any] = {
-    "auto": auto,
-    "exact": exact,
-    "sparse": sparse,
-    "linf": linf,
-    "l1": l1,
-    "relaxed": relaxed,
-    "gd": gd,
-}
+__all__ = ["invert", "solve_chunk"]
 
 POOL_STARTUP_SECONDS = 1.0
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def invert(
@@ -77,373 +60,277 @@ def invert(
     noise: float | None = None,
     mask: object = None,
     *,
+    noise_model: str | None = None,
     tol: float | None = None,
     time_limit: float | None = None,
     workers: int | None = None,
     batch: bool | None = None,
     seed: int | None = None,
     settings: Settings | None = None,
+    progress: parallel.Progress | None = None,
 ) -> InversionResult | BatchInversionResult:
-    """Find the latent(s) ``z`` with ``G(z) = x`` and say whether ``z`` is unique.
+    """Find the latent(s) ``z`` with ``G(z) = x`` and say, with evidence, whether ``z`` is unique.
 
     Parameters
     ----------
-    generator : the generator (its layer list and its ONNX model, used by onnxruntime to verify)
+    generator : the generator (``onnxinv.load(path)``): its layer list, and its ONNX model that
+        onnxruntime runs to verify every answer
     x : one observation (any shape with ``generator.output_dim`` values) or a batch ``(N, ...)``
-    method : ``"auto"`` (default), ``"exact"``, ``"sparse"``, ``"linf"``, ``"l1"``, ``"relaxed"`` or ``"gd"``
-    noise : per-entry size of the observation error (a bound for bounded noise, the standard deviation
-        for Gaussian noise); None or 0 for clean observations
+    method : a name from ``onnxinv.inversion.METHODS`` (default ``"auto"``)
+    noise : size of the observation error: a bound on every entry (``noise_model="bounded"``, the
+        default) or the standard deviation (``"gaussian"``); None for clean observations (8-bit
+        quantised values then imply half a grey level, see the module docstring); 0 for clean without
+        that test
     mask : bool array over the output, True = observed (or 0/1 numbers); one per batch or one per
         observation. Only the last layer's rows are restricted.
-    tol : relative residual accepted as reproducing a clean observation (default 1e-5)
+    noise_model : ``"bounded"`` or ``"gaussian"`` (only with ``noise``)
+    tol : relative l2 residual accepted as reproducing a clean observation (default 1e-5)
     time_limit : seconds per observation (default 60)
     workers : processes for a batch (None: ``os.cpu_count()``, used only when it pays)
     batch : force reading ``x`` as a batch (True) or one observation (False); None decides by size
-    seed : seed of the random starts of ``"gd"`` (default 0)
-    settings : every other knob (:class:`~onnxinv.inversion.layerwise.Settings`); ``tol``,
+    seed : seed of the random starts of ``"gd"`` and of the witness search (default 0)
+    settings : every other knob (:class:`~onnxinv.inversion.framework.Settings`); ``tol``,
         ``time_limit`` and ``seed``, when given here, override it
+    progress : called with the number of observations finished, as they finish (batches)
 
     Returns
     -------
-    InversionResult for one observation, BatchInversionResult for a batch.
+    InversionResult for one observation, BatchInversionResult for a batch. ``result.verdict.success``
+    is True only when onnxruntime confirmed the fit (:mod:`onnxinv.inversion.verdict`).
 
     Raises
     ------
+    InvalidArgumentError
+        An argument outside its allowed values (an unknown method, a non-positive ``tol``, ...).
     ObservationError
         ``x``, ``mask`` or ``noise`` is malformed (size, dtype, NaN/Inf, ...).
-    ValueError
-        Unknown method, or a non-positive ``tol``, ``time_limit`` or ``workers``.
     """
-    if method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(generator, Generator):
+        hint = (
+            " (a path: load it first with onnxinv.load(path))"
+            if isinstance(generator, (str, os.PathLike))
+            else ""
+        )
+        raise InvalidArgumentError(
+            f"invert() needs an onnxinv Generator as its first argument, got {type(generator).__name__}{hint}"
+        )
+    record = get_method(method)
+    cfg = _settings(settings, tol=tol, time_limit=time_limit, seed=seed)
+    if noise_model is not None and noise_model not in NOISE_MODELS:
+        raise InvalidArgumentError(
+            f"noise_model must be one of {', '.join(NOISE_MODELS)}, got {noise_model!r}"
+        )
+    if progress is not None and not callable(progress):
+        raise InvalidArgumentError(
+            f"progress must be callable (it gets the number of finished observations), got {progress!r}"
+        )
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidArgumentError(f"workers must be a positive integer or None, got {workers!r}")
     obs = prepare_observations(x, generator.output_dim, mask, batch=batch)
     level = check_noise(noise)
-    base = settings or Settings()
+    explicit_clean = noise is not None and level is None
+    model = noise_model or "bounded"
+    noises, sources = _noise_levels(obs, level, explicit_clean)
+    if obs.single:
+        return solve_chunk(
+            generator, obs.values, obs.mask, noises, sources, record.name, cfg, obs.precision, model
+        )[0]
+    return _invert_batch(generator, obs, noises, sources, record.name, cfg, workers, model, progress)
+
+
+def _settings(base: Settings | None, *, tol: object, time_limit: object, seed: object) -> Settings:
+    if base is not None and not isinstance(base, Settings):
+        raise InvalidArgumentError(f"settings must be an onnxinv Settings, got {type(base).__name__}")
     overrides: dict[str, Any] = {}
     if time_limit is not None:
-        if not time_limit > 0:
-            raise ValueError(f"time_limit must be positive (seconds), got {time_limit!r}")
-        overrides["time_limit"] = float(time_limit)
-    if seed is not None:
-        overrides["seed"] = int(seed)
+        overrides["time_limit"] = _positive(time_limit, "time_limit", "seconds")
     if tol is not None:
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol!r}")
-        overrides["tol"] = float(tol)
-    cfg = dataclasses.replace(base, **overrides)
-    if obs.single:
-        return solve_chunk(generator, obs.values, obs.mask, level, method, cfg, obs.precision)[0]
-    return _invert_batch(generator, obs, level, method, cfg, workers)
+        overrides["tol"] = _positive(tol, "tol", "a relative residual")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+            raise InvalidArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        overrides["seed"] = int(seed)
+    return dataclasses.replace(base or Settings(), **overrides)
+
+
+def _positive(value: object, name: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a positive number ({what}), got {value!r}")
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise InvalidArgumentError(f"{name} must be a positive finite number ({what}), got {value!r}")
+    return number
+
+
+def _noise_levels(
+    obs: Observations, level: float | None, explicit_clean: bool
+) -> tuple[list[float | None], list[str | None]]:
+    """Per observation: the noise level and where it came from (module docstring, Noise)."""
+    if level is not None:
+        return [level] * obs.count, ["given"] * obs.count
+    if explicit_clean:
+        return [None] * obs.count, [None] * obs.count
+    noises: list[float | None] = []
+    sources: list[str | None] = []
+    for i in range(obs.count):
+        step = quantisation_step(obs.values[i], obs.mask_of(i))
+        noises.append(None if step is None else 0.5 * step)
+        sources.append(None if step is None else "quantisation")
+    return noises, sources
 
 
 def solve_chunk(
     generator: Generator,
     values: np.ndarray,
     masks: np.ndarray | None,
-    noise: float | None,
+    noises: Sequence[float | None],
+    sources: Sequence[str | None],
     method: str,
     settings: Settings,
     precision: float = 0.0,
+    noise_model: str = "bounded",
 ) -> list[InversionResult]:
-    """Solve observations ``values`` (M, n) one by one, then verify all of them with one onnxruntime call.
+    """The pipeline for observations ``values`` (M, n): solve and refine each, verify all with one
+    onnxruntime call, then gather evidence and decide each. ``precision`` is the machine epsilon of the
+    dtype the observations came in (0: the model's)."""
+    record = get_method(method)
+    problems: list[Problem] = []
+    drafts: list[Draft] = []
+    started: list[float] = []
+    with parallel.blas_single_thread():
+        for i in range(values.shape[0]):
+            start = time.perf_counter()
+            deadline = start + settings.time_limit
+            problem = Problem(
+                generator, values[i], None if masks is None else masks[i], noises[i], precision, noise_model
+            )
+            draft = record.solve(problem, settings, deadline)
+            if record.refine:
+                draft = refine(problem, settings, draft, deadline)
+            problems.append(problem)
+            drafts.append(draft)
+            started.append(start)
+        outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
+        return [
+            _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i])
+            for i in range(len(drafts))
+        ]
 
-    ``precision`` is the machine epsilon of the dtype the observations came in (0: the model's).
-    """
-    with _blas_threads_one():
-        problems, drafts, times = _solve_rows(
-            generator, values, masks, noise, METHODS[method], settings, precision
-        )
-    start = time.perf_counter()
-    outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
-    share = (time.perf_counter() - start) / len(drafts)
-    return [
-        _finalize(p, d, outputs[i], settings, method, times[i] + share)
-        for i, (p, d) in enumerate(zip(problems, drafts))
-    ]
 
-
-def _solve_rows(
-    generator: Generator,
-    values: np.ndarray,
-    masks: np.ndarray | None,
-    noise: float | None,
-    module: Any,
+def _decide(
+    problem: Problem,
+    draft: Draft,
+    output: np.ndarray,
     settings: Settings,
-    precision: float,
-) -> tuple[list[Problem], list[Draft], list[float]]:
-    problems, drafts, times = [], [], []
-    for i in range(values.shape[0]):
-        start = time.perf_counter()
-        problem = Problem(generator, values[i], None if masks is None else masks[i], noise, precision)
-        drafts.append(module.solve(problem, settings, start + settings.time_limit))
-        problems.append(problem)
-        times.append(time.perf_counter() - start)
-    return problems, drafts, times
-
-
-def _finalize(
-    problem: Problem, draft: Draft, output: np.ndarray, settings: Settings, requested: str, seconds: float
+    requested: str,
+    start: float,
+    source: str | None,
 ) -> InversionResult:
-    rel, linf_err, _ = residual_norms(problem, output)
-    reproduces, tolerance = accepts(problem, settings, output)
-    verdict, layer, dim, message = decide(
-        draft.steps, reproduces, rel, linf_err, tolerance, problem.noise, layer_tol=settings.tol
+    fit = fit_check(problem, settings, output)
+    deadline = start + settings.time_limit
+    origin = METHODS.get(draft.method)
+    certifies = origin is not None and origin.certifies == "layer-wise"
+    found, analysis = evidence_stage.gather(
+        problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies
     )
+    decision = decide(fit, found, noisy=problem.noise is not None)
     z = np.array(draft.z, dtype=np.float64)
     z.setflags(write=False)
+    recon = np.array(output, dtype=np.float64)
+    recon.setflags(write=False)
+    message = decision.message
+    failed = [s for s in draft.steps if not s.status.ok]
+    if failed and not decision.verdict.success:
+        first = max(failed, key=lambda s: s.layer)
+        message += f" Layer {first.layer} ended '{first.status.value}': {first.message}."
     if draft.message:
         message = f"{message} {draft.message}"
+    generator = problem.generator
     return InversionResult(
         z=z,
+        verdict=decision.verdict,
+        reason=decision.reason,
+        fit=fit,
         method=draft.method,
-        verdict=verdict,
-        residual_rel_l2=rel,
-        residual_linf=linf_err,
         steps=draft.steps,
-        seconds=seconds,
+        analysis=analysis,
+        seconds=time.perf_counter() - start,
         message=message,
-        layer=layer,
-        preimage_dim=dim,
-        reproduces=reproduces,
-        tolerance=tolerance,
-        observed=int(problem.observed.size),
+        evidence=decision.evidence,
+        reconstruction=recon,
         noise=problem.noise,
+        noise_model=problem.noise_model if problem.noise is not None else None,
+        noise_source=source if problem.noise is not None else None,
+        noise_estimate=draft.noise_estimate,
+        observed=int(problem.observed.size),
         requested=requested,
         attempts=draft.attempts,
+        considered=decision.considered,
+        refined=draft.refined,
+        latent_shape=tuple(generator.sample_input_shape),
+        latent_dtype=generator.input.dtype,
     )
-
-
-def decide(
-    steps: Sequence[LayerStep],
-    reproduces: bool,
-    rel: float,
-    linf_err: float,
-    tolerance: float,
-    noise: float | None,
-    layer_tol: float = 1e-5,
-) -> tuple[Verdict, int | None, int | None, str]:
-    """The verdict rule of the module docstring. Returns (verdict, layer, preimage_dim, message)."""
-    failed = [s for s in steps if not s.status.ok]
-    first_fail = max(failed, key=lambda s: s.layer) if failed else None
-    how = "relative" if noise is None else "RMS bound"
-    fit = f"residual {rel:.3g} relative l2, {linf_err:.3g} max abs through onnxruntime (tolerance {tolerance:.3g} {how})"
-    fail_text = ""
-    if first_fail is not None:
-        fail_text = f"layer {first_fail.layer} ended '{first_fail.status.value}': {first_fail.message}"
-    if reproduces:
-        dims = [s for s in steps if s.preimage_dim > 0]
-    elif noise is None:
-        # a miss is only excused by a free choice in a hidden layer that the exact data pinned down,
-        # with every layer above it solved exactly
-        dims = [
-            s
-            for s in steps
-            if 0 < s.preimage_dim < s.unknowns
-            and s.layer >= 1
-            and all(t.status.ok and t.residual <= layer_tol for t in steps if t.layer >= s.layer)
-        ]
-    else:
-        dims = []
-    if dims:
-        step = min(dims, key=lambda s: s.layer)
-        head = f"Layer {step.layer}'s preimage has dimension {step.preimage_dim} ({step.message})."
-        if step.epsilon is not None:
-            meaning = (
-                f"Within the noise, the observation does not constrain {step.preimage_dim} direction(s) of "
-                f"layer {step.layer}'s input, so many latents explain it: the latent is not determined."
-            )
-        elif step.layer == 0:
-            meaning = (
-                f"Every latent in that {step.preimage_dim}-dimensional set gives the same output of "
-                "layer 0, hence the same observation: the latent is not unique."
-            )
-        else:
-            meaning = (
-                f"The input of hidden layer {step.layer} is not determined by its output, so the "
-                "layer-wise argument cannot establish a unique latent."
-            )
-        if reproduces:
-            tail = f"The returned z is one latent that reproduces the observation ({fit})."
-            if fail_text:
-                tail += f" Note: {fail_text}."
-        else:
-            tail = (
-                "The point chosen in that preimage did not lead to a latent reproducing the observation"
-                f"{' (' + fail_text + ')' if fail_text else ''}; {fit}. Another point may: try "
-                "method='sparse' or method='gd'."
-            )
-        return Verdict.NOT_UNIQUE, step.layer, step.preimage_dim, f"Not unique. {head} {meaning} {tail}"
-    if first_fail is None and reproduces:
-        certs = "; ".join(f"layer {s.layer}: {s.certificate or 'identifiable'}" for s in steps)
-        what = (
-            "No other latent gives this output"
-            if noise is None
-            else "The estimate is determined up to the noise"
-        )
-        return (
-            Verdict.UNIQUE,
-            None,
-            None,
-            f"Unique. z reproduces the observation ({fit}) and every layer is identifiable ({certs}). {what}.",
-        )
-    if reproduces:
-        reason = f"z reproduces the observation ({fit}), but {fail_text}, so it is not a certified preimage"
-    elif fail_text:
-        reason = f"{fail_text}. Best {fit}"
-    else:
-        reason = f"the best z found does not reproduce the observation: {fit}"
-    message = f"Not found. {reason}."
-    free = [s for s in steps if s.status.ok and 0 < s.preimage_dim < s.unknowns and s.layer >= 1]
-    if not reproduces and free:
-        step = min(free, key=lambda s: s.layer)
-        message += (
-            f" Layer {step.layer}'s input was not determined by its estimated output (dimension "
-            f"{step.preimage_dim}); another choice there might lead to a latent: try method='sparse' or "
-            "method='gd'."
-        )
-    return Verdict.NOT_FOUND, None, None, message
-
-
-# ----------------------------------------------------------------------------- batches
-
-_WORKER: dict[str, Generator] = {}
-
-
-def _init_worker(payload: bytes, forked: bool) -> None:
-    if forked:
-        from onnxinv.inversion import lp
-
-        lp.reset_after_fork()
-    # A fresh copy: its own onnxruntime session is built on first use in this process.
-    _WORKER["generator"] = pickle.loads(payload)
-
-
-def _worker_chunk(
-    values: np.ndarray,
-    masks: np.ndarray | None,
-    noise: float | None,
-    method: str,
-    settings: Settings,
-    precision: float,
-) -> list[InversionResult]:
-    return solve_chunk(_WORKER["generator"], values, masks, noise, method, settings, precision)
 
 
 def _invert_batch(
     generator: Generator,
     obs: Observations,
-    noise: float | None,
+    noises: list[float | None],
+    sources: list[str | None],
     method: str,
     settings: Settings,
     workers: int | None,
+    noise_model: str,
+    progress: parallel.Progress | None,
 ) -> BatchInversionResult:
     start = time.perf_counter()
     count = obs.count
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     procs = (os.cpu_count() or 1) if workers is None else workers
     procs = max(1, min(procs, count))
+
+    def chunk(a: int, b: int) -> tuple[Any, ...]:
+        mask = None if obs.mask is None else obs.mask[a:b]
+        return (
+            obs.values[a:b],
+            mask,
+            noises[a:b],
+            sources[a:b],
+            method,
+            settings,
+            obs.precision,
+            noise_model,
+        )
+
     results: list[InversionResult] = []
     done = 0
     if workers is None and procs > 1:
         # Probe in this process: start a pool only if the rest would take long enough to pay for it.
         probe = min(count, 2)
-        results += solve_chunk(
-            generator, obs.values[:probe], _slice(obs.mask, 0, probe), noise, method, settings, obs.precision
-        )
+        results += solve_chunk(generator, *chunk(0, probe))
         done = probe
+        if progress is not None:
+            progress(probe)
         per = sum(r.seconds for r in results) / probe
         if (count - done) * per * (1.0 - 1.0 / procs) < POOL_STARTUP_SECONDS:
             procs = 1
     if done < count:
         if procs == 1:
-            results += solve_chunk(
-                generator,
-                obs.values[done:],
-                _slice(obs.mask, done, count),
-                noise,
-                method,
-                settings,
-                obs.precision,
-            )
+            step = max(1, math.ceil((count - done) / 50)) if progress is not None else count - done
+            for a in range(done, count, step):
+                b = min(count, a + step)
+                results += solve_chunk(generator, *chunk(a, b))
+                if progress is not None:
+                    progress(b - a)
         else:
-            results += _pool_map(generator, obs, done, noise, method, settings, procs)
-    return BatchInversionResult(results=tuple(results), seconds=time.perf_counter() - start, workers=procs)
-
-
-def _pool_map(
-    generator: Generator,
-    obs: Observations,
-    done: int,
-    noise: float | None,
-    method: str,
-    settings: Settings,
-    procs: int,
-) -> list[InversionResult]:
-    remaining = obs.count - done
-    chunks = min(remaining, procs * 4)
-    bounds = np.linspace(done, obs.count, chunks + 1).astype(int)
-    payload = pickle.dumps(generator)
-    method_name = start_method()
-    pool = ProcessPoolExecutor(
-        max_workers=procs,
-        mp_context=multiprocessing.get_context(method_name),
-        initializer=_init_worker,
-        initargs=(payload, method_name == "fork"),
-    )
-    with _single_threaded_blas(), pool:
-        futures = [
-            pool.submit(
-                _worker_chunk, obs.values[a:b], _slice(obs.mask, a, b), noise, method, settings, obs.precision
+            pieces = min(count - done, procs * 4)
+            bounds = np.linspace(done, count, pieces + 1).astype(int)
+            spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            results += parallel.map_chunks(
+                generator,
+                solve_chunk,
+                [chunk(a, b) for a, b in spans],
+                workers=procs,
+                progress=progress,
+                sizes=[b - a for a, b in spans],
             )
-            for a, b in zip(bounds[:-1], bounds[1:])
-            if b > a
-        ]
-        out: list[InversionResult] = []
-        for fut in futures:
-            out += fut.result()
-    return out
-
-
-def start_method() -> str:
-    """``fork`` on Linux (starts in milliseconds, and does not re-run the caller's script, so scripts
-    without an ``if __name__ == "__main__"`` guard work); ``spawn`` elsewhere. Workers never use the
-    parent's onnxruntime session or HiGHS scheduler: they unpickle their own generator and reset
-    HiGHS's scheduler."""
-    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
-        return "fork"
-    return "spawn"
-
-
-def _slice(mask: np.ndarray | None, a: int, b: int) -> np.ndarray | None:
-    return None if mask is None else mask[a:b]
-
-
-def _blas_threads_one():
-    """One BLAS thread while solving, if threadpoolctl is installed (else BLAS's own setting).
-
-    The matrices are small (a layer's active rows), where threading costs more than it gains and, on
-    a busy machine or with several worker processes, oversubscription makes BLAS calls orders of
-    magnitude slower. Parallelism comes from processes instead.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional dependency
-        return nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-@contextmanager
-def _single_threaded_blas():
-    """Spawned workers read these at start-up: one BLAS thread each, so workers do not oversubscribe."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    for k in _THREAD_VARS:
-        os.environ.setdefault(k, "1")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return BatchInversionResult(results=tuple(results), seconds=time.perf_counter() - start, workers=procs)

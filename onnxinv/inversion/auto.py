@@ -1,24 +1,27 @@
-"""``method="auto"``: the exact method when it applies, then fallbacks in a fixed order.
+"""``method="auto"``: the methods in a fixed order, each estimate refined on the whole network, until
+one reproduces the observation.
 
 Order
 -----
-Clean observations (``noise`` None or 0):
+Clean observations:
 
-1. ``exact`` (Theorem 2 / eq. (4) of [1]_). Kept if ``G(z)`` reproduces ``x`` and no hidden layer
-   (index > 0) has a preimage of dimension > 0. A non-identifiable layer 0 is the information limit
-   (every point of its preimage gives the same ``x``); the result is kept, verdict *not unique*.
-2. ``sparse`` (layered basis pursuit, [2]_) when a hidden layer is not identifiable: kept if it
-   reproduces ``x``; otherwise the exact result is kept if it reproduced ``x``.
-3. ``linf`` (Algorithm 1 of [1]_, ε from ``1e-6·max|y|`` upwards): for observations that are not
-   exactly realizable (rounded to float32, slightly off the range).
-4. ``l1`` (Algorithm 2 of [1]_).
+1. ``exact`` (Theorem 2 / eq. (4) of [1]_). Its steps are a layer-wise certificate when every layer is
+   identifiable.
+2. ``sparse`` (layered basis pursuit, [2]_) when a hidden layer is not identifiable: another choice of
+   that layer's input, the sparsest one.
+3. the best of those refined on the whole network (:mod:`onnxinv.inversion.refine`): a point picked in
+   a non-identifiable hidden layer may not be reachable from below, and rounded float32 data can
+   leave the layer-wise latent just outside the tolerance.
+4. ``linf`` (Algorithm 1 of [1]_ from ``ε = 1e-6·max|y|`` upwards), refined: observations that are not
+   exactly realizable (rounded, slightly off the range).
+5. ``gd`` (gradient descent with restarts), refined: where every layer-wise start fails.
 
-Noisy observations: ``linf``, then ``l1``, then ``relaxed`` (eq. (8) of [1]_).
+Noisy observations: ``linf``, ``l1``, ``relaxed``, then ``gd``, each refined.
 
-The first result that reproduces the observation (float64 forward pass; onnxruntime verifies
+The first estimate that reproduces the observation (float64 forward pass; onnxruntime verifies
 afterwards) is returned; if none does, the one with the smallest residual. Every attempt is listed in
-the result. The verdict is decided from the kept result's steps like for any method, so a point of
-a non-unique preimage is always reported as *not unique*, never as the answer.
+the result. ``auto`` composes the other methods and the refine stage; the verdict comes from the
+pipeline's evidence stage like for any method (:mod:`onnxinv.inversion.verdict`).
 
 References
 ----------
@@ -30,32 +33,47 @@ References
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from onnxinv.inversion import exact, l1, linf, relaxed, sparse
-from onnxinv.inversion.layerwise import Draft, Problem, Settings, accepts
+from onnxinv.inversion import exact, gd, l1, linf, refine, relaxed, sparse
+from onnxinv.inversion.framework import Draft, Method, Problem, Settings, accepts
 from onnxinv.inversion.result import Attempt
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "solve"]
+
+Solver = Callable[[Problem, Settings, float], Draft]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
-    """Try the methods in the documented order; return the first that reproduces the observation."""
-    tried: list[tuple[Draft, bool]] = []
+    """Try the methods in the documented order; return the first estimate that reproduces the observation."""
+    tried: list[Draft] = []
     attempts: list[Attempt] = []
 
-    def run(module, name: str) -> tuple[Draft, bool]:  # noqa: ANN001 - a method module
-        draft = module.solve(problem, settings, deadline)
-        ok, _ = accepts(problem, settings, problem.generator.forward(draft.z))
-        dims = [s.layer for s in draft.steps if s.status.ok and s.preimage_dim > 0]
+    def fits(draft: Draft) -> bool:
+        return accepts(problem, settings, problem.generator.forward(draft.z))
+
+    def note(draft: Draft, name: str) -> bool:
+        ok = fits(draft)
+        text = "reproduces x" if ok else "does not reproduce x"
+        loose = [s.layer for s in draft.steps if s.status.ok and s.preimage_dim > 0]
         failed = [s.layer for s in draft.steps if not s.status.ok]
-        note = "reproduces x" if ok else "does not reproduce x"
-        if dims:
-            note += f"; preimage dimension > 0 at layer(s) {dims}"
+        if loose:
+            text += f"; preimage dimension > 0 at layer(s) {loose}"
         if failed:
-            note += f"; failed at layer(s) {failed}"
-        attempts.append(Attempt(name, draft.fit, note))
-        tried.append((draft, ok))
-        return draft, ok
+            text += f"; failed at layer(s) {failed}"
+        attempts.append(Attempt(name, draft.fit, text))
+        tried.append(draft)
+        return ok
+
+    def run(module_solve: Solver, name: str) -> tuple[Draft, bool]:
+        draft = module_solve(problem, settings, deadline)
+        return draft, note(draft, name)
+
+    def refined(draft: Draft) -> tuple[Draft, bool]:
+        better = refine.refine(problem, settings, draft, deadline)
+        if better is draft:
+            return draft, False
+        return better, note(better, f"{draft.method} + refine")
 
     def finish(draft: Draft) -> Draft:
         draft.attempts = tuple(attempts)
@@ -67,25 +85,43 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
         return time.perf_counter() >= deadline
 
     if problem.noise is None:
-        first, ok = run(exact, "exact")
-        hidden = [s for s in first.steps if s.status.ok and s.preimage_dim > 0 and s.layer > 0]
-        failed = any(not s.status.ok for s in first.steps)
-        if ok and not failed and not hidden:
-            return finish(first)
-        if hidden and not out_of_time():
-            second, ok2 = run(sparse, "sparse")
-            if ok2:
-                return finish(second)
+        first, ok = run(exact.solve, "exact")
         if ok:
             return finish(first)
-        fallbacks = ((linf, "linf"), (l1, "l1"))
+        candidates = [first]
+        hidden = [s for s in first.steps if s.status.ok and s.preimage_dim > 0 and s.layer > 0]
+        if hidden and not out_of_time():
+            second, ok = run(sparse.solve, "sparse")
+            if ok:
+                return finish(second)
+            candidates.append(second)
+        for draft in sorted(candidates, key=lambda d: d.fit):
+            if out_of_time():
+                break
+            better, ok = refined(draft)
+            if ok:
+                return finish(better)
+        fallbacks: tuple[tuple[Solver, str], ...] = ((linf.solve, "linf"), (gd.solve, "gd"))
     else:
-        fallbacks = ((linf, "linf"), (l1, "l1"), (relaxed, "relaxed"))
-    for module, name in fallbacks:
+        fallbacks = ((linf.solve, "linf"), (l1.solve, "l1"), (relaxed.solve, "relaxed"), (gd.solve, "gd"))
+    for module_solve, name in fallbacks:
         if out_of_time() and tried:
             break
-        draft, ok = run(module, name)
+        draft, ok = run(module_solve, name)
         if ok:
             return finish(draft)
-    best = min((d for d, _ in tried), key=lambda d: d.fit)
+        if not out_of_time():
+            better, ok = refined(draft)
+            if ok:
+                return finish(better)
+    best = min(tried, key=lambda d: d.fit)
     return finish(best)
+
+
+METHOD = Method(
+    name="auto",
+    solve=solve,
+    summary="pick by the observation: exact, then sparse, linf and gradient descent, each refined",
+    noise="any",
+    refine=False,  # it refines its candidates itself
+)

@@ -16,16 +16,10 @@ layer list in numpy (backpropagation), for all restarts at once.
 Notes
 -----
 **What the verdict means for this method.** Gradient descent alone cannot show that a latent is the
-only one. The verdict is therefore decided like every other method's, with GD's point in place of a
-layer-wise solve: every layer is analysed at the hidden values of the found ``z`` with the exact
-machinery (active rows of the observation / hidden value, rank of the active system, dimension of
-the layer's preimage polytope through that point, :mod:`onnxinv.inversion.linear`). If ``G(z)``
-reproduces ``x`` and every layer is identifiable there, Theorem 2 of [1]_ makes ``z`` the unique
-preimage and the verdict is *unique* (certified by that analysis, not by GD); a layer with a
-preimage of dimension > 0 gives *not unique*; otherwise the residual is too large and the verdict is
-*not found* with GD's best residual. For noisy observations the last layer's analysis uses the
-two-sided rows at its initial ε, as the l_inf method does; the hidden layers are analysed at GD's own
-hidden values (:func:`onnxinv.inversion.polish.analyse_at`).
+only one. Its steps are the analysis of every layer at the hidden values of the found ``z``
+(:func:`onnxinv.inversion.identifiability.analyse_at`: active rows, rank, preimage dimension); the
+verdict comes from the pipeline's evidence stage like every other method's
+(:mod:`onnxinv.inversion.verdict`): a certificate at ``z``, a witness, or neither.
 
 References
 ----------
@@ -39,11 +33,11 @@ import time
 
 import numpy as np
 
-from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
-from onnxinv.inversion.polish import analyse_at, derivative
-from onnxinv.layers import Layer
+from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
+from onnxinv.inversion.identifiability import analyse_at
+from onnxinv.layers import Layer, activation_derivative
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "solve"]
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-12
 
@@ -139,7 +133,15 @@ def _loss_grad(
         g = r
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            g = g * derivative(layer, outs[i])
+            g = g * activation_derivative(outs[i], layer.activation, layer.slope)
             g = g @ layer.weight
     loss = np.where(np.isfinite(loss), loss, np.inf)
     return loss, np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+METHOD = Method(
+    name="gd",
+    solve=solve,
+    summary="gradient descent / Adam from random starts (the baseline users would otherwise run)",
+    noise="any",
+)

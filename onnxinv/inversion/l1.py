@@ -23,8 +23,8 @@ Notes
   split (identity, tanh, sigmoid) take one LP.
 * Only ``OPTIMAL`` LP statuses count; a failed LP after a successful one keeps the earlier result.
 * Identifiability is reported as for the l_inf LP: rank of the two-sided rows at the returned ε.
-* A latent that misses the observation by more than the noise is refined on the whole network
-  (:func:`onnxinv.inversion.polish.refine`).
+* The pipeline refines a latent that misses the observation by more than the noise on the whole
+  network (:mod:`onnxinv.inversion.refine`).
 
 References
 ----------
@@ -39,19 +39,19 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from onnxinv.inversion import lp, polish
-from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
-from onnxinv.inversion.linf import noisy_outcome
+from onnxinv.inversion import lp
+from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
+from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets, project
 from onnxinv.layers import Activation
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "solve"]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Algorithm 2 of [1]_, layer by layer from the output (see module docstring)."""
-    return polish.refine(problem, settings, walk(problem, settings, _layer, "l1", deadline), deadline)
+    return walk(problem, settings, _layer, "l1", deadline)
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:
@@ -136,3 +136,11 @@ def _next_eps(ctx: LayerContext, eps: float) -> float | None:
     alpha = ctx.settings.alpha
     m = max(1, math.ceil(math.log(float(above.min()) / eps) / math.log(alpha)))
     return eps * alpha**m
+
+
+METHOD = Method(
+    name="l1",
+    solve=solve,
+    summary="noisy: l_1 LP per layer, one slack per row (Algorithm 2 of Lei et al.)",
+    noise="noisy",
+)

@@ -1,4 +1,4 @@
-"""Linear algebra shared by the methods: active-system least squares, layer LPs, preimage dimension.
+"""Linear algebra shared by the methods: active-system least squares, ranks, the layer LPs.
 
 Notes
 -----
@@ -14,22 +14,6 @@ turns a per-row error of the data into the typical per-entry error of ``u``.
 bounds of :mod:`onnxinv.inversion.targets`) and the input bounds (``u >= 0`` after a ReLU). With the
 objective ``1ᵀu`` it is the layered basis pursuit of the sparse method.
 
-**Preimage dimension.** The preimage of one layer is the polytope ``P`` above. Its dimension is not
-always ``n - rank(W_I)``, the dimension of the equalities' affine hull: inequalities that hold with
-equality on all of ``P`` (e.g. ``u_k >= 0`` for a hidden unit that is zero at every point of ``P``)
-lower it. For any point ``u0`` of ``P``, the cone of feasible directions
-
-.. math::
-
-    C = \\{d : W_I d = 0,\\; g_k^\\top d \\le 0 \\text{ for every constraint } k \\text{ tight at } u_0\\}
-
-spans the same space as ``P - u0``. One LP finds the tight constraints that are implicit equalities
-of ``C``: ``max Σ s_k`` s.t. ``W_I d = 0``, ``g_kᵀd + s_k <= 0``, ``0 <= s_k <= 1``; at an optimum
-``s_k = 1`` for every constraint some direction leaves strictly, ``s_k = 0`` for the implicit
-equalities (adding such a direction to any optimum would raise the objective). Then
-``dim P = n - rank([W_I; g_k for implicit k])``. Adding ``1ᵀd = 0`` gives the dimension of the optimal
-face of the basis pursuit LP (0: its optimum is unique).
-
 References
 ----------
 .. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
@@ -43,10 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
-import scipy.sparse as sp
 
 from onnxinv.inversion import lp
-from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets
 from onnxinv.layers import Layer
 
@@ -278,187 +260,3 @@ def widening_lp(
     c[-1] = 1.0
     lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if bounds is None else bounds
     return c, a_ub, b_ub, (np.append(lower, 0.0), np.append(upper, np.inf))
-
-
-@dataclass(frozen=True, eq=False)
-class Dimension:
-    """Result of :func:`preimage_dimension`.
-
-    The masks say which constraints were found to be implicit equalities (None when the LP was not
-    run): rows of ``targets`` held at their upper / lower bound, inputs held at their lower / upper
-    bound.
-    """
-
-    dim: int
-    rank: int  # rank of the equalities alone
-    implicit: int  # tight inequalities found to be implicit equalities
-    status: SolverStatus
-    message: str = ""
-    upper_rows: np.ndarray | None = None
-    lower_rows: np.ndarray | None = None
-    at_lower: np.ndarray | None = None
-    at_upper: np.ndarray | None = None
-
-
-def preimage_dimension(
-    layer: Layer,
-    targets: Targets,
-    bounds: tuple[np.ndarray, np.ndarray] | None,
-    u: np.ndarray,
-    *,
-    tight_tol: float,
-    extra_equalities: np.ndarray | None = None,
-    time_limit: float | None = None,
-) -> Dimension:
-    """Dimension of the layer's preimage polytope, from a point ``u`` in it (module Notes).
-
-    A row counts as tight when ``u`` is within ``tight_tol`` of (or beyond) its bound, measured on the
-    layer's output (the pre-activation gap divided by the row's scale); an input bound when ``u`` is
-    within ``tight_tol`` of it. ``extra_equalities`` (rows ``g`` with ``gᵀd = 0``) restricts to a
-    face, e.g. ``1ᵀd = 0`` for the optimal face of basis pursuit.
-    """
-    w, b = targets.matrices(layer)
-    n = layer.in_features
-    eq = targets.equality
-    a_eq = w[eq]
-    if extra_equalities is not None:
-        a_eq = np.vstack([a_eq, np.atleast_2d(extra_equalities)])
-    rank_eq = numerical_rank(a_eq)
-    if rank_eq == n:
-        return Dimension(0, rank_eq, 0, SolverStatus.OPTIMAL)
-    pre = w @ u + b
-    normals = []
-    with np.errstate(invalid="ignore"):
-        up = np.isfinite(targets.upper) & ~eq
-        up &= (targets.upper - pre) / targets.upper_scale <= tight_tol
-        lo = np.isfinite(targets.lower) & ~eq
-        lo &= (pre - targets.lower) / targets.lower_scale <= tight_tol
-    normals.append(w[up])
-    normals.append(-w[lo])
-    at_lo = np.zeros(n, dtype=bool)
-    at_hi = np.zeros(n, dtype=bool)
-    if bounds is not None:
-        lower, upper = bounds
-        at_lo = np.isfinite(lower) & (u - lower <= tight_tol)
-        at_hi = np.isfinite(upper) & (upper - u <= tight_tol)
-        eye = np.eye(n)
-        normals.append(-eye[at_lo])
-        normals.append(eye[at_hi])
-    g = np.vstack(normals) if normals else np.zeros((0, n))
-    # where each candidate came from: (kind, index) with kind 0 upper row, 1 lower row, 2/3 input bound
-    kinds = np.concatenate([np.full(int(up.sum()), 0), np.full(int(lo.sum()), 1)])
-    kinds = np.concatenate([kinds, np.full(int(at_lo.sum()), 2), np.full(int(at_hi.sum()), 3)])
-    where = np.concatenate(
-        [np.flatnonzero(up), np.flatnonzero(lo), np.flatnonzero(at_lo), np.flatnonzero(at_hi)]
-    )
-    if g.shape[0] == 0:
-        return Dimension(n - rank_eq, rank_eq, 0, SolverStatus.OPTIMAL)
-    norms = np.linalg.norm(g, axis=1)
-    kinds, where = kinds[norms > 0], where[norms > 0]
-    g = g[norms > 0] / norms[norms > 0, None]
-    eq_norms = np.linalg.norm(a_eq, axis=1) if a_eq.size else np.zeros(0)
-    a_eq_n = a_eq[eq_norms > 0] / eq_norms[eq_norms > 0, None] if a_eq.size else a_eq
-    t = g.shape[0]
-    # variables [d (n, free), s (t, in [0, 1])]; maximise sum(s)
-    c = np.concatenate([np.zeros(n), -np.ones(t)])
-    a_ub = sp.hstack([sp.csr_matrix(g), sp.identity(t, format="csr")], format="csr")
-    a_eq_full = sp.hstack([sp.csr_matrix(a_eq_n), sp.csr_matrix((a_eq_n.shape[0], t))], format="csr")
-    lower = np.concatenate([np.full(n, -np.inf), np.zeros(t)])
-    upper = np.concatenate([np.full(n, np.inf), np.ones(t)])
-    res = lp.solve_lp(
-        c,
-        a_ub,
-        np.zeros(t),
-        a_eq_full if a_eq_n.shape[0] else None,
-        np.zeros(a_eq_n.shape[0]) if a_eq_n.shape[0] else None,
-        (lower, upper),
-        time_limit=time_limit,
-    )
-    if not res.ok or res.x is None:
-        return Dimension(
-            n - rank_eq,
-            rank_eq,
-            0,
-            res.status,
-            f"the dimension LP ended '{res.status.value}', so n - rank = {n - rank_eq} is only an upper bound",
-        )
-    implicit = res.x[n:] < 0.5
-    full = np.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
-    rank_all = numerical_rank(full)
-
-    def mask(kind: int, size: int) -> np.ndarray:
-        out = np.zeros(size, dtype=bool)
-        out[where[implicit & (kinds == kind)]] = True
-        return out
-
-    return Dimension(
-        n - rank_all,
-        rank_eq,
-        int(implicit.sum()),
-        SolverStatus.OPTIMAL,
-        upper_rows=mask(0, targets.count),
-        lower_rows=mask(1, targets.count),
-        at_lower=mask(2, n),
-        at_upper=mask(3, n),
-    )
-
-
-def pinned_point(
-    layer: Layer,
-    targets: Targets,
-    bounds: tuple[np.ndarray, np.ndarray] | None,
-    dim: Dimension,
-) -> LeastSquares | None:
-    """The point of a preimage that is a single point only through implicit equalities.
-
-    Least squares on the equality rows plus the implicit equalities of ``dim`` (rows at their bound
-    become equalities, inputs at their bound are fixed and leave the system), weighted like
-    :func:`solve_active`. Unlike a vertex of the eq. (4) LP, which rests on ``n`` of the tight
-    constraints only, it uses all of them, so rounding errors of the data average out. None when
-    ``dim`` carries no implicit set or the system is rank deficient.
-    """
-    if dim.upper_rows is None or dim.lower_rows is None or dim.at_lower is None or dim.at_upper is None:
-        return None
-    w, b = targets.matrices(layer)
-    n = layer.in_features
-    eq = targets.equality
-    rows = eq | dim.upper_rows | dim.lower_rows
-    target = np.where(dim.upper_rows & ~eq, targets.upper, targets.lower)
-    scale = np.where(dim.upper_rows & ~eq, targets.upper_scale, targets.lower_scale)
-    fixed = dim.at_lower | dim.at_upper
-    value = np.zeros(n)
-    if bounds is not None:
-        value = np.where(dim.at_lower, bounds[0], np.where(dim.at_upper, bounds[1], 0.0))
-    free = ~fixed
-    a = w[rows][:, free]
-    t = target[rows] - b[rows] - w[rows][:, fixed] @ value[fixed]
-    if a.shape[0] < a.shape[1]:
-        return None
-    ls = solve_active(a, t, 1.0 / scale[rows])
-    if ls.rank < a.shape[1]:
-        return None
-    u = value.copy()
-    u[free] = ls.u
-    return LeastSquares(
-        u,
-        n,
-        ls.cond,
-        ls.residual,
-        ls.error,
-        f"{ls.method} with {int(fixed.sum())} inputs fixed",
-        ls.spread,
-        ls.rms,
-    )
-
-
-def mutual_coherence(a: np.ndarray) -> float:
-    """Largest absolute cosine between two distinct columns of ``a`` (1.0 if a column is zero)."""
-    if a.shape[1] < 2:
-        return 0.0
-    norms = np.linalg.norm(a, axis=0)
-    if np.any(norms == 0):
-        return 1.0
-    an = a / norms
-    gram = np.abs(an.T @ an)
-    np.fill_diagonal(gram, 0.0)
-    return float(gram.max())

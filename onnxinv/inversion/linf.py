@@ -31,9 +31,12 @@ Notes
 * Identifiability is reported for the linearisation: the two-sided rows at the final ε must have
   full column rank (then the error of ``u`` is bounded by ``δ*/σ_min``, Theorem 3 of [1]_); otherwise
   ``preimage_dim = n_in - rank`` is the number of directions the data does not constrain at all.
-* Layer-wise errors grow with depth (Theorems 3-4 of [1]_); a latent that misses the observation by
-  more than the noise is refined on the whole network, and a positive preimage dimension from
-  sign-uncertain rows is checked at the returned latent (:func:`onnxinv.inversion.polish.refine`).
+* Layer-wise errors grow with depth (Theorems 3-4 of [1]_); the pipeline refines a latent that misses
+  the observation by more than the noise on the whole network (:mod:`onnxinv.inversion.refine`), and
+  the radius of a noisy "unique" comes from the stability argument at the returned latent
+  (:func:`onnxinv.inversion.identifiability.stability_radius`), not from these steps.
+* Without a noise level, ε starts at ``1e-6·max|y|`` and the ε the last layer ends at is reported as
+  the noise estimate (``noise_estimate``).
 * Few rows bind at an l_inf optimum, so the LP is solved by row generation (:mod:`onnxinv.inversion.lp`)
   from the rows a least-squares start violates most.
 
@@ -49,18 +52,24 @@ import math
 
 import numpy as np
 
-from onnxinv.inversion import linear, lp, polish
-from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
+from onnxinv.inversion import linear, lp
+from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
+from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets, project
-from onnxinv.layers import Activation
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "min_delta", "solve", "solve_layer"]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
-    """Algorithm 1 of [1]_, layer by layer from the output (see module docstring)."""
-    return polish.refine(problem, settings, walk(problem, settings, solve_layer, "linf", deadline), deadline)
+    """Algorithm 1 of [1]_, layer by layer from the output (see module docstring).
+
+    Without a noise level, the ε the last layer needed is reported as the noise estimate.
+    """
+    draft = walk(problem, settings, solve_layer, "linf", deadline)
+    if problem.noise is None and draft.steps and draft.steps[-1].epsilon is not None:
+        draft.noise_estimate = float(draft.steps[-1].epsilon)
+    return draft
 
 
 def solve_layer(ctx: LayerContext) -> LayerOutcome:
@@ -73,7 +82,7 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         if m not in cache:
             eps = eps0 * alpha**m
             targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-            cache[m] = (eps, targets, _min_delta(ctx, targets))
+            cache[m] = (eps, targets, min_delta(ctx, targets))
         return cache[m]
 
     def feasible(m: int) -> bool | None:
@@ -130,8 +139,9 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
     )
 
 
-def _min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
-    """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring)."""
+def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
+    """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring); ``x`` of
+    the result is ``[u, δ]``."""
     c, a_ub, b_ub, bounds = linear.widening_lp(ctx.layer, targets, ctx.bounds)
     w, b = targets.matrices(ctx.layer)
     n = ctx.layer.in_features
@@ -169,22 +179,6 @@ def _outcome(
     return noisy_outcome(ctx, targets, res.x[: ctx.layer.in_features], eps, status, message)
 
 
-def noisy_outcome(
-    ctx: LayerContext, targets: Targets, u: np.ndarray, eps: float, status: SolverStatus, message: str
-) -> LayerOutcome:
-    """A noisy method's LayerOutcome with the identifiability of :func:`identifiability`."""
-    n = ctx.layer.in_features
-    active, rank, dim, err = identifiability(ctx, targets, u)
-    cert = f"{active} sign-certain two-sided rows have full column rank" if dim == 0 else ""
-    if dim:
-        message += (
-            f"; {active} sign-certain two-sided rows of rank {rank} < {n}: {dim} direction(s) unconstrained"
-        )
-    return LayerOutcome(
-        u, status, active, rank, dim, message, cert, epsilon=eps, u_error=err if dim == 0 else 0.0
-    )
-
-
 def _failed(ctx: LayerContext, eps: float, targets: Targets, res: lp.LPResult) -> LayerOutcome:
     n = ctx.layer.in_features
     u = res.x[:n] if res.x is not None else np.zeros(n)
@@ -198,41 +192,9 @@ def _failed(ctx: LayerContext, eps: float, targets: Targets, res: lp.LPResult) -
     )
 
 
-def two_sided_rank(ctx: LayerContext, targets: Targets) -> tuple[int, int]:
-    """(number of sign-certain two-sided rows, rank of their weights); see :func:`identifiability`."""
-    rows = _certain_rows(ctx, targets)
-    w = ctx.layer.weight[targets.rows[rows]]
-    n = ctx.layer.in_features
-    if w.shape[0] >= n:
-        return int(rows.sum()), linear.solve_active(w, np.zeros(w.shape[0])).rank
-    return int(rows.sum()), linear.numerical_rank(w)
-
-
-def identifiability(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple[int, int, int, float]:
-    """How well the noisy data determine this layer's input: (rows, rank, dimension, typical error).
-
-    The rows counted are the two-sided rows (``|a_j - c_j| <= s_j δ``) whose sign is certain: for
-    ReLU / LeakyReLU layers ``|y_j|`` must exceed 3× the typical error of ``y`` (0 at the output, where
-    the threshold ε already separates the noise), so that small spurious values of an estimated hidden
-    layer do not count as information. If they have full column rank, the typical error of ``u`` is
-    ``σ · sqrt(trace((W_TᵀS⁻²W_T)⁻¹)/n)`` with ``σ = dev(u) + err(y)``, ``dev(u) = max_j |a_j(u) - c_j|
-    / s_j`` (the least-squares error model of :func:`~onnxinv.inversion.linear.error_scale`); it is
-    passed down as the error of the next layer's target. This is a statistical estimate, not a bound.
-    """
-    n = ctx.layer.in_features
-    rows = _certain_rows(ctx, targets)
-    w = ctx.layer.weight[targets.rows[rows]]
-    rank = linear.solve_active(w, np.zeros(w.shape[0])).rank if w.shape[0] >= n else linear.numerical_rank(w)
-    if rank < n:
-        return int(rows.sum()), rank, n - rank, 0.0
-    scale = targets.upper_scale[rows]
-    pre = w @ u + ctx.layer.bias[targets.rows[rows]]
-    dev = float(np.max(np.abs(pre - targets.upper[rows]) / scale)) if scale.size else 0.0
-    return int(rows.sum()), rank, 0, linear.error_scale(w, scale) * (dev + ctx.y_error)
-
-
-def _certain_rows(ctx: LayerContext, targets: Targets) -> np.ndarray:
-    rows = targets.equality
-    if ctx.layer.activation in (Activation.RELU, Activation.LEAKY_RELU) and ctx.y_error > 0:
-        rows = rows & (np.abs(ctx.y[targets.rows]) > 3.0 * ctx.y_error)
-    return rows
+METHOD = Method(
+    name="linf",
+    solve=solve,
+    summary="noisy: l_inf LP per layer with a growing error bound (Algorithm 1 of Lei et al.)",
+    noise="noisy",
+)

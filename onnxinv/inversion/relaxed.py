@@ -24,8 +24,8 @@ Notes
   unbounded (numerically), the layer fails with that status.
 * **ε.** The layer's own initial value (noise level relative to ``max|y|``, else ``1e-6·max|y|``),
   multiplied by α while the LP is infeasible.
-* A latent that misses the observation by more than the noise is refined on the whole network
-  (:func:`onnxinv.inversion.polish.refine`).
+* The pipeline refines a latent that misses the observation by more than the noise on the whole
+  network (:mod:`onnxinv.inversion.refine`).
 * Non-ReLU layers (identity, LeakyReLU, Tanh, Sigmoid) have no sign pattern to guess; they use the
   l_inf LP of Algorithm 1 (:mod:`onnxinv.inversion.linf`).
 
@@ -39,19 +39,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinv.inversion import linf, lp, polish
-from onnxinv.inversion.layerwise import Draft, LayerContext, LayerOutcome, Problem, Settings, walk
-from onnxinv.inversion.linf import noisy_outcome
+from onnxinv.inversion import linf, lp
+from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
+from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import build_targets
 from onnxinv.layers import Activation
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "solve"]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """The relaxed LP of eq. (8), layer by layer from the output (see module docstring)."""
-    return polish.refine(problem, settings, walk(problem, settings, _layer, "relaxed", deadline), deadline)
+    return walk(problem, settings, _layer, "relaxed", deadline)
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:
@@ -63,7 +63,6 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
     c = -(np.maximum(y, 0.0) @ w)
     eps = ctx.initial_eps()
     res = None
-    growth = 0
     growth = 0
     for growth in range(ctx.settings.max_growth + 1):  # noqa: B007 - reported below
         res = lp.solve_lp(c, w, y + eps - b, bounds=ctx.bounds, time_limit=ctx.remaining)
@@ -83,3 +82,11 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
         )
     msg = f"relaxed LP (eq. 8) at ε = {eps:.3g} after {growth} growth step(s)"
     return noisy_outcome(ctx, targets, res.x, eps, SolverStatus.OPTIMAL, msg)
+
+
+METHOD = Method(
+    name="relaxed",
+    solve=solve,
+    summary="noisy: the relaxed LP of eq. (8) of Lei et al., no sign pattern to guess",
+    noise="noisy",
+)

@@ -1,7 +1,8 @@
-"""What an inversion returns: per-layer records, the verdict, and batches of results.
+"""What an inversion returns: per-layer records, the verdict with its evidence, and batches of results.
 
 Everything here is plain data (no solver imports), so results pickle cheaply between worker processes
-and turn into JSON with :meth:`InversionResult.to_dict`.
+and turn into JSON with :meth:`InversionResult.to_dict`. The verdict types and their contract live in
+:mod:`onnxinv.inversion.verdict`.
 """
 
 from __future__ import annotations
@@ -15,23 +16,7 @@ from typing import Any
 
 import numpy as np
 
-
-class Verdict(str, enum.Enum):
-    """The answer to "which latent explains this observation, and is it the only one?".
-
-    * ``UNIQUE``: a latent reproducing the observation was found, and every layer was identifiable at it
-      (the layer's preimage of its output is a single point), so no other latent gives the same output.
-    * ``NOT_UNIQUE``: some layer's preimage has dimension > 0. :attr:`InversionResult.layer` names the
-      first such layer from the input side (layer 0 is the one fed by z) and
-      :attr:`InversionResult.preimage_dim` its dimension. ``z`` is still returned; check
-      :attr:`InversionResult.reproduces` to see whether it reproduces the observation.
-    * ``NOT_FOUND``: no latent reproducing the observation within tolerance was found;
-      :attr:`InversionResult.residual_rel_l2` is the best residual reached.
-    """
-
-    UNIQUE = "unique"
-    NOT_UNIQUE = "not unique"
-    NOT_FOUND = "not found"
+from onnxinv.inversion.verdict import NO_EVIDENCE, Evidence, FitCheck, Reason, Verdict
 
 
 class SolverStatus(str, enum.Enum):
@@ -129,66 +114,123 @@ class InversionResult:
 
     Attributes
     ----------
-    z : (k,) float64 latent
+    z : (k,) float64 latent, flat (:meth:`model_z` gives it in the model's own input shape and dtype)
+    verdict : see :class:`~onnxinv.inversion.verdict.Verdict` (the contract)
+    reason : stable code of why the verdict was given
+    evidence : what backs the verdict (kind, summary, numbers, witness, radius, ...)
+    fit : the onnxruntime check of ``G(z)`` against the observation
+    reconstruction : ``G(z)`` from onnxruntime, (n,) float64 (all entries, observed or not)
     method : the method that produced ``z`` (for ``"auto"``, the one that was kept)
-    verdict : see :class:`Verdict`
-    residual_rel_l2 : ``||G(z) - x|| / ||x||`` on the observed entries, with ``G(z)`` computed by
-        onnxruntime from the model itself
-    residual_linf : ``max |G(z) - x|`` on the observed entries (onnxruntime)
-    steps : one :class:`LayerStep` per layer, layer 0 first
-    seconds : wall time for this observation (solve and verification)
+    steps : one :class:`LayerStep` per layer, layer 0 first: how the method inverted each layer
+    analysis : the analysis of every layer at ``z``'s own hidden values (active rows, rank, preimage
+        dimension), when the evidence needed it: ``z`` came from a method whose steps are not a
+        certificate, or was refined on the whole network; empty otherwise
+    seconds : wall time for this observation (solve, refine, verification, evidence)
     message : one paragraph explaining the verdict
-    layer, preimage_dim : for ``NOT_UNIQUE``: the first layer from the input side whose preimage has
-        dimension > 0, and that dimension
-    reproduces : ``G(z)`` matches the observation within :attr:`tolerance`
-    tolerance : the residual accepted as a match (relative l2 for clean observations; for noisy ones
-        the root-mean-square residual must stay below ``noise_factor * noise`` plus that)
+    noise : the noise level assumed (None: clean); ``noise_model`` its kind; ``noise_source`` where it
+        came from (``"given"``, ``"quantisation"``, ``"estimate"``)
+    noise_estimate : the noise level Algorithm 1 needed when none was given (``method="linf"``)
     observed : number of observed entries
-    noise : the noise level the inversion assumed (``None`` for clean observations)
-    requested : the method asked for (``"auto"`` or a method name)
+    requested : the method asked for
     attempts : methods tried by ``"auto"``, in order
+    considered : every piece of evidence gathered (also what was tried and did not settle anything)
+    refined : ``z`` came from the whole-network refinement of the method's estimate
+    latent_shape, latent_dtype : the model's input shape for one latent and its dtype
     """
 
     z: np.ndarray
-    method: str
     verdict: Verdict
-    residual_rel_l2: float
-    residual_linf: float
+    reason: Reason
+    fit: FitCheck
+    method: str
     steps: tuple[LayerStep, ...]
     seconds: float
     message: str
-    layer: int | None = None
-    preimage_dim: int | None = None
-    reproduces: bool = False
-    tolerance: float = 0.0
-    observed: int = 0
+    evidence: Evidence = NO_EVIDENCE
+    analysis: tuple[LayerStep, ...] = ()
+    reconstruction: np.ndarray | None = None
     noise: float | None = None
+    noise_model: str | None = None
+    noise_source: str | None = None
+    noise_estimate: float | None = None
+    observed: int = 0
     requested: str = ""
     attempts: tuple[Attempt, ...] = ()
+    considered: tuple[Evidence, ...] = ()
+    refined: bool = False
+    latent_shape: tuple[int, ...] = ()
+    latent_dtype: str = "float32"
+
+    @property
+    def residual_rel_l2(self) -> float:
+        """``||G(z) - x|| / ||x||`` on the observed entries (onnxruntime)."""
+        return self.fit.rel_l2
+
+    @property
+    def residual_linf(self) -> float:
+        """``max |G(z) - x|`` on the observed entries (onnxruntime)."""
+        return self.fit.linf
+
+    @property
+    def reproduces(self) -> bool:
+        """``G(z)`` matches the observation within :attr:`tolerance` (onnxruntime)."""
+        return self.fit.reproduces
+
+    @property
+    def tolerance(self) -> float:
+        return self.fit.tolerance
 
     @property
     def best_residual(self) -> float:
-        """The relative l2 residual reached (the quantity reported for ``NOT_FOUND``)."""
-        return self.residual_rel_l2
+        """The relative l2 residual reached (the quantity reported for ``not found``)."""
+        return self.fit.rel_l2
+
+    @property
+    def witness(self) -> np.ndarray | None:
+        """A second latent reproducing the observation (``not unique``), else None."""
+        return self.evidence.witness
+
+    @property
+    def radius(self) -> float | None:
+        """Noisy ``unique``: every latent fitting within the noise is this close to ``z`` (max abs)."""
+        return self.evidence.radius
+
+    @property
+    def layer(self) -> int | None:
+        """The layer the evidence concerns (e.g. the last layer of a ``no preimage`` proof), if any."""
+        return self.evidence.layer
+
+    def model_z(self) -> np.ndarray:
+        """``z`` in the model's own input shape (without the batch dim) and dtype."""
+        shape = self.latent_shape or (self.z.size,)
+        return np.asarray(self.z, dtype=self.latent_dtype).reshape(shape)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists and plain numbers; non-finite floats become None)."""
         return {
             "verdict": self.verdict.value,
+            "reason": self.reason.value,
+            "success": self.verdict.success,
             "method": self.method,
             "requested": self.requested,
             "z": [float(v) for v in self.z],
-            "residual_rel_l2": _json_float(self.residual_rel_l2),
-            "residual_linf": _json_float(self.residual_linf),
-            "reproduces": self.reproduces,
-            "tolerance": self.tolerance,
-            "layer": self.layer,
-            "preimage_dim": self.preimage_dim,
-            "observed": self.observed,
+            "residual_rel_l2": _json_float(self.fit.rel_l2),
+            "residual_linf": _json_float(self.fit.linf),
+            "reproduces": self.fit.reproduces,
+            "tolerance": _json_float(self.fit.tolerance),
+            "fit": self.fit.to_dict(),
+            "evidence": self.evidence.to_dict(),
+            "considered": [e.to_dict() for e in self.considered],
             "noise": self.noise,
+            "noise_model": self.noise_model,
+            "noise_source": self.noise_source,
+            "noise_estimate": _json_float(self.noise_estimate),
+            "observed": self.observed,
+            "refined": self.refined,
             "seconds": self.seconds,
             "message": self.message,
             "steps": [s.to_dict() for s in self.steps],
+            "analysis": [s.to_dict() for s in self.analysis],
             "attempts": [
                 {"method": a.method, "residual": _json_float(a.residual), "note": a.verdict_hint}
                 for a in self.attempts
@@ -219,6 +261,19 @@ class BatchInversionResult:
     def z(self) -> np.ndarray:
         """(N, k) latents."""
         return self._z
+
+    def model_z(self) -> np.ndarray:
+        """The latents in the model's own input shape and dtype: ``(N, *latent_shape)``."""
+        if not self.results:
+            return self._z
+        first = self.results[0]
+        shape = first.latent_shape or (self._z.shape[1],)
+        return np.asarray(self._z, dtype=first.latent_dtype).reshape((len(self.results), *shape))
+
+    @property
+    def reconstructions(self) -> np.ndarray:
+        """(N, n) ``G(z)`` from onnxruntime."""
+        return np.stack([r.reconstruction for r in self.results if r.reconstruction is not None])
 
     @property
     def verdicts(self) -> list[Verdict]:
@@ -252,6 +307,7 @@ class BatchInversionResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "count": len(self.results),
+            "success": all(r.verdict.success for r in self.results),
             "verdicts": self.counts,
             "seconds": self.seconds,
             "workers": self.workers,

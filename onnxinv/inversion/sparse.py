@@ -31,7 +31,9 @@ Notes
   condition ``||u||_0 < (1 + 1/μ)/2`` holds for the active submatrix ``W_I`` (columns normalised),
   which makes ``u`` the unique sparsest solution of the active equalities ([2]_, via Donoho-Elad). On
   random weights (b) rarely holds (μ is large); (a) usually does when recovery succeeds.
-* The walk's latent goes through :func:`onnxinv.inversion.polish.refine`, as for the other methods.
+* What the verdict may say is decided by the pipeline (:mod:`onnxinv.inversion.verdict`): the
+  minimum-l1 code is a guess of the hidden layer; only a latent that reproduces the observation, plus a
+  certificate or a witness found for it, turns into "unique" or "not unique".
 
 References
 ----------
@@ -45,26 +47,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxinv.inversion import linear, linf, polish
-from onnxinv.inversion.layerwise import (
+from onnxinv.inversion import identifiability, linear, linf
+from onnxinv.inversion.exact import clean_layer
+from onnxinv.inversion.framework import (
     Draft,
     LayerContext,
     LayerOutcome,
+    Method,
     Problem,
     Settings,
-    clean_layer,
     clean_targets,
     walk,
 )
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets
 
-__all__ = ["solve"]
+__all__ = ["METHOD", "solve"]
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Layered basis pursuit (see module docstring)."""
-    return polish.refine(problem, settings, walk(problem, settings, _layer, "sparse", deadline), deadline)
+    return walk(problem, settings, _layer, "sparse", deadline)
 
 
 def _relu_input(ctx: LayerContext) -> bool:
@@ -91,7 +94,7 @@ def _noisy_layer(ctx: LayerContext, relu_input: bool) -> LayerOutcome:
     n = ctx.layer.in_features
     eps = ctx.initial_eps()
     targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-    _, rank = linf.two_sided_rank(ctx, targets)
+    _, rank = identifiability.two_sided_rank(ctx, targets)
     if rank == n or not relu_input:
         return linf.solve_layer(ctx)
     res = None
@@ -106,7 +109,7 @@ def _noisy_layer(ctx: LayerContext, relu_input: bool) -> LayerOutcome:
         eps *= ctx.settings.alpha
     assert res is not None
     if not res.ok or res.x is None:
-        return linf.noisy_outcome(
+        return identifiability.noisy_outcome(
             ctx,
             targets,
             np.zeros(n),
@@ -114,7 +117,7 @@ def _noisy_layer(ctx: LayerContext, relu_input: bool) -> LayerOutcome:
             res.status,
             f"noisy basis pursuit at ε = {eps:.3g} ended '{res.status.value}': {res.message}",
         )
-    out = linf.noisy_outcome(
+    out = identifiability.noisy_outcome(
         ctx,
         targets,
         res.x,
@@ -130,7 +133,7 @@ def _certify(ctx: LayerContext, targets: Targets, out: LayerOutcome) -> None:
     """Record whether the basis-pursuit optimum is unique and whether the coherence bound holds."""
     n = ctx.layer.in_features
     scale = max(ctx.scale, 1.0)
-    face = linear.preimage_dimension(
+    face = identifiability.preimage_dimension(
         ctx.layer,
         targets,
         ctx.bounds,
@@ -157,7 +160,7 @@ def _coherence_note(ctx: LayerContext, targets: Targets, out: LayerOutcome) -> N
         return
     u = np.asarray(out.u)
     support = int(np.sum(u > 1e-9 * max(float(np.max(np.abs(u))) if u.size else 0.0, 1e-300)))
-    mu = linear.mutual_coherence(w)
+    mu = identifiability.mutual_coherence(w)
     bound = 0.5 * (1.0 + 1.0 / mu) if mu > 0 else float("inf")
     if support < bound:
         text = (
@@ -166,3 +169,11 @@ def _coherence_note(ctx: LayerContext, targets: Targets, out: LayerOutcome) -> N
         )
         out.certificate = f"{out.certificate}; {text}" if out.certificate else text
     out.message += f" (||u||_0 = {support}, coherence bound {bound:.3g})"
+
+
+METHOD = Method(
+    name="sparse",
+    solve=solve,
+    summary="layered basis pursuit (Aberdam, Simon, Elad) for hidden layers with fewer active rows than inputs",
+    noise="any",
+)

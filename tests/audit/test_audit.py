@@ -52,7 +52,14 @@ def test_expansive_relu_net_is_invertible(expansive):
     report = audit(expansive, samples=4, seed=0)
     assert report.status is AuditStatus.INVERTIBLE and report.invertible
     assert report.failing_layer is None
-    assert report.inversion_verdicts == {"unique": 4, "not unique": 0, "not found": 0}
+    assert report.inversion_verdicts == {
+        "unique": 4,
+        "not unique": 0,
+        "fits": 0,
+        "no preimage": 0,
+        "not found": 0,
+    }
+    assert report.evidence_kinds == {"layerwise": 4} and report.witness is None
     assert report.unique_share == 1.0
     assert [(la.in_features, la.out_features, la.rank) for la in report.layers] == [
         (10, 100, 10),
@@ -68,6 +75,13 @@ def test_expansive_relu_net_is_invertible(expansive):
 def test_contracting_classifier_is_not_invertible_and_layer_0_is_blamed(contracting):
     report = audit(contracting, samples=3, seed=0)
     assert report.status is AuditStatus.NOT_INVERTIBLE and not report.invertible
+    # "not invertible" only with a concrete pair: two latents, same output through onnxruntime
+    assert report.witness is not None
+    generator = onnxinv.load(contracting)
+    z, z2 = report.witness
+    assert np.max(np.abs(z - z2)) > 1e-3
+    out, out2 = generator.run_onnx(np.stack([z, z2]))
+    assert np.linalg.norm(out - out2) <= 1e-4 * max(np.linalg.norm(out), 1e-12)
     assert report.failing_layer == 0
     assert report.unique_share == 0.0
     assert [f.layer for f in report.findings_with("relu-contracting")] == [0, 1]
@@ -80,7 +94,8 @@ def test_contracting_classifier_is_not_invertible_and_layer_0_is_blamed(contract
 def test_k140_250_600_is_flagged_at_its_first_layer(tmp_path):
     path = saved(tmp_path, "k140.onnx", [140, 250, 600], rng=2)
     report = audit(path, samples=2, seed=0)
-    assert not report.invertible
+    assert not report.invertible and report.status is AuditStatus.NOT_INVERTIBLE
+    assert report.inversion_verdicts["not unique"] == 2
     assert report.failing_layer == 0
     hidden = report.layers[0]
     assert hidden.identifiable_share == 0.0
@@ -136,6 +151,23 @@ def test_facts_that_hold_everywhere():
     assert report.layers[0].identifiable_share == 1.0 and report.layers[2].identifiable_share == 0.0
     assert report.failing_layer == 1
     assert report.model is None
+
+
+def test_undecided_without_a_witness_or_a_proof():
+    """A hidden layer that contracts: samples may be reproduced without a proof either way; the audit
+    then says "undecided", never "not invertible" without a pair or "invertible" without proofs."""
+    rng = np.random.default_rng(3)
+    layers = [
+        Layer(rng.normal(size=(20, 4)), rng.normal(size=20) * 0.3, Activation.RELU, 0.0, ("d0",)),
+        Layer(rng.normal(size=(100, 20)) / 5, np.full(100, -0.15), Activation.RELU, 0.0, ("d1",)),
+        Layer(rng.normal(size=(60, 100)) / 8, np.full(60, 1.0), Activation.RELU, 0.0, ("d2",)),
+    ]
+    report = audit(Generator.from_layers(layers, dtype="float64"), samples=3)
+    assert report.status is AuditStatus.UNDECIDED and not report.invertible
+    assert report.inversion_verdicts["fits"] == 3 and report.witness is None
+    assert report.verdict.startswith("undecided") and "layer 2" in report.verdict
+    assert [f.code for f in report.findings if f.code.startswith("inversion-")] == ["inversion-fits"]
+    assert run("audit", "--help").exit_code == 0
 
 
 def test_audit_at_real_observations(tmp_path, expansive):

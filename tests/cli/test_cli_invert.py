@@ -23,7 +23,8 @@ def test_single_observation_writes_z_next_to_the_cwd(tmp_path, relu_model, monke
     np.testing.assert_allclose(z, z_true, rtol=1e-3, atol=1e-4)
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["method"] == "exact"
-    assert lines["verdict"] == "unique"
+    assert lines["verdict"] == "unique (certified-layerwise)"
+    assert lines["evidence"] == "layerwise"
     assert "relative l2" in lines["residual"] and "onnxruntime" in lines["residual"]
     assert float(lines["residual"].split()[0]) < 1e-5
     assert lines["time"].endswith(" s")
@@ -41,7 +42,7 @@ def test_batch_writes_n_by_k_float32_and_totals(tmp_path, relu_model):
     z = np.load(out)
     assert z.shape == (6, 5) and z.dtype == np.float32
     np.testing.assert_allclose(z, z_true, rtol=1e-3, atol=1e-4)
-    assert "6 observations: 6 unique, 0 not unique, 0 not found" in result.stdout
+    assert "6 observations: 6 unique, 0 not unique, 0 fits, 0 no preimage, 0 not found" in result.stdout
     table = [line.split() for line in result.stdout.splitlines()]
     assert table[0][:3] == ["#", "method", "verdict"]
     assert [row[0] for row in table[1:7]] == ["0", "1", "2", "3", "4", "5"]
@@ -53,7 +54,10 @@ def test_quiet_prints_totals_only(tmp_path, relu_model):
     np.save(tmp_path / "batch.npy", x)
     result = run("invert", relu_model, tmp_path / "batch.npy", "-o", tmp_path / "z.npy", "--quiet")
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[0] == "3 observations: 3 unique, 0 not unique, 0 not found"
+    assert (
+        result.stdout.splitlines()[0]
+        == "3 observations: 3 unique, 0 not unique, 0 fits, 0 no preimage, 0 not found"
+    )
     assert "#" not in result.stdout
 
 
@@ -76,10 +80,11 @@ def test_json_document(tmp_path, relu_model):
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["count"] == 2 and doc["single"] is False and doc["z_shape"] == [2, 5]
-    assert doc["verdicts"] == {"unique": 2, "not unique": 0, "not found": 0}
+    assert doc["verdicts"] == {"unique": 2, "not unique": 0, "fits": 0, "no preimage": 0, "not found": 0}
     assert doc["output"] == str(tmp_path / "z.npy")
     first = doc["results"][0]
     assert first["verdict"] == "unique" and len(first["z"]) == 5
+    assert first["success"] is True and first["evidence"]["kind"] == "layerwise"
     assert [step["layer"] for step in first["steps"]] == [0, 1]
     np.testing.assert_allclose(np.load(tmp_path / "z.npy")[0], first["z"], rtol=1e-6)
 
@@ -138,7 +143,35 @@ def test_no_preimage_is_exit_3(tmp_path, relu_model):
     np.save(tmp_path / "neg.npy", -np.ones(120, np.float32))  # a ReLU output is never negative
     result = run("invert", relu_model, tmp_path / "neg.npy", "-o", tmp_path / "z.npy", "--method", "exact")
     assert result.exit_code == 3, result.stdout + result.stderr
-    assert "verdict   not found" in result.stdout
+    assert "verdict   no preimage (infeasible-last-layer)" in result.stdout
+    assert "evidence  layer-lp" in result.stdout
+
+
+def test_not_found_is_exit_3_and_fits_is_exit_0(tmp_path):
+    from cli_helpers import save_generator
+
+    from onnxinv.building import random_generator_layers
+
+    model = save_generator(tmp_path, "m.onnx", [4, 20, 100, 60])
+    layers = random_generator_layers([4, 20, 100, 60], rng=0)
+    u = np.abs(np.random.default_rng(1).normal(size=100))  # a hidden value no latent reaches
+    np.save(tmp_path / "far.npy", layers[2].forward(u).astype(np.float32))
+    result = run("invert", model, tmp_path / "far.npy", "-o", tmp_path / "z.npy", "--method", "exact")
+    assert result.exit_code == 3 and "verdict   not found (no-fit)" in result.stdout, result.stdout
+
+
+def test_recon_writes_the_onnxruntime_reconstruction(tmp_path, relu_model):
+    from onnxinv.loader import load
+
+    _, x = observations(relu_model, count=2)
+    np.save(tmp_path / "batch.npy", x)
+    rec = tmp_path / "rec.npy"
+    result = run("invert", relu_model, tmp_path / "batch.npy", "-o", tmp_path / "z.npy", "--recon", rec)
+    assert result.exit_code == 0 and f"recon     written to {rec}" in result.stdout
+    values = np.load(rec)
+    assert values.shape == (2, 120) and values.dtype == np.float32
+    z = np.load(tmp_path / "z.npy")
+    np.testing.assert_allclose(values, load(relu_model).run_onnx(z), rtol=1e-6, atol=1e-6)
 
 
 def test_failed_run_leaves_no_file_and_keeps_an_existing_one(tmp_path, relu_model, monkeypatch):

@@ -38,7 +38,7 @@ def test_batch_in_process_equals_one_at_a_time(batch, monkeypatch) -> None:
     assert isinstance(res, BatchInversionResult)
     assert len(res) == 6 and res.z.shape == (6, 10) and res.workers == 1
     assert res.verdicts == [Verdict.UNIQUE] * 6
-    assert res.counts == {"unique": 6, "not unique": 0, "not found": 0}
+    assert res.counts == {"unique": 6, "not unique": 0, "fits": 0, "no preimage": 0, "not found": 0}
     np.testing.assert_allclose(res.z, z, rtol=1e-9)
     for i, r in enumerate(res):
         _same(r, invert(g, x[i]))

@@ -33,7 +33,8 @@ def test_exact_recovery(name: str, sizes: list[int], kwargs: dict) -> None:
     assert rel_err(r.z, z_true) <= 1e-6
     assert r.residual_rel_l2 <= 1e-6
     assert onnx_residual(g, r.z, x) == pytest.approx(r.residual_rel_l2, rel=1e-6, abs=1e-15)
-    assert r.reproduces and r.layer is None and r.preimage_dim is None
+    assert r.reproduces and r.layer is None
+    assert r.evidence.kind.value == "layerwise" and r.witness is None and r.verdict.success
     assert [s.layer for s in r.steps] == list(range(len(sizes) - 1))
     for step in r.steps:
         assert step.status is SolverStatus.OPTIMAL

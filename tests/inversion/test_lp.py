@@ -166,19 +166,22 @@ def test_unknown_status_at_an_identifiable_layer_is_not_taken_as_success(monkeyp
     never converges, the layer reports the solver's status instead of claiming the point."""
     from inversion_helpers import latent, make_generator
 
-    from onnxinv.inversion import Verdict, invert, linear
+    from onnxinv.inversion import Settings, Verdict, invert, linear
 
     g = make_generator([10, 60], seed=4)
     x = g.forward(latent(10, 4))
     active = np.flatnonzero(x > 0.05 * x.max())
     x[active[0]] = 0.0  # an active unit reported as off: the active rows still pin u, which breaks it
-    r = invert(g, x, method="exact")
-    assert r.verdict is Verdict.NOT_FOUND and r.steps[0].status is SolverStatus.INFEASIBLE
+    plain = Settings(refine=False)  # the layer's own record, not the whole-network refinement's
+    r = invert(g, x, method="exact", settings=plain)
+    assert r.steps[0].status is SolverStatus.INFEASIBLE
+    # the observation is off the range of the only layer: its l_inf LP proves it
+    assert r.verdict is Verdict.NO_PREIMAGE and r.evidence.kind.value == "layer-lp"
 
     unconverged = lp.LPResult(
         SolverStatus.UNKNOWN, None, float("nan"), float("nan"), 0, 0.0, "gave up", "Unknown"
     )
     monkeypatch.setattr(linear, "layer_lp", lambda *args, **kwargs: unconverged)
-    r = invert(g, x, method="exact")
+    r = invert(g, x, method="exact", settings=plain)
     assert r.steps[0].status is SolverStatus.UNKNOWN and not r.steps[0].identifiable
-    assert r.verdict is Verdict.NOT_FOUND and "ended 'unknown'" in r.message
+    assert not r.verdict.success and "ended 'unknown'" in r.message
