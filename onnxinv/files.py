@@ -662,9 +662,7 @@ def _pixels(image: Any) -> tuple[np.ndarray, int]:
 # Latents in the model's own shape
 
 
-def latent_for_model(
-    z: np.ndarray, generator: Generator, *, single: bool, flat: bool = False
-) -> np.ndarray:
+def latent_for_model(z: np.ndarray, generator: Generator, *, single: bool, flat: bool = False) -> np.ndarray:
     """Latents ``z`` ((k,) or (N, k)) shaped and typed as the model's input takes them.
 
     One latent of a model with a batch dim becomes ``(1, *sample_input_shape)``, a batch

@@ -290,7 +290,7 @@ def test_folder_swapped_back_and_forth_never_leaks(tmp_path):
     thread.start()
     leaked = loaded_ok = 0
     try:
-        for _ in range(int(os.environ.get("RACE_LOADS", "400"))):
+        for _ in range(400):
             try:
                 loaded = load_model_file(path)
             except ModelLoadError:

@@ -38,4 +38,3 @@ def observations(path: Path, count: int | None = None, seed: int = 0) -> tuple[n
     z = rng.standard_normal((count or 1, generator.latent_dim))
     x = generator.run_onnx(z).astype(np.float32)
     return (z[0], x[0]) if count is None else (z, x)
-

@@ -187,12 +187,15 @@ def test_disk_full_is_a_clear_error(tmp_path, relu_model):
 def test_failing_png_leaves_no_z(tmp_path, image_model):
     _, x = observations(image_model, count=33)
     np.save(tmp_path / "x.npy", x)
-    with _tiny_filesystem(tmp_path / "small", "16k") as small:
-        result = run("invert", image_model, tmp_path / "x.npy", "-o", tmp_path / "z.npy", "--png", small / "c.png")
+    with _tiny_filesystem(tmp_path / "small") as small:
+        _fill(small)
+        result = run(
+            "invert", image_model, tmp_path / "x.npy", "-o", tmp_path / "z.npy", "--png", small / "c.png"
+        )
         assert result.exit_code == 1, result.stderr
         assert "c.png" in result.stderr and "No space left on device" in result.stderr, result.stderr
         assert not (tmp_path / "z.npy").exists()
-        assert list(small.iterdir()) == []
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
     _no_temporaries(tmp_path)
 
 

@@ -228,6 +228,8 @@ def test_float16_observation_gets_the_apis_verdict(tmp_path, relu_model):
     api = onnxinv.invert(onnxinv.load(relu_model), x16, method="exact")
     assert api.verdict.value == "unique"  # the API judges float16 data at float16 precision
     np.save(tmp_path / "x16.npy", x16)
-    result = run("invert", relu_model, tmp_path / "x16.npy", "-o", tmp_path / "z.npy", "--method", "exact", "--json")
+    result = run(
+        "invert", relu_model, tmp_path / "x16.npy", "-o", tmp_path / "z.npy", "--method", "exact", "--json"
+    )
     assert result.exit_code == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["results"][0]["verdict"] == api.verdict.value

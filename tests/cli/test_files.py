@@ -251,7 +251,9 @@ def test_small_npz_of_zeros_is_read(tmp_path):
 
 def test_npy_whose_header_declares_more_than_the_file_holds(tmp_path):
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)})
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
+    )
     (tmp_path / "liar.npy").write_bytes(header.getvalue() + b"\0" * 64)
     with pytest.raises(ObservationError, match=r"liar.npy: .*declares .* bytes.*holds 64"):
         files.read_array(tmp_path / "liar.npy")
