@@ -83,6 +83,8 @@ class _Group(click.Group):
         with _stdout_for_documents_only(), warnings.catch_warnings():
             if not debug:  # numpy / onnx RuntimeWarnings would reach stderr ahead of our paragraph
                 warnings.simplefilter("ignore")
+                # worker processes started with "spawn" (not Linux) read their filters from here
+                os.environ.setdefault("PYTHONWARNINGS", "ignore")
             _quiet_onnxruntime()
             try:
                 return super().invoke(ctx)

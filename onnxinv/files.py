@@ -76,7 +76,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_PIXELS = 1 << 26  # refuse larger images before decoding them
 MAX_PNG_BYTES = 1 << 28  # refuse larger PNG files before reading them
 MAX_ARRAY_BYTES = 1 << 30  # refuse arrays whose data (uncompressed) is larger, before reading them
-PILLOW_HINT = "pip install 'onnxinv[images]'"
+PILLOW_HINT = "pip install 'onnxinv[images]' (from a checkout: pip install '.[images]')"
 _NPY_HEADER_SLACK = 1 << 16  # bytes an .npy header may add to its data inside an .npz member
 
 
@@ -547,10 +547,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 3) or pixels.dtype != np.uint8:
         raise ValueError(f"write_png needs (H, W), (H, W, 1) or (H, W, 3) uint8 pixels, got {pixels.shape}")
     image_module = _pillow("PNG output", OnnxInvError)
-    if pixels.shape[2] == 1:
-        image = image_module.fromarray(np.ascontiguousarray(pixels[:, :, 0]), mode="L")
-    else:
-        image = image_module.fromarray(np.ascontiguousarray(pixels), mode="RGB")
+    # uint8 (H, W) arrays become mode "L", (H, W, 3) "RGB" (the mode argument is deprecated in Pillow 11.3)
+    plane = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
+    image = image_module.fromarray(np.ascontiguousarray(plane))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=9)
     return buffer.getvalue()
@@ -682,8 +681,9 @@ def latent_for_model(z: np.ndarray, generator: Generator, *, single: bool, flat:
         cast = shaped.astype(dtype)
     if dtype.kind == "f" and np.isfinite(shaped).all() and not np.isfinite(cast).all():
         raise ObservationError(
-            f"the latent holds values up to {np.abs(shaped).max():.3g}, which do not fit the model's input "
-            f"dtype {dtype}; write it flat in float64 with the API instead."
+            f"the latent holds values up to {np.abs(shaped).max():.3g}, beyond the range of the model's "
+            f"input dtype {dtype}, so the model cannot take it and it is not written; the Python API "
+            "returns it in float64."
         )
     return cast
 

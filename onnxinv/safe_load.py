@@ -68,7 +68,7 @@ def load_model_file(
     # The path the user gives may go through links; the model's folder is where the file really is.
     real = Path(os.path.realpath(path))
     try:
-        folder_fd = os.open(real.parent, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        folder_fd = _open_folder(real.parent)
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file. Check the path to the .onnx model.") from None
     except OSError as exc:
@@ -79,7 +79,8 @@ def load_model_file(
         _check_is_model(model, path)
         external = _inline_all(model, path, folder_fd, max_external_bytes, len(data))
     finally:
-        os.close(folder_fd)
+        if folder_fd >= 0:
+            os.close(folder_fd)
     if external:
         try:
             model_bytes = model.SerializeToString()
@@ -105,9 +106,21 @@ def _open_in(folder_fd: int, name: str) -> int:
     raise OSError(errno.ENOSYS, "opening relative to a folder descriptor is not supported here")
 
 
+def _open_folder(folder: Path) -> int:
+    """A descriptor of the model's folder, or -1 where folders cannot be opened (Windows)."""
+    if not _HAS_DIR_FD:
+        return -1
+    return os.open(folder, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+
+
 def _read_model(path: Path, name: str, folder_fd: int, max_model_bytes: int) -> bytes:
     try:
-        fd = _open_in(folder_fd, name)
+        # without folder descriptors (Windows) the model opens by path; its external data is then refused
+        fd = (
+            _open_in(folder_fd, name)
+            if folder_fd >= 0
+            else os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        )
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file. Check the path to the .onnx model.") from None
     except OSError as exc:

@@ -13,8 +13,9 @@ from cli_helpers import save_generator
 
 import onnxinv
 from onnxinv import files
+from onnxinv.building import random_generator_layers
 from onnxinv.errors import ObservationError, OnnxInvError
-from onnxinv.layers import Activation
+from onnxinv.layers import Activation, Generator, TensorInfo
 
 # --------------------------------------------------------------------------------------------------
 # A reference PNG encoder that applies a chosen filter to every scanline, to exercise all five filters.
@@ -402,3 +403,51 @@ def test_comparison_pixels_scale_small_images_up(tmp_path):
     assert pixels.shape[1] == 3 * 64 + 2 * 4  # three panels and two gaps
     diff_panel = pixels[:, -64:, 0]
     assert diff_panel.max() == 0  # identical images: black difference
+
+
+# --------------------------------------------------------------------------------------------------
+# Latents in the model's own shape and dtype
+
+
+def _generator(k: int, **fields):
+    import dataclasses
+
+    base = Generator.from_layers(random_generator_layers([k, 10, 20], rng=0))
+    return dataclasses.replace(base, **fields) if fields else base
+
+
+def test_latent_for_model_shapes_and_casts():
+    z = np.arange(12, dtype=np.float64).reshape(3, 4) / 7
+    chw = _generator(4, sample_input_shape=(1, 2, 2), input=TensorInfo("z", ("N", 1, 2, 2), "float64"))
+    assert files.latent_for_model(z, chw, single=False).shape == (3, 1, 2, 2)
+    one = files.latent_for_model(z[:1], chw, single=True)
+    assert one.shape == (1, 1, 2, 2) and one.dtype == np.float64
+    np.testing.assert_array_equal(one.reshape(-1), z[0])
+    bare = _generator(4, has_batch_dim=False, input=TensorInfo("z", (4,), "float32"))
+    assert files.latent_for_model(z[:1], bare, single=True).shape == (4,)
+    assert files.latent_for_model(z, bare, single=False).shape == (3, 4)
+    flat = files.latent_for_model(z, chw, single=False, flat=True)
+    assert flat.shape == (3, 4) and flat.dtype == np.float64
+    assert files.latent_for_model(z[:1], chw, single=True, flat=True).shape == (4,)
+
+
+def test_latent_beyond_the_input_dtype_is_refused():
+    half = _generator(4, input=TensorInfo("z", ("N", 4), "float16"))
+    assert files.latent_for_model(np.ones(4), half, single=True).dtype == np.float16
+    with pytest.raises(ObservationError, match="beyond the range of the model's input dtype float16"):
+        files.latent_for_model(np.full(4, 1e6), half, single=True)
+
+
+def test_remove_pending_deletes_staged_temporaries(tmp_path):
+    """What a signal handler calls: every temporary not yet renamed disappears, targets are untouched."""
+    (tmp_path / "b.png").write_bytes(b"old")
+    outputs = files.Outputs()
+    outputs.add(tmp_path / "a.npy")
+    outputs.add(tmp_path / "b.png")
+    outputs.stage(tmp_path / "a.npy", files.npy_bytes(np.zeros(3)))
+    outputs.stage(tmp_path / "b.png", b"new")
+    assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 2
+    files.remove_pending()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png"]
+    assert (tmp_path / "b.png").read_bytes() == b"old"
+    outputs.discard()  # and cleaning up again is harmless
