@@ -2,13 +2,27 @@
 
 No algorithm lives here. Errors raised on purpose (:class:`~onnxinv.errors.OnnxInvError`) are caught in
 one place, :meth:`_Group.invoke`, and printed as one paragraph; anything else is an internal error.
+
+What reaches the terminal: stdout holds only what the command prints (with ``--json``, one JSON
+document): while a command runs, anything native code writes to file descriptor 1 (HiGHS, onnxruntime)
+goes to stderr instead. stderr holds only our paragraph: Python warnings and onnxruntime's log lines are
+silenced (``--debug`` shows warnings and the traceback). Every text we print has its control characters
+escaped (:func:`onnxinv.report.escape_text`), so names from a model file cannot move the cursor, set the
+terminal's title or forge a line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
+import os
+import re
 import sys
 import time
 import traceback
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,30 +58,121 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _OUTPUT_FILE = click.Path(dir_okay=False, writable=False, path_type=Path)
 
 
+SEED_MAX = 2**63 - 1
+
+
+class _Seconds(click.ParamType):
+    """A positive, finite number of seconds."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"{value!r} is not a positive, finite number of seconds.", param, ctx)
+        return seconds
+
+
 class _Group(click.Group):
     """A group that turns onnxinv's own errors into one paragraph and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except OnnxInvError as exc:
-            _report_error(ctx, f"Error: {exc}", exc)
-        except Exception as exc:
-            _report_error(
-                ctx,
-                f"Error: internal error in onnxinv ({type(exc).__name__}: {_first_line(exc)}). This is a bug, "
-                "not a problem with your files; rerun with --debug for the traceback and report it.",
-                exc,
-            )
+        debug = bool(ctx.params.get("debug"))
+        with _stdout_for_documents_only(), warnings.catch_warnings():
+            if not debug:  # numpy / onnx RuntimeWarnings would reach stderr ahead of our paragraph
+                warnings.simplefilter("ignore")
+                # worker processes started with "spawn" (not Linux) read their filters from here
+                os.environ.setdefault("PYTHONWARNINGS", "ignore")
+            _quiet_onnxruntime()
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+                raise
+            except OnnxInvError as exc:
+                names = [n for p in getattr(exc, "problems", ()) for n in (p.node, p.op)]
+                _report_error(ctx, f"Error: {exc}", exc, names)
+            except Exception as exc:
+                _report_error(
+                    ctx,
+                    f"Error: internal error in onnxinv ({type(exc).__name__}: {_first_line(exc)}). This is a "
+                    "bug, not a problem with your files; rerun with --debug for the traceback and report it.",
+                    exc,
+                )
 
 
-def _report_error(ctx: click.Context, message: str, exc: BaseException) -> NoReturn:
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's process-wide logger at FATAL only; its errors reach us as exceptions."""
+    with contextlib.suppress(Exception):
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(4)
+        onnxruntime.disable_telemetry_events()
+
+
+@contextlib.contextmanager
+def _stdout_for_documents_only() -> Iterator[None]:
+    """While a command runs, send whatever native code writes to file descriptor 1 to stderr.
+
+    HiGHS and onnxruntime write to the descriptor directly, past ``sys.stdout``; their lines would
+    corrupt a JSON document on stdout. Python's ``sys.stdout`` is pointed at a duplicate of the real
+    stdout, so what the command prints still goes there. Nothing changes when stdout is not a real
+    file descriptor (as under ``click.testing.CliRunner``).
+    """
+    try:
+        real_stdout = sys.stdout
+        if real_stdout is None or real_stdout.fileno() != 1:
+            raise OSError("stdout is not file descriptor 1")
+        real_stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        yield
+        return
+    ours = io.TextIOWrapper(
+        io.FileIO(saved, "w", closefd=False),
+        encoding=real_stdout.encoding,
+        errors=real_stdout.errors,
+        line_buffering=real_stdout.line_buffering,
+    )
+    os.dup2(2, 1)
+    sys.stdout = ours
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            ours.flush()
+        sys.stdout = real_stdout
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _report_error(
+    ctx: click.Context, message: str, exc: BaseException, names: Iterable[str] = ()
+) -> NoReturn:
+    from onnxinv.report import escape_text
+
     if ctx.params.get("debug"):
-        click.echo("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), err=True, nl=False)
-    click.echo(message, err=True)
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        click.echo(escape_text(trace, names), err=True, nl=False)
+    click.echo(_paragraph(message, names), err=True)
     ctx.exit(EXIT_ERROR)
+
+
+def _paragraph(message: str, names: Iterable[str] = ()) -> str:
+    """An error message safe for the terminal. Continuation lines of our own messages are indented
+    (a list of refused nodes); any other line break can only come from a name in the model file, so it
+    is shown escaped and no line of the paragraph can pass for one of ours."""
+    from onnxinv.report import escape_text
+
+    return re.sub(r"\n(?![ \t])", r"\\n", escape_text(message, names))
+
+
+def _echo_text(text: str, names: Iterable[str] = ()) -> None:
+    from onnxinv.report import escape_text
+
+    click.echo(escape_text(text, names))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -127,7 +232,7 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
     if as_json:
         _echo_json(generator_to_dict(generator, check))
     else:
-        click.echo("\n".join(format_generator(generator, check)))
+        _echo_text("\n".join(format_generator(generator, check)))
     if check is not None and not check.passed:
         click.get_current_context().exit(EXIT_NEGATIVE)
 
@@ -190,6 +295,15 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar and no per-observation lines; totals only."
 )
+@click.option(
+    "--flat", is_flag=True, help="Write z flat, (k,) or (N, k), instead of in the model's input shape."
+)
+@click.option(
+    "--time-limit",
+    type=_Seconds(),
+    default=None,
+    help="Seconds allowed per observation (default: the API's, 60).",
+)
 def invert(
     model: Path,
     obs: Path,
@@ -202,13 +316,17 @@ def invert(
     png: Path | None,
     recon: Path | None,
     quiet: bool,
+    flat: bool,
+    time_limit: float | None,
 ) -> None:
     """Find z with G(z) = OBS for the generator in MODEL and say whether z is unique.
 
     OBS is a .npy file, a .npz file holding one array, or a PNG image when the model's output is
     image-shaped. It holds one observation (the model's output size, with or without batch and
-    channel dims) or a batch (N, ...). z is written as (k,) for one observation or (N, k) for a batch,
-    float32; the file is written only when the whole run succeeds.
+    channel dims) or a batch (N, ...); it is inverted in its own dtype, as the Python API would.
+    z is written in the model's input shape and dtype, (1, ...) for one observation or (N, ...) for a
+    batch, so the file feeds the model as it is (--flat: (k,) or (N, k)). Outputs must be regular
+    files (or new) and none of the inputs; all are written only when the whole run succeeds.
 
     The verdict follows onnxinv's contract: "unique" needs a proof, "not unique" a second latent
     that onnxruntime confirms, "fits" a confirmed fit without either; "no preimage" needs a proof
@@ -218,48 +336,50 @@ def invert(
     from onnxinv import files
     from onnxinv.inversion import Verdict
 
-    generator = _load(model)
-    layout = None
-    if png is not None:
-        layout = files.image_layout(generator)
-        if layout is None:
-            raise ObservationError(
-                f"--png {png}: the model's output {generator.output.describe()} is not image-shaped, so "
-                "there is no picture to draw; leave out --png."
-            )
-    observations = files.read_observations(obs, generator, require_finite=mask is None)
-    mask_values = None
-    if mask is not None:
-        mask_values = files.read_mask(mask, generator.output_dim, observations.count)
-        files.check_observed_finite(observations, mask_values)
     output = output if output is not None else Path.cwd() / f"{obs.stem}.z.npy"
-    for target in (output, png, recon):
-        if target is not None and not target.resolve().parent.is_dir():
-            raise OnnxInvError(
-                f"{target}: the folder '{target.parent}' does not exist, so the result could not be written "
-                "there. Create it or choose another output path."
-            )
+    inputs = {f"the model {model}": model, f"the observation file {obs}": obs}
+    if mask is not None:
+        inputs[f"the mask {mask}"] = mask
+    with files.Outputs(inputs) as outputs:
+        outputs.add(output, "-o")  # every output is checked before any work
+        if png is not None:
+            outputs.add(png, "--png")
+        if recon is not None:
+            outputs.add(recon, "--recon")
+        generator = _load(model)
+        layout = None
+        if png is not None:
+            layout = files.image_layout(generator)
+            if layout is None:
+                raise ObservationError(
+                    f"--png {png}: the model's output {generator.output.describe()} is not image-shaped, so "
+                    "there is no picture to draw; leave out --png."
+                )
+        observations = files.read_observations(obs, generator, require_finite=mask is None)
+        mask_values = None
+        if mask is not None:
+            mask_values = files.read_mask(mask, generator.output_dim, observations.count)
+            files.check_observed_finite(observations, mask_values)
 
-    show_progress = not quiet and not as_json and not observations.single and _is_terminal(sys.stderr)
-    started = time.perf_counter()
-    results = _invert_rows(generator, observations, method, noise, noise_model, mask_values, show_progress)
-    seconds = time.perf_counter() - started
+        show_progress = not quiet and not as_json and not observations.single and _is_terminal(sys.stderr)
+        started = time.perf_counter()
+        results = _invert_rows(
+            generator, observations, method, noise, noise_model, mask_values, show_progress, time_limit
+        )
+        seconds = time.perf_counter() - started
 
-    z = np.stack([r.z for r in results]).astype(np.float32)
-    if observations.single:
-        z = z[0]
-    png_bytes = None
-    if layout is not None:
-        shown = min(len(results), PNG_MAX_ROWS)
-        reconstruction = generator.run_onnx(np.stack([r.z for r in results[:shown]]))
-        png_bytes = _comparison_png(layout, observations.values[:shown], reconstruction)
-    files.save_npy(output, z)
-    if recon is not None:
-        recon_values = np.stack([r.reconstruction for r in results]).astype(np.float32)
-        files.save_npy(recon, recon_values[0] if observations.single else recon_values)
-    if png_bytes is not None:
-        with files.atomic_write(png) as handle:
-            handle.write(png_bytes)
+        z = files.latent_for_model(
+            np.stack([r.z for r in results]), generator, single=observations.single, flat=flat
+        )
+        outputs.stage(output, files.npy_bytes(z))
+        if recon is not None:
+            recon_values = np.stack([r.reconstruction for r in results]).astype(np.float32)
+            outputs.stage(recon, files.npy_bytes(recon_values[0] if observations.single else recon_values))
+        if layout is not None:
+            shown = min(len(results), PNG_MAX_ROWS)
+            reconstruction = generator.run_onnx(np.stack([r.z for r in results[:shown]]))
+            outputs.stage(png, _comparison_png(layout, observations.values[:shown], reconstruction))
+        outputs.commit()
 
     counts = {v.value: sum(r.verdict is v for r in results) for v in Verdict}
     if as_json:
@@ -273,6 +393,7 @@ def invert(
                 "single": observations.single,
                 "count": len(results),
                 "z_shape": list(z.shape),
+                "z_dtype": z.dtype.name,
                 "verdicts": counts,
                 "seconds": seconds,
                 "results": [r.to_dict() for r in results],
@@ -291,12 +412,17 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def _invert_rows(generator, observations, method, noise, noise_model, mask, show_progress) -> list:
+def _invert_rows(
+    generator, observations, method, noise, noise_model, mask, show_progress, time_limit=None
+) -> list:
     """Invert every row, behind a progress bar on stderr (fed by the API's ``progress`` callback) when
-    one is shown."""
+    one is shown. The rows go to the API in their own dtype, so it judges them at the precision they
+    were stored with."""
     from onnxinv.inversion import invert
 
     kwargs: dict[str, Any] = {"method": method, "noise": noise, "noise_model": noise_model}
+    if time_limit is not None:
+        kwargs["time_limit"] = time_limit
     rows = observations.values
     if observations.single:
         return [invert(generator, rows[0], mask=mask, batch=False, **kwargs)]
@@ -349,7 +475,7 @@ def _print_invert_summary(results, single, counts, seconds, output, z, png, quie
             f"relative residual: median {np.median(residuals):.2e}, max {np.max(residuals):.2e}; "
             f"{seconds:.2f} s in all"
         )
-    lines.append(f"z         written to {output} {tuple(z.shape)} float32")
+    lines.append(f"z         written to {output} {tuple(z.shape)} {z.dtype.name}")
     if recon is not None:
         lines.append(f"recon     written to {recon}")
     if png is not None:
@@ -359,7 +485,7 @@ def _print_invert_summary(results, single, counts, seconds, output, z, png, quie
             else ""
         )
         lines.append(f"png       written to {png}{more}")
-    click.echo("\n".join(lines))
+    _echo_text("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +525,7 @@ def verify(model: Path, z: Path, obs: Path, tol: float, as_json: bool) -> None:
     if as_json:
         _echo_json({"model": str(model), "latents": str(z), "observations": str(obs), **result.to_dict()})
     else:
-        click.echo(result.describe())
+        _echo_text(result.describe())
     if not result.passed:
         click.get_current_context().exit(EXIT_NEGATIVE)
 
@@ -423,7 +549,13 @@ def verify(model: Path, z: Path, obs: Path, tol: float, as_json: bool) -> None:
     default=None,
     help="Audit at real observations instead (.npy / .npz / .png, inverted first).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled latents.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, SEED_MAX),
+    default=0,
+    show_default=True,
+    help="Seed of the sampled latents (0 to 2**63 - 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the report.")
 def audit(model: Path, samples: int, obs: Path | None, seed: int, as_json: bool) -> None:
     """Can the latent codes of MODEL be recovered, and which layer is to blame if not?
@@ -437,12 +569,33 @@ def audit(model: Path, samples: int, obs: Path | None, seed: int, as_json: bool)
     from onnxinv.audit import audit as run_audit
 
     report = run_audit(model, samples=samples, observations=obs, seed=seed)
+    document = report.to_dict()
     if as_json:
-        _echo_json(report.to_dict())
+        _echo_json(document)
     else:
-        click.echo(report.describe())
+        _echo_text(report.describe(), _model_names(document))
     if not report.invertible:
         click.get_current_context().exit(EXIT_NEGATIVE)
+
+
+def _model_names(document: Any) -> set[str]:
+    """Node names an audit document carries (its ``source_nodes``), also without the " (Op, opset N)"
+    the report adds to refused nodes: the strings to escape as a whole in the report's text."""
+    names: set[str] = set()
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key == "source_nodes" and isinstance(value, list):
+                for name in value:
+                    names.add(str(name))
+                    bare = re.match(r"^(.*) \([^()]*, opset \d+\)$", str(name), re.S)
+                    if bare:
+                        names.add(bare.group(1))
+            else:
+                names |= _model_names(value)
+    elif isinstance(document, list):
+        for item in document:
+            names |= _model_names(item)
+    return names
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,10 +3,16 @@
 Settings follow the project's rules: CPU provider only, every graph optimization off (fusions change
 rounding), one thread per session, the declared input dtype fed as is. The model reaches onnxruntime
 as bytes with all external data already inlined by onnxinv, so onnxruntime never resolves a path.
+
+onnxruntime logs nothing of its own (sessions log at FATAL only, telemetry is off): when it fails, the
+exception becomes one :class:`~onnxinv.errors.OracleError` in our words (the node and op that failed,
+the reason, without onnxruntime's source paths), and no coloured log line reaches stderr before it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import weakref
 from typing import TYPE_CHECKING
 
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
 # Float64 layer list vs float32 onnxruntime differ by up to ~4e-6 on real files.
 RTOL = 1e-4
 ATOL = 1e-5
+_ORT_FATAL = 4  # onnxruntime's severity levels: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
 class Oracle:
@@ -39,18 +46,23 @@ class Oracle:
     ) -> None:
         import onnxruntime as ort
 
+        _quiet(ort)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        # Errors come back as exceptions, which we word ourselves; onnxruntime's own ERROR log lines
+        # (coloured, on stderr, ahead of our message) would only repeat them.
+        options.log_severity_level = _ORT_FATAL
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = _ORT_FATAL
         try:
             self._session = ort.InferenceSession(
                 model_bytes, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own, undocumented exception types
             raise OracleError(
-                f"onnxruntime could not load {where}: {_first_line(exc)}. The parsed layer list cannot "
+                f"onnxruntime could not load {where}: {ort_reason(exc)}. The parsed layer list cannot "
                 "be verified without it; check that the file opens in onnxruntime on its own."
             ) from exc
         self._input_name = input_name
@@ -112,11 +124,15 @@ class Oracle:
 
     def _run_chunk(self, feed: np.ndarray, count: int = 1) -> np.ndarray:
         try:
-            (result,) = self._session.run(None, {self._input_name: feed.astype(self._dtype)})
+            (result,) = self._session.run(
+                None, {self._input_name: feed.astype(self._dtype)}, self._run_options
+            )
         except Exception as exc:
             raise OracleError(
-                f"onnxruntime failed to run {self._where} on an input of shape {feed.shape}: "
-                f"{_first_line(exc)}"
+                f"onnxruntime failed to run {self._where} on an input of shape {feed.shape} "
+                f"({self._dtype}): {ort_reason(exc)}. The model itself fails there, so its outputs cannot "
+                "be compared; check that it runs in onnxruntime on its own with this input shape (a "
+                "model that declares a free batch size may still work only for one)."
             ) from exc
         result = np.asarray(result, dtype=np.float64)
         if result.size != count * self._output_dim:
@@ -140,6 +156,55 @@ def oracle_for(generator: Generator) -> Oracle:
     return oracle
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:400]
+def _quiet(ort) -> None:
+    """Turn off onnxruntime's telemetry (a no-op where it has none); done once per process."""
+    if not _QUIET:
+        _QUIET.append(True)
+        with contextlib.suppress(Exception):  # older or minimal builds without the call
+            ort.disable_telemetry_events()
+
+
+_QUIET: list[bool] = []
+_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_NODE_FAILED = re.compile(
+    r"Non-zero status code returned while running (?P<op>\S+) node\.\s*Name:'(?P<name>[^']*)'\s*"
+    r"Status Message:\s*"
+)
+_SOURCE = re.compile(r"(?:/[^\s:]+|[\w.\-]+)\.(?:h|hpp|cc|cpp|cxx):\d+\s+")
+_ASSERTION = re.compile(r"\S+ (?:==|!=|<=|>=|<|>) \S+ was false\.\s*")
+
+
+def ort_reason(exc: BaseException) -> str:
+    """onnxruntime's exception text as one sentence of ours: the node and op when it names them, the
+    reason, without the status prefix, onnxruntime's source paths, C++ signatures and assertion text."""
+    text = " ".join((str(exc).strip() or type(exc).__name__).split())
+    text = _STATUS_PREFIX.sub("", text)
+    node = ""
+    found = _NODE_FAILED.search(text)
+    if found:
+        node = f"node '{found['name']}' ({found['op']}) failed: "
+        text = text[: found.start()] + text[found.end() :]
+    while True:
+        source = _SOURCE.search(text)
+        if not source:
+            break
+        text = text[: source.start()] + _drop_signature(text[source.end() :])
+    text = _ASSERTION.sub("", text).strip()
+    return (node + text)[:600].rstrip(". ")
+
+
+def _drop_signature(text: str) -> str:
+    """``text`` without a leading C++ function signature such as ``void a::b(const T&, int) const``."""
+    head = re.match(r"[\w:<>,~*&\s]*?\w\(", text)
+    if not head or ". " in head.group(0):
+        return text
+    depth = 0
+    for i in range(head.end() - 1, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                rest = text[i + 1 :]
+                return re.sub(r"^\s*(?:const\s*)?", "", rest)
+    return text

@@ -19,6 +19,8 @@ from onnxinv.layers import Generator
 from onnxinv.loader import SelfCheck
 
 __all__ = [
+    "escape_name",
+    "escape_text",
     "format_generator",
     "format_table",
     "generator_to_dict",
@@ -26,6 +28,50 @@ __all__ = [
     "to_json",
     "verdict_text",
 ]
+
+
+# Characters that change what a terminal shows rather than showing themselves: C0 controls (ESC starts
+# title / clear-screen sequences, CR and LF can forge lines), DEL, C1 controls (0x9b is a one-byte CSI),
+# and the bidirectional overrides and isolates that reorder text ("Trojan source").
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_UNSAFE = {
+    **{code: _escape_char(chr(code)) for code in [*range(0x20), *range(0x7F, 0xA0)]},
+    **{ord(ch): _escape_char(ch) for ch in _BIDI},
+}
+_UNSAFE_BUT_NEWLINE = {code: text for code, text in _UNSAFE.items() if code != ord("\n")}
+
+
+def escape_name(name: object) -> str:
+    """``name`` with every control character shown as a Python-style escape (``\\x1b``, ``\\n``).
+
+    For names and other single-line strings that come from a model file (node and tensor names, the
+    producer): printed raw, they could set the terminal's title, clear the screen or forge a line.
+    """
+    return str(name).translate(_UNSAFE)
+
+
+def escape_text(text: object, names: Iterable[str] = ()) -> str:
+    """Multi-line ``text`` safe for a terminal: line breaks kept, every other control character escaped.
+
+    ``names`` are strings from the model file that ``text`` may contain; each one holding a control
+    character is replaced by its :func:`escape_name` form first, so a line break inside a name is shown
+    as ``\\n`` instead of starting a new line.
+    """
+    text = str(text)
+    for name in sorted({n for n in names if isinstance(n, str)}, key=len, reverse=True):
+        if name and name != name.translate(_UNSAFE):
+            text = text.replace(name, escape_name(name))
+    return text.translate(_UNSAFE_BUT_NEWLINE)
 
 
 def jsonable(value: Any) -> Any:
@@ -63,8 +109,11 @@ def verdict_text(verdict: Any) -> str:
 
 
 def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = "  ") -> list[str]:
-    """Rows of cells padded into aligned columns (numbers right-aligned, text left-aligned)."""
-    text_rows = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    """Rows of cells padded into aligned columns (numbers right-aligned, text left-aligned).
+
+    Cells are single-line: control characters in them are escaped (:func:`escape_name`).
+    """
+    text_rows = [[escape_name(c) for c in header]] + [[escape_name(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in text_rows) for i in range(len(header))]
     numeric = [
         all(_is_number(r[i]) for r in text_rows[1:]) and len(text_rows) > 1 for i in range(len(header))
@@ -122,13 +171,13 @@ def _tensor_dict(info) -> dict:
 
 
 def format_generator(generator: Generator, self_check: SelfCheck | None = None) -> list[str]:
-    """What ``onnxinv inspect`` prints."""
-    producer = generator.producer or "unknown producer"
+    """What ``onnxinv inspect`` prints; every string from the model file is escaped (:func:`escape_name`)."""
+    producer = escape_name(generator.producer or "unknown producer")
     lines = [
-        str(generator.path or "(generator built in code)"),
+        escape_name(generator.path or "(generator built in code)"),
         f"  producer    {producer}, opset {generator.opset or '?'}",
-        f"  input       {generator.input.describe()}  (latent: {generator.latent_dim} values)",
-        f"  output      {generator.output.describe()}  ({generator.output_dim} values)",
+        f"  input       {escape_name(generator.input.describe())}  (latent: {generator.latent_dim} values)",
+        f"  output      {escape_name(generator.output.describe())}  ({generator.output_dim} values)",
     ]
     batch = "any" if generator.batch_size is None else str(generator.batch_size)
     if not generator.has_batch_dim:
@@ -148,11 +197,11 @@ def format_generator(generator: Generator, self_check: SelfCheck | None = None) 
     lines += format_table(("#", "in -> out", "expansion", "activation", "source nodes"), rows, "    ")
     if generator.notes:
         lines.append("  notes")
-        lines += [f"    - {note}" for note in generator.notes]
+        lines += [f"    - {escape_name(note)}" for note in generator.notes]
     else:
         lines.append("  notes       none")
     if self_check is None:
         lines.append("  self-check  skipped (--no-self-check)")
     else:
-        lines.append(f"  self-check  {self_check.describe()}")
+        lines.append(f"  self-check  {escape_name(self_check.describe())}")
     return lines

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import assert_matches_onnxruntime, init, model, node, rng_weights, save
+from hostile import unblocking
 from onnx import TensorProto, helper
 
 import onnxinv
@@ -216,3 +217,135 @@ def test_huge_declared_shape_refused_before_allocating(tmp_path):
     nodes = [node("Gemm", ["z", "W1"], ["x"], transB=1)]
     with pytest.raises(ModelLoadError, match="refusing before allocating"):
         onnxinv.load(save(model(nodes, [huge]), tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Races and file types: the folder swapped for a symlink while loading, FIFOs, folders, devices
+
+
+def _swappable(tmp_path):
+    """model.onnx with its data in sub/w.bin, and an outside folder holding a different w.bin."""
+    folder = tmp_path / "m"
+    (folder / "sub").mkdir(parents=True)
+    nodes = [node("Gemm", ["z", "W1", "b1"], ["a1"], transB=1), node("Relu", ["a1"], ["x"])]
+    m = model(nodes, [init("W1", rng_weights(1, H, K)), init("b1", rng_weights(2, H))])
+    path = folder / "model.onnx"
+    # only W1 (4800 bytes) goes to the sidecar, so one open decides what is inlined
+    onnx.save(m, path, save_as_external_data=True, location="sub/w.bin", size_threshold=2000)
+    inside = (folder / "sub" / "w.bin").read_bytes()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "w.bin").write_bytes(b"\x7f" * len(inside))  # "secret" bytes, same size
+    return folder, path, inside
+
+
+def _swap(folder, tmp_path):
+    """Replace m/sub by a symlink to ../outside (the attacker's move)."""
+    os.rename(folder / "sub", tmp_path / "parked")
+    os.symlink(tmp_path / "outside", folder / "sub")
+
+
+def _weights(loaded) -> bytes:
+    return b"".join(t.raw_data for t in loaded.model.graph.initializer)
+
+
+def test_folder_swapped_for_a_symlink_after_the_checks_is_not_followed(tmp_path, monkeypatch):
+    """The swap happens right before the data file is opened: after any check made by path."""
+    folder, path, inside = _swappable(tmp_path)
+    real_open = os.open
+    swapped = []
+
+    def open_then_swap(file, flags, *args, **kwargs):
+        name = os.fsdecode(file)
+        if not swapped and (name.endswith("w.bin") or name == "sub"):
+            _swap(folder, tmp_path)
+            swapped.append(name)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+    try:
+        loaded = load_model_file(path)
+    except ModelLoadError as exc:
+        assert "symbolic link" in str(exc), exc
+    else:
+        assert b"\x7f" * 16 not in _weights(loaded), "data from outside the model's folder was inlined"
+    assert swapped
+
+
+def test_folder_swapped_back_and_forth_never_leaks(tmp_path):
+    """A thread flips m/sub between the real folder and a symlink to the outside while we load."""
+    import threading
+
+    folder, path, inside = _swappable(tmp_path)
+    stop = threading.Event()
+
+    def flip():
+        real, parked, link = folder / "sub", tmp_path / "parked", folder / "sub"
+        while not stop.is_set():
+            os.rename(real, parked)
+            os.symlink(tmp_path / "outside", link)
+            os.unlink(link)
+            os.rename(parked, real)
+
+    thread = threading.Thread(target=flip, daemon=True)
+    thread.start()
+    leaked = loaded_ok = 0
+    try:
+        for _ in range(400):
+            try:
+                loaded = load_model_file(path)
+            except ModelLoadError:
+                continue
+            loaded_ok += 1
+            leaked += b"\x7f" * 16 in _weights(loaded)
+    finally:
+        stop.set()
+        thread.join()
+    assert leaked == 0, f"{leaked} of {loaded_ok} loads inlined data from outside the model's folder"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_sidecar_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    path = _external_model(tmp_path)
+    os.unlink(tmp_path / "model.onnx.data")
+    if kind == "folder":
+        (tmp_path / "model.onnx.data").mkdir()
+        with pytest.raises(ModelLoadError, match="not a regular file") as info:
+            load_model_file(path)
+    else:
+        with unblocking(tmp_path / "model.onnx.data") as released, pytest.raises(ModelLoadError) as info:
+            load_model_file(path)
+        assert not released, "the loader blocked on the FIFO"
+    assert "not a regular file" in str(info.value) and "model.onnx.data" in str(info.value)
+
+
+def test_model_file_that_is_a_fifo_is_refused(tmp_path):
+    with unblocking(tmp_path / "pipe.onnx") as released, pytest.raises(ModelLoadError, match="not a regular"):
+        load_model_file(tmp_path / "pipe.onnx")
+    assert not released
+
+
+def test_inlined_model_over_2_gib_is_refused_before_reading(tmp_path):
+    """Two 1.2 GB sidecars (sparse files: no disk used) would inline to more than protobuf can encode."""
+    import tracemalloc
+
+    count = 300_000_000  # float32 values per tensor: 1.2e9 bytes each
+    inits = []
+    for i in range(2):
+        t = TensorProto(name=f"W{i}", data_type=TensorProto.FLOAT, dims=[count])
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", f"w{i}.bin"), ("offset", "0"), ("length", str(4 * count))):
+            t.external_data.add(key=key, value=value)
+        with open(tmp_path / f"w{i}.bin", "wb") as handle:
+            handle.truncate(4 * count)
+        inits.append(t)
+    nodes = [node("Add", ["z", "W0"], ["a"]), node("Add", ["a", "W1"], ["x"])]
+    path = save(model(nodes, inits, input_shape=("N", count)), tmp_path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelLoadError, match="2 GiB") as info:
+            load_model_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "model.onnx" in str(info.value)
+    assert peak < 100 << 20, f"{peak:,} bytes allocated before refusing"

@@ -430,8 +430,51 @@ def _default_cap(problem: LinearProgram) -> int:
     return max(STALL_MINIMUM, STALL_FACTOR * (problem.num_vars + rows))
 
 
+_BANNER = {"silenced": False}  # per process: has the first Highs() been built with stdout muted?
+
+
+def _silent_first_highs() -> highspy.Highs:
+    """The first ``Highs()`` of a process, built with file descriptor 1 pointed at /dev/null.
+
+    HiGHS (1.16) prints its banner from C++ onto stdout when the first instance is constructed, before
+    ``output_flag`` can be set; that would corrupt stdout documents such as ``onnxinv invert --json``.
+    Later instances print nothing. Python's ``sys.stdout`` is flushed first so nothing of ours is lost.
+    """
+    import contextlib
+    import ctypes
+    import os
+    import sys
+    import threading
+
+    lock = _BANNER.setdefault("lock", threading.Lock())
+    with lock:
+        if _BANNER["silenced"]:
+            return highspy.Highs()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        try:
+            saved = os.dup(1)
+        except OSError:  # no stdout at all: nothing to protect
+            _BANNER["silenced"] = True
+            return highspy.Highs()
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, 1)
+            finally:
+                os.close(devnull)
+            highs = highspy.Highs()
+            with contextlib.suppress(Exception):  # HiGHS flushes its lines; C stdio's buffer too, to be sure
+                ctypes.CDLL(None).fflush(None)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _BANNER["silenced"] = True
+        return highs
+
+
 def _new_highs(iteration_limit: int | None, strategy: str | None = None) -> highspy.Highs:
-    highs = highspy.Highs()
+    highs = _silent_first_highs()
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("threads", 1)
     # The dense layer LPs solve fastest without presolve (it finds nothing to remove).

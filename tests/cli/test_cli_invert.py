@@ -19,8 +19,8 @@ def test_single_observation_writes_z_next_to_the_cwd(tmp_path, relu_model, monke
     result = run("invert", relu_model, tmp_path / "obs.npy", "--method", "exact")
     assert result.exit_code == 0, result.stdout + result.stderr
     z = np.load(tmp_path / "obs.z.npy")  # default: <OBS stem>.z.npy in the current folder
-    assert z.shape == (5,) and z.dtype == np.float32
-    np.testing.assert_allclose(z, z_true, rtol=1e-3, atol=1e-4)
+    assert z.shape == (1, 5) and z.dtype == np.float32  # the model's input [N, 5], float32
+    np.testing.assert_allclose(z[0], z_true, rtol=1e-3, atol=1e-4)
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["method"] == "exact"
     assert lines["verdict"] == "unique (certified-layerwise)"
@@ -28,7 +28,7 @@ def test_single_observation_writes_z_next_to_the_cwd(tmp_path, relu_model, monke
     assert "relative l2" in lines["residual"] and "onnxruntime" in lines["residual"]
     assert float(lines["residual"].split()[0]) < 1e-5
     assert lines["time"].endswith(" s")
-    assert "obs.z.npy (5,) float32" in lines["z"]
+    assert "obs.z.npy (1, 5) float32" in lines["z"]
     assert result.stderr == ""  # no progress bar for one observation
 
 
@@ -120,7 +120,7 @@ def test_png_observation_is_read_for_image_models(tmp_path, image_model):
         "0.003",
     )
     assert result.exit_code in (0, 3), result.stderr
-    assert np.load(tmp_path / "z.npy").shape == (4,)
+    assert np.load(tmp_path / "z.npy").shape == (1, 4)
     doc = json.loads(
         run("invert", image_model, tmp_path / "digit.png", "-o", tmp_path / "z.npy", "--json").stdout
     )
@@ -209,7 +209,7 @@ def test_mask_leaves_entries_out(tmp_path, relu_model):
         "invert", relu_model, tmp_path / "x.npy", "--mask", tmp_path / "mask.npy", "-o", tmp_path / "z.npy"
     )
     assert result.exit_code == 0, result.stdout + result.stderr
-    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), z_true, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy")[0], z_true, rtol=1e-3, atol=1e-4)
     unmasked = run("invert", relu_model, tmp_path / "x.npy", "-o", tmp_path / "z2.npy")
     assert unmasked.exit_code == 1 and "NaN" in unmasked.stderr and "x.npy" in unmasked.stderr
 

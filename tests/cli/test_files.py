@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -12,8 +13,9 @@ from cli_helpers import save_generator
 
 import onnxinv
 from onnxinv import files
-from onnxinv.errors import ObservationError
-from onnxinv.layers import Activation
+from onnxinv.building import random_generator_layers
+from onnxinv.errors import ObservationError, OnnxInvError
+from onnxinv.layers import Activation, Generator, TensorInfo
 
 # --------------------------------------------------------------------------------------------------
 # A reference PNG encoder that applies a chosen filter to every scanline, to exercise all five filters.
@@ -64,7 +66,7 @@ def _png_bytes(
 
 
 @pytest.mark.parametrize(
-    ("color_type", "channels", "depth"), [(0, 1, 8), (2, 3, 8), (4, 2, 8), (6, 4, 8), (0, 1, 16), (2, 3, 16)]
+    ("color_type", "channels", "depth"), [(0, 1, 8), (2, 3, 8), (4, 2, 8), (6, 4, 8), (0, 1, 16)]
 )
 def test_png_decoder_undoes_every_filter(color_type, channels, depth):
     rng = np.random.default_rng(color_type + depth)
@@ -74,6 +76,14 @@ def test_png_decoder_undoes_every_filter(color_type, channels, depth):
     assert max_value == top - 1
     assert image.shape == (11, 7, channels)
     np.testing.assert_array_equal(image, pixels)
+
+
+@pytest.mark.parametrize("color_type", [2, 4, 6])
+def test_16_bit_colour_png_is_refused_rather_than_truncated(color_type):
+    """Pillow keeps 8 bits per channel of 16-bit colour images; onnxinv says so instead of guessing."""
+    pixels = np.zeros((3, 3, {2: 3, 4: 2, 6: 4}[color_type]), np.uint16)
+    with pytest.raises(ObservationError, match="x.png: it is a 16-bit colour.*re-save"):
+        files.decode_png(_png_bytes(pixels, color_type, 16), "x.png")
 
 
 @pytest.mark.parametrize("shape", [(9, 13), (9, 13, 1), (5, 6, 3)])
@@ -86,7 +96,7 @@ def test_png_writer_round_trips_through_the_reader(tmp_path, shape):
     np.testing.assert_array_equal(image.reshape(pixels.shape), pixels)
 
 
-def test_png_written_by_us_reads_in_pillow_when_installed(tmp_path):
+def test_png_written_by_us_reads_in_pillow(tmp_path):
     image_module = pytest.importorskip("PIL.Image")
     pixels = np.random.default_rng(2).integers(0, 256, size=(6, 10, 3)).astype(np.uint8)
     files.write_png(tmp_path / "p.png", pixels)
@@ -94,25 +104,77 @@ def test_png_written_by_us_reads_in_pillow_when_installed(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("mutate", "words"),
+    "mutate",
     [
-        (lambda b: b"GIF89a" + b[6:], "bad signature"),
-        (lambda b: b[:45], "truncated"),
-        (lambda b: b[:33], "ends before its IEND"),
-        (lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:], "CRC"),
+        lambda b: b"GIF89a" + b[6:],  # another format's signature
+        lambda b: b[:45],  # cut inside the image data
+        lambda b: b[:33],  # nothing after the header
+        lambda b: b[:45] + bytes([b[45] ^ 0xFF]) + b[46:],  # damaged image data (its CRC fails too)
+        lambda b: b[:8] + b"\x00\x00\x00\x0dIHDR" + b"\xff" * 17 + b[33:],  # nonsense header
     ],
 )
-def test_damaged_png_is_refused_with_the_reason(mutate, words):
+def test_damaged_png_is_refused_with_the_reason(mutate):
     good = _png_bytes(np.zeros((4, 4), np.uint8), 0)
-    with pytest.raises(ObservationError, match=words):
+    with pytest.raises(ObservationError, match="bad.png: .*(not a PNG|cannot be decoded|too large)"):
         files.decode_png(mutate(good), "bad.png")
 
 
-def test_palette_and_interlaced_png_are_refused_with_advice():
-    with pytest.raises(ObservationError, match="palette.*re-save"):
-        files.decode_png(_png_bytes(np.zeros((4, 4), np.uint8), 3))
-    with pytest.raises(ObservationError, match="interlaced"):
-        files.decode_png(_png_bytes(np.zeros((4, 4), np.uint8), 0, interlace=1))
+def test_palette_png_is_read_as_rgb():
+    palette_png = _png_bytes(np.array([[0, 1], [1, 0]], np.uint8), 3)
+    # a palette image needs a PLTE chunk: entry 0 black, entry 1 white
+    plte = b"\x00\x00\x00\xff\xff\xff"
+    chunk = struct.pack(">I", 6) + b"PLTE" + plte + struct.pack(">I", zlib.crc32(b"PLTE" + plte))
+    palette_png = palette_png[:33] + chunk + palette_png[33:]
+    image, top = files.decode_png(palette_png)
+    assert top == 255 and image.shape == (2, 2, 3)
+    np.testing.assert_array_equal(image[..., 0], [[0, 255], [255, 0]])
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of width x height zeros: a few KB that decode to width*height bytes."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def test_png_larger_than_the_model_is_refused_before_decoding(tmp_path):
+    import tracemalloc
+
+    path = save_generator(tmp_path, "g.onnx", [3, 16, 64], output_activation=Activation.SIGMOID)
+    (tmp_path / "big.png").write_bytes(_bomb_png(8000, 8000))  # 64 MB of pixels, ~70 KB on disk
+    generator = onnxinv.load(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ObservationError, match="big.png: the image is 8000x8000 pixels.*8x8"):
+            files.read_observations(tmp_path / "big.png", generator)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes allocated before refusing"
+
+
+def test_png_bomb_is_refused_even_without_a_model(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_bomb_png(20000, 20000))
+    with pytest.raises(ObservationError, match="bomb.png.*20000x20000.*too large"):
+        files.read_png(tmp_path / "bomb.png")
+
+
+def test_png_without_pillow_names_the_extra_to_install(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "x.png").write_bytes(_png_bytes(np.zeros((8, 8), np.uint8), 0))
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    with pytest.raises(ObservationError, match=r"x.png.*Pillow.*pip install 'onnxinv\[images\]'"):
+        files.read_png(tmp_path / "x.png")
+    with pytest.raises(OnnxInvError, match=r"Pillow.*pip install 'onnxinv\[images\]'"):
+        files.encode_png(np.zeros((4, 4), np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +187,77 @@ def test_read_array_npy_and_single_array_npz(tmp_path):
     np.savez(tmp_path / "a.npz", obs=a)
     np.testing.assert_array_equal(files.read_array(tmp_path / "a.npy"), a)
     np.testing.assert_array_equal(files.read_array(tmp_path / "a.npz"), a)
+
+
+def _npz_of_zeros(path, count: int) -> None:
+    """An .npz holding one float64 array of ``count`` zeros, written without ever holding it in memory:
+    the deflate stream of 1 MiB of zeros after a full flush is the same block every time."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (count,)})
+    head = header.getvalue()
+    mib = 1 << 20
+    assert (count * 8) % mib == 0
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    first = compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(b"\0" * mib) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(b"\0" * mib) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert block == again
+    last = compressor.flush()
+    blocks = count * 8 // mib
+    crc = zlib.crc32(head)
+    zeros = b"\0" * mib
+    for _ in range(blocks):
+        crc = zlib.crc32(zeros, crc)
+    size = len(head) + count * 8
+    compressed = len(first) + blocks * len(block) + len(last)
+    name = b"x.npy"
+    local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, compressed, size, len(name), 0)
+    with open(path, "wb") as handle:
+        handle.write(local + name + first)
+        for _ in range(blocks):
+            handle.write(block)
+        handle.write(last)
+        offset = handle.tell()
+        central = struct.pack(
+            "<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, compressed, size, len(name),
+            0, 0, 0, 0, 0, 0,
+        )  # fmt: skip
+        handle.write(central + name)
+        end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(central) + len(name), offset, 0)
+        handle.write(end)
+
+
+def test_npz_that_inflates_to_2_gib_is_refused_before_inflating(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    _npz_of_zeros(path, 1 << 28)  # 2 GiB of float64 zeros
+    assert path.stat().st_size < 4 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ObservationError, match=r"bomb.npz: .*2,147,483,\d+ bytes.*limit") as info:
+            files.read_array(path, "observation")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "x.npy" in str(info.value)
+    assert peak < 64 << 20, f"{peak:,} bytes allocated before refusing"
+
+
+def test_small_npz_of_zeros_is_read(tmp_path):
+    _npz_of_zeros(tmp_path / "ok.npz", 1 << 17)  # the same writer, 1 MiB: a valid archive
+    array = files.read_array(tmp_path / "ok.npz")
+    assert array.shape == (1 << 17,) and not array.any()
+
+
+def test_npy_whose_header_declares_more_than_the_file_holds(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)}
+    )
+    (tmp_path / "liar.npy").write_bytes(header.getvalue() + b"\0" * 64)
+    with pytest.raises(ObservationError, match=r"liar.npy: .*declares .* bytes.*holds 64"):
+        files.read_array(tmp_path / "liar.npy")
 
 
 def test_npz_with_two_arrays_is_refused(tmp_path):
@@ -270,3 +403,51 @@ def test_comparison_pixels_scale_small_images_up(tmp_path):
     assert pixels.shape[1] == 3 * 64 + 2 * 4  # three panels and two gaps
     diff_panel = pixels[:, -64:, 0]
     assert diff_panel.max() == 0  # identical images: black difference
+
+
+# --------------------------------------------------------------------------------------------------
+# Latents in the model's own shape and dtype
+
+
+def _generator(k: int, **fields):
+    import dataclasses
+
+    base = Generator.from_layers(random_generator_layers([k, 10, 20], rng=0))
+    return dataclasses.replace(base, **fields) if fields else base
+
+
+def test_latent_for_model_shapes_and_casts():
+    z = np.arange(12, dtype=np.float64).reshape(3, 4) / 7
+    chw = _generator(4, sample_input_shape=(1, 2, 2), input=TensorInfo("z", ("N", 1, 2, 2), "float64"))
+    assert files.latent_for_model(z, chw, single=False).shape == (3, 1, 2, 2)
+    one = files.latent_for_model(z[:1], chw, single=True)
+    assert one.shape == (1, 1, 2, 2) and one.dtype == np.float64
+    np.testing.assert_array_equal(one.reshape(-1), z[0])
+    bare = _generator(4, has_batch_dim=False, input=TensorInfo("z", (4,), "float32"))
+    assert files.latent_for_model(z[:1], bare, single=True).shape == (4,)
+    assert files.latent_for_model(z, bare, single=False).shape == (3, 4)
+    flat = files.latent_for_model(z, chw, single=False, flat=True)
+    assert flat.shape == (3, 4) and flat.dtype == np.float64
+    assert files.latent_for_model(z[:1], chw, single=True, flat=True).shape == (4,)
+
+
+def test_latent_beyond_the_input_dtype_is_refused():
+    half = _generator(4, input=TensorInfo("z", ("N", 4), "float16"))
+    assert files.latent_for_model(np.ones(4), half, single=True).dtype == np.float16
+    with pytest.raises(ObservationError, match="beyond the range of the model's input dtype float16"):
+        files.latent_for_model(np.full(4, 1e6), half, single=True)
+
+
+def test_remove_pending_deletes_staged_temporaries(tmp_path):
+    """What a signal handler calls: every temporary not yet renamed disappears, targets are untouched."""
+    (tmp_path / "b.png").write_bytes(b"old")
+    outputs = files.Outputs()
+    outputs.add(tmp_path / "a.npy")
+    outputs.add(tmp_path / "b.png")
+    outputs.stage(tmp_path / "a.npy", files.npy_bytes(np.zeros(3)))
+    outputs.stage(tmp_path / "b.png", b"new")
+    assert len([p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]) == 2
+    files.remove_pending()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png"]
+    assert (tmp_path / "b.png").read_bytes() == b"old"
+    outputs.discard()  # and cleaning up again is harmless
