@@ -4,14 +4,18 @@ z*, the error estimate against the empirical spread, and the batched gradient-de
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+import onnxinv
 from onnxinv.errors import InvalidArgumentError, ObservationError
+from onnxinv.inversion import network
 from onnxinv.inversion.network import (
+    KINK_RTOL,
     FitStatus,
     descend,
     error_estimate,
@@ -136,7 +140,9 @@ def test_operator_is_the_adjoint_of_itself() -> None:
     layers = _net([6, 20, 15], Activation.TANH, seed=6, sparse=True)
     rng = np.random.default_rng(0)
     z = rng.standard_normal(6)
-    op = jacobian(layers, z, measure=rng.standard_normal((8, 15)), rows=np.arange(8) % 3 != 0, kind="operator")
+    op = jacobian(
+        layers, z, measure=rng.standard_normal((8, 15)), rows=np.arange(8) % 3 != 0, kind="operator"
+    )
     assert isinstance(op, LinearOperator)
     for _ in range(5):
         u, v = rng.standard_normal(op.shape[0]), rng.standard_normal(op.shape[1])
@@ -147,20 +153,25 @@ def test_sparse_weights_are_never_densified() -> None:
     """A 200000 × 200000 sparse layer (a dense copy would need 320 GB) through both Jacobian forms."""
     n = 200_000
     rng = np.random.default_rng(7)
-    first = Layer(sp.csr_array(sp.random(n, 3, density=0.5, random_state=1)), np.zeros(n), Activation.IDENTITY)
+    first = Layer(
+        sp.csr_array(sp.random(n, 3, density=0.5, random_state=1)), np.zeros(n), Activation.IDENTITY
+    )
     diag = Layer(sp.diags_array(rng.uniform(0.5, 2.0, n)).tocsr(), rng.normal(size=n), Activation.TANH)
     layers = (first, diag)
     z = rng.standard_normal(3)
-    auto = jacobian(layers, z)  # 600000 entries: dense by size, the weights stay sparse
-    op = jacobian(layers, z, kind="operator")
-    assert isinstance(auto, np.ndarray) and auto.shape == (n, 3)
-    np.testing.assert_allclose(op.matmat(np.eye(3)), auto, rtol=1e-12, atol=1e-15)
+    dense = jacobian(layers, z, kind="dense")  # (n, 3): the weights stay sparse
+    op = jacobian(layers, z)
+    assert isinstance(op, LinearOperator)  # auto: a sparse layer
+    assert isinstance(dense, np.ndarray) and dense.shape == (n, 3)
+    np.testing.assert_allclose(op.matmat(np.eye(3)), dense, rtol=1e-12, atol=1e-15)
 
 
-def test_jacobian_chooses_an_operator_for_large_layers() -> None:
-    n, k = 1 << 17, 40  # n·k > DENSE_ENTRIES
-    layer = Layer(sp.csr_array(sp.random(n, k, density=1e-3, random_state=2)), np.zeros(n), Activation.RELU)
-    assert isinstance(jacobian((layer,), np.ones(k)), LinearOperator)
+def test_jacobian_chooses_an_operator_for_large_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    k = 8
+    layers = (Layer(np.ones((100, k)), np.zeros(100), Activation.RELU),)
+    assert isinstance(jacobian(layers, np.ones(k)), np.ndarray)
+    monkeypatch.setattr(network, "DENSE_ENTRIES", 100 * k - 1)
+    assert isinstance(jacobian(layers, np.ones(k)), LinearOperator)
 
 
 def test_forward_batch_matches_single() -> None:
@@ -419,3 +430,39 @@ def test_descend_rejects_bad_input() -> None:
         descend(layers, np.zeros((2, 12)), masks=np.ones((3, 12), dtype=bool))
     with pytest.raises(InvalidArgumentError, match="indices"):
         descend(layers, np.zeros((2, 12)), indices=[0])
+
+
+def test_fit_target_skips_the_remaining_starts() -> None:
+    layers = _relu_net([5, 40, 80], seed=18)
+    rng = np.random.default_rng(13)
+    z_true = rng.standard_normal(5)
+    y = forward(layers, z_true).output
+    starts = np.vstack([z_true + 0.05 * rng.standard_normal(5), rng.standard_normal((3, 5))])
+    f = fit(layers, y, starts=starts, target=1e-10)
+    assert f.relative_l2 <= 1e-10 and f.start == 0
+    assert [r.status for r in f.runs[1:]] == [FitStatus.SKIPPED] * 3
+    assert all(r.nfev == 0 for r in f.runs[1:])
+    again = fit(layers, y, starts=np.vstack([starts[1:], f.z]), target=1e-10)
+    assert again.nfev == 0 and again.start == 3
+    assert all(r.status is FitStatus.SKIPPED for r in again.runs)
+
+
+def test_rounds_along_the_kinks_lower_the_cost_where_plain_runs_stall() -> None:
+    """On the shipped digits decoder (ReLU then sigmoid) at heavy noise, plain Levenberg-Marquardt
+    runs end with hidden units on their kinks; the rounds along the kinks never fit worse and lower
+    the cost of some observations."""
+    g = onnxinv.load(str(Path(__file__).resolve().parents[2] / "sample_models" / "digits_vae_legacy.onnx"))
+    rng = np.random.default_rng(0)
+    x = g.forward(rng.standard_normal((16, 8)))
+    y = x + 0.1 * rng.standard_normal(x.shape)
+    lowered = 0
+    for i in range(16):
+        starts = np.vstack([np.zeros(8), np.random.default_rng(i).standard_normal((2, 8))])
+        plain = fit(g, y[i], starts=starts, kinks=0)
+        rounds = fit(g, y[i], starts=starts)
+        assert rounds.cost <= plain.cost
+        if rounds.cost < plain.cost * (1 - 1e-9):
+            lowered += 1
+            a = forward(g, plain.z).preactivations[0]
+            assert np.min(np.abs(a)) <= KINK_RTOL * max(1.0, float(np.max(np.abs(a))))
+    assert lowered >= 1
