@@ -287,6 +287,13 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
     f"{PNG_MAX_ROWS}); image-shaped outputs only.",
 )
 @click.option(
+    "--measure",
+    type=_EXISTING_FILE,
+    default=None,
+    help="A measurement matrix A (.npy / .npz, shape (m, n) for n model outputs): OBS holds y = A·G(z), "
+    "m values per observation (compressed sensing). Methods: auto, lsq, gd.",
+)
+@click.option(
     "--recon",
     type=_OUTPUT_FILE,
     default=None,
@@ -314,6 +321,7 @@ def invert(
     mask: Path | None,
     as_json: bool,
     png: Path | None,
+    measure: Path | None,
     recon: Path | None,
     quiet: bool,
     flat: bool,
@@ -340,6 +348,8 @@ def invert(
     inputs = {f"the model {model}": model, f"the observation file {obs}": obs}
     if mask is not None:
         inputs[f"the mask {mask}"] = mask
+    if measure is not None:
+        inputs[f"the measurement matrix {measure}"] = measure
     with files.Outputs(inputs) as outputs:
         outputs.add(output, "-o")  # every output is checked before any work
         if png is not None:
@@ -355,16 +365,38 @@ def invert(
                     f"--png {png}: the model's output {generator.output.describe()} is not image-shaped, so "
                     "there is no picture to draw; leave out --png."
                 )
-        observations = files.read_observations(obs, generator, require_finite=mask is None)
+        matrix = None
+        if measure is not None:
+            able = [m.name for m in INVERSION_METHODS.values() if m.measure]
+            if method not in able:
+                raise click.UsageError(
+                    f"--method {method} inverts the model's output itself and cannot start from measurements "
+                    f"(--measure); use --method {' / '.join(able)}."
+                )
+            if png is not None:
+                raise ObservationError(
+                    f"--png {png}: with --measure the observations are measurements, not images; leave out --png."
+                )
+            matrix = _read_measure(measure, generator.output_dim)
+        size = generator.output_dim if matrix is None else int(matrix.shape[0])
+        observations = files.read_observations(obs, generator, require_finite=mask is None, size=size)
         mask_values = None
         if mask is not None:
-            mask_values = files.read_mask(mask, generator.output_dim, observations.count)
+            mask_values = files.read_mask(mask, size, observations.count)
             files.check_observed_finite(observations, mask_values)
 
         show_progress = not quiet and not as_json and not observations.single and _is_terminal(sys.stderr)
         started = time.perf_counter()
         results = _invert_rows(
-            generator, observations, method, noise, noise_model, mask_values, show_progress, time_limit
+            generator,
+            observations,
+            method,
+            noise,
+            noise_model,
+            mask_values,
+            show_progress,
+            time_limit,
+            matrix,
         )
         seconds = time.perf_counter() - started
 
@@ -412,15 +444,32 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+def _read_measure(path: Path, output_dim: int) -> np.ndarray:
+    """The measurement matrix of ``--measure``, checked by the API's own rule (float, (m, n), finite)."""
+    from onnxinv import files
+    from onnxinv.observations import prepare_measure
+
+    array = files.read_array(path, "measurement matrix")
+    try:
+        return prepare_measure(array, output_dim)
+    except ObservationError as exc:
+        raise ObservationError(f"{path}: {exc}") from None
+
+
 def _invert_rows(
-    generator, observations, method, noise, noise_model, mask, show_progress, time_limit=None
+    generator, observations, method, noise, noise_model, mask, show_progress, time_limit=None, measure=None
 ) -> list:
     """Invert every row, behind a progress bar on stderr (fed by the API's ``progress`` callback) when
     one is shown. The rows go to the API in their own dtype, so it judges them at the precision they
     were stored with."""
     from onnxinv.inversion import invert
 
-    kwargs: dict[str, Any] = {"method": method, "noise": noise, "noise_model": noise_model}
+    kwargs: dict[str, Any] = {
+        "method": method,
+        "noise": noise,
+        "noise_model": noise_model,
+        "measure": measure,
+    }
     if time_limit is not None:
         kwargs["time_limit"] = time_limit
     rows = observations.values

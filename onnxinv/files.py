@@ -312,14 +312,24 @@ def split_batch(
 
 
 def read_observations(
-    path: str | os.PathLike[str], generator: Generator, *, require_finite: bool = True
+    path: str | os.PathLike[str],
+    generator: Generator,
+    *,
+    require_finite: bool = True,
+    size: int | None = None,
 ) -> Observations:
     """Observations for ``generator`` from ``.npy`` / ``.npz`` / ``.png``, as (N, n) rows in their dtype.
 
     With ``require_finite=False`` NaN and infinite values are let through, to be checked against a mask
-    with :func:`check_observed_finite`.
+    with :func:`check_observed_finite`. ``size`` is the number of values per observation when it is not
+    the model's output size (measurements ``y = A·G(z)`` with ``m`` rows); PNG images need the output.
     """
     path = Path(path)
+    if size is not None and size != generator.output_dim and path.suffix.lower() == ".png":
+        raise ObservationError(
+            f"{path}: a PNG holds an image of the model's output, but with a measurement matrix each "
+            f"observation has {size} values; give the measurements as .npy."
+        )
     if path.suffix.lower() == ".png":
         rows = _png_observation(path, generator).reshape(1, -1)
         return Observations(rows, True, tuple(rows.shape[1:]), str(path))
@@ -329,7 +339,7 @@ def read_observations(
             f"{path}: the observation has dtype {array.dtype}; onnxinv needs floating-point values on the "
             "model's output scale (8-bit images: divide by 255 as the model expects, or pass the .png)."
         )
-    rows, single = split_batch(array, generator.output_dim, str(path))
+    rows, single = split_batch(array, generator.output_dim if size is None else size, str(path))
     if require_finite:
         _check_finite(rows, path, "observation")
     return Observations(np.ascontiguousarray(rows), single, tuple(array.shape), str(path))

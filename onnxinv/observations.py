@@ -192,6 +192,33 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
     return None
 
 
+def prepare_measure(measure: object, output_dim: int) -> object:
+    """A validated measurement matrix ``A`` (m, n) for ``y = A·G(z)``: float64, dense or scipy.sparse
+    CSR; None passes through."""
+    if measure is None:
+        return None
+    import scipy.sparse as sp
+
+    if sp.issparse(measure):
+        matrix = sp.csr_array(measure, dtype=np.float64)
+        data = matrix.data
+    else:
+        arr = _as_float_array(measure, "measurement matrix")
+        matrix = np.ascontiguousarray(arr, dtype=np.float64)
+        data = matrix
+    n = int(output_dim)
+    if matrix.ndim != 2 or matrix.shape[1] != n or matrix.shape[0] < 1:
+        raise ObservationError(
+            f"the measurement matrix has shape {tuple(matrix.shape)}; it must be (m, {n}): one row per "
+            f"measurement, one column per model output ({n} values), so that y = A·G(z)."
+        )
+    if not np.all(np.isfinite(data)):
+        raise ObservationError(
+            "the measurement matrix holds NaN or infinite values; every entry must be finite."
+        )
+    return matrix
+
+
 def check_noise(noise: object) -> float | None:
     """None for clean observations, else the noise level as a positive float."""
     if noise is None:

@@ -15,12 +15,12 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(onnxinv.__path__, "onnxin
 
 # onnxinv.inversion, bottom first: a module may import only modules on its own level or below.
 LEVELS = [
-    {"verdict", "result", "lp"},
+    {"verdict", "result", "lp", "network"},
     {"targets", "linear"},
     {"framework"},
     {"identifiability"},
     {"exact", "linf", "l1", "gd"},
-    {"sparse", "relaxed"},
+    {"sparse", "relaxed", "lsq"},
     {"refine"},
     {"auto"},
     {"registry"},

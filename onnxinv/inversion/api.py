@@ -46,7 +46,13 @@ from onnxinv.inversion.registry import METHODS, get_method
 from onnxinv.inversion.result import BatchInversionResult, InversionResult
 from onnxinv.inversion.verdict import decide
 from onnxinv.layers import Generator
-from onnxinv.observations import Observations, check_noise, prepare_observations, quantisation_step
+from onnxinv.observations import (
+    Observations,
+    check_noise,
+    prepare_measure,
+    prepare_observations,
+    quantisation_step,
+)
 
 __all__ = ["invert", "solve_chunk"]
 
@@ -61,6 +67,7 @@ def invert(
     mask: object = None,
     *,
     noise_model: str | None = None,
+    measure: object = None,
     tol: float | None = None,
     time_limit: float | None = None,
     workers: int | None = None,
@@ -84,6 +91,9 @@ def invert(
     mask : bool array over the output, True = observed (or 0/1 numbers); one per batch or one per
         observation. Only the last layer's rows are restricted.
     noise_model : ``"bounded"`` or ``"gaussian"`` (only with ``noise``)
+    measure : a measurement matrix ``A`` of shape ``(m, n)`` (dense or scipy.sparse): the observations
+        are of ``A·G(z)`` and have ``m`` entries (compressed sensing). Only the methods whose record
+        says ``measure=True`` (``auto``, ``lsq``, ``gd``) can start there.
     tol : relative l2 residual accepted as reproducing a clean observation (default 1e-5)
     time_limit : seconds per observation (default 60)
     workers : processes for a batch (None: ``os.cpu_count()``, used only when it pays)
@@ -126,16 +136,24 @@ def invert(
         )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InvalidArgumentError(f"workers must be a positive integer or None, got {workers!r}")
-    obs = prepare_observations(x, generator.output_dim, mask, batch=batch)
+    matrix = prepare_measure(measure, generator.output_dim)
+    if matrix is not None and not record.measure:
+        able = ", ".join(m.name for m in METHODS.values() if m.measure)
+        raise InvalidArgumentError(
+            f"method {record.name!r} inverts the generator's output itself and cannot start from "
+            f"measurements y = A·G(z); use one of {able}"
+        )
+    size = generator.output_dim if matrix is None else int(matrix.shape[0])
+    obs = prepare_observations(x, size, mask, batch=batch)
     level = check_noise(noise)
     explicit_clean = noise is not None and level is None
     model = noise_model or "bounded"
     noises, sources = _noise_levels(obs, level, explicit_clean)
     if obs.single:
         return solve_chunk(
-            generator, obs.values, obs.mask, noises, sources, record.name, cfg, obs.precision, model
+            generator, obs.values, obs.mask, noises, sources, record.name, cfg, obs.precision, model, matrix
         )[0]
-    return _invert_batch(generator, obs, noises, sources, record.name, cfg, workers, model, progress)
+    return _invert_batch(generator, obs, noises, sources, record.name, cfg, workers, model, progress, matrix)
 
 
 def _settings(base: Settings | None, *, tol: object, time_limit: object, seed: object) -> Settings:
@@ -189,6 +207,7 @@ def solve_chunk(
     settings: Settings,
     precision: float = 0.0,
     noise_model: str = "bounded",
+    measure: object = None,
 ) -> list[InversionResult]:
     """The pipeline for observations ``values`` (M, n): solve and refine each, verify all with one
     onnxruntime call, then gather evidence and decide each. ``precision`` is the machine epsilon of the
@@ -199,17 +218,36 @@ def solve_chunk(
     started: list[float] = []
     with parallel.blas_single_thread():
         for i in range(values.shape[0]):
-            start = time.perf_counter()
-            deadline = start + settings.time_limit
-            problem = Problem(
-                generator, values[i], None if masks is None else masks[i], noises[i], precision, noise_model
+            problems.append(
+                Problem(
+                    generator,
+                    values[i],
+                    None if masks is None else masks[i],
+                    noises[i],
+                    precision,
+                    noise_model,
+                    measure,
+                )
             )
-            draft = record.solve(problem, settings, deadline)
-            if record.refine:
-                draft = refine(problem, settings, draft, deadline)
-            problems.append(problem)
-            drafts.append(draft)
-            started.append(start)
+        if record.solve_batch is not None and len(problems) > 1:
+            start = time.perf_counter()
+            batch = record.solve_batch(problems, settings, [start + settings.time_limit] * len(problems))
+            share = (time.perf_counter() - start) / len(problems)
+            for problem, draft in zip(problems, batch):
+                began = time.perf_counter() - share
+                if record.refine:
+                    draft = refine(problem, settings, draft, began + settings.time_limit)
+                drafts.append(draft)
+                started.append(began)
+        else:
+            for problem in problems:
+                start = time.perf_counter()
+                deadline = start + settings.time_limit
+                draft = record.solve(problem, settings, deadline)
+                if record.refine:
+                    draft = refine(problem, settings, draft, deadline)
+                drafts.append(draft)
+                started.append(start)
         outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
         return [
             _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i])
@@ -262,6 +300,7 @@ def _decide(
         noise_model=problem.noise_model if problem.noise is not None else None,
         noise_source=source if problem.noise is not None else None,
         noise_estimate=draft.noise_estimate,
+        latent_std=draft.latent_std,
         observed=int(problem.observed.size),
         requested=requested,
         attempts=draft.attempts,
@@ -282,6 +321,7 @@ def _invert_batch(
     workers: int | None,
     noise_model: str,
     progress: parallel.Progress | None,
+    measure: object = None,
 ) -> BatchInversionResult:
     start = time.perf_counter()
     count = obs.count
@@ -299,6 +339,7 @@ def _invert_batch(
             settings,
             obs.precision,
             noise_model,
+            measure,
         )
 
     results: list[InversionResult] = []

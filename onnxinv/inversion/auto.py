@@ -14,9 +14,14 @@ Clean observations:
    leave the layer-wise latent just outside the tolerance.
 4. ``linf`` (Algorithm 1 of [1]_ from ``ε = 1e-6·max|y|`` upwards), refined: observations that are not
    exactly realizable (rounded, slightly off the range).
-5. ``gd`` (gradient descent with restarts), refined: where every layer-wise start fails.
+5. ``lsq``: whole-network least squares from the zero latent and random restarts.
+6. ``gd`` (gradient descent with restarts), refined: where everything else fails.
 
-Noisy observations: ``linf``, ``l1``, ``relaxed``, then ``gd``, each refined.
+Bounded noise: ``linf``, ``l1``, ``relaxed``, then ``gd``, each refined. Gaussian noise
+(``noise_model="gaussian"``): ``lsq``, the MAP fit from Algorithm 1's estimate, the zero latent and
+random restarts (it starts from the layer-wise estimate, so it never fits worse), then ``gd``. A
+measurement matrix (``y = A·G(z)``, where no layer-wise method can start): ``lsq`` from random
+restarts, then ``gd``.
 
 The first estimate that reproduces the observation (float64 forward pass; onnxruntime verifies
 afterwards) is returned; if none does, the one with the smallest residual. Every attempt is listed in
@@ -35,7 +40,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from onnxinv.inversion import exact, gd, l1, linf, refine, relaxed, sparse
+from onnxinv.inversion import exact, gd, l1, linf, lsq, refine, relaxed, sparse
 from onnxinv.inversion.framework import Draft, Method, Problem, Settings, accepts
 from onnxinv.inversion.result import Attempt
 
@@ -84,7 +89,9 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     def out_of_time() -> bool:
         return time.perf_counter() >= deadline
 
-    if problem.noise is None:
+    if problem.measure is not None or (problem.noise is not None and problem.noise_model == "gaussian"):
+        fallbacks: tuple[tuple[Solver, str], ...] = ((lsq.solve, "lsq"), (gd.solve, "gd"))
+    elif problem.noise is None:
         first, ok = run(exact.solve, "exact")
         if ok:
             return finish(first)
@@ -101,7 +108,7 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
             better, ok = refined(draft)
             if ok:
                 return finish(better)
-        fallbacks: tuple[tuple[Solver, str], ...] = ((linf.solve, "linf"), (gd.solve, "gd"))
+        fallbacks = ((linf.solve, "linf"), (lsq.solve, "lsq"), (gd.solve, "gd"))
     else:
         fallbacks = ((linf.solve, "linf"), (l1.solve, "l1"), (relaxed.solve, "relaxed"), (gd.solve, "gd"))
     for module_solve, name in fallbacks:
@@ -124,4 +131,5 @@ METHOD = Method(
     summary="pick by the observation: exact, then sparse, linf and gradient descent, each refined",
     noise="any",
     refine=False,  # it refines its candidates itself
+    measure=True,
 )

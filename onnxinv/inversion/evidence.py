@@ -79,6 +79,8 @@ def gather(
     (the exact method's chain, not refined). ``oracle`` runs latents through onnxruntime.
     """
     z = np.asarray(draft.z, dtype=np.float64)
+    if problem.measure is not None:
+        return _through_measurements(problem, settings, z, fit, deadline, oracle)
     if not fit.reproduces:
         if problem.noise is not None and problem.noise_model != "bounded":
             return (
@@ -104,6 +106,27 @@ def gather(
     if settings.witness_search:
         found.append(_witness(problem, settings, z, steps, deadline, oracle))
     return tuple(found), steps
+
+
+def _through_measurements(
+    problem: Problem, settings: Settings, z: np.ndarray, fit: FitCheck, deadline: float, oracle: Oracle
+) -> tuple[tuple[Evidence, ...], tuple[LayerStep, ...]]:
+    """Observations ``y = A·G(z)``: the layer-wise certificate and refutation need ``G(z)`` itself, so
+    neither applies; a second latent with the same output ``G(z)`` (found as for a clean observation
+    of ``G(z)``) also gives the same measurements, so the witness search does."""
+    if not fit.reproduces:
+        return (Evidence(EvidenceKind.NONE, "no layer-wise refutation through a measurement matrix"),), ()
+    note = Evidence(
+        EvidenceKind.NONE,
+        "through a measurement matrix the layer-wise certificate does not apply (other outputs may give "
+        "the same measurements)",
+    )
+    if problem.noise is not None or not settings.witness_search:
+        return (note,), ()
+    proxy = Problem(problem.generator, problem.generator.forward(z), None, None, problem.precision)
+    steps = analyse_latent(proxy, settings, z, deadline)
+    witness = _witness(proxy, settings, z, steps, deadline, oracle, judge=problem)
+    return (witness, note), steps
 
 
 def layerwise_certificate(steps: tuple[LayerStep, ...], where: str) -> Evidence | None:
@@ -139,9 +162,12 @@ def _witness(
     steps: tuple[LayerStep, ...],
     deadline: float,
     oracle: Oracle,
+    judge: Problem | None = None,
 ) -> Evidence:
     """A second latent reproducing the observation, or a note of what was tried; ``steps`` is the
-    analysis of every layer at ``z``."""
+    analysis of every layer at ``z``; ``judge`` is the problem a witness must reproduce (default:
+    ``problem``)."""
+    judge = judge or problem
     delta = witness_distance(settings, z)
     rng = np.random.default_rng([settings.seed, 2])
     tried: list[str] = []
@@ -168,7 +194,7 @@ def _witness(
             )
             continue
         candidate = z + t * nd.direction
-        ev = _check(problem, settings, z, candidate, delta, oracle)
+        ev = _check(judge, settings, z, candidate, delta, oracle)
         if ev is not None:
             return Evidence(
                 EvidenceKind.NULL_DIRECTION,
@@ -194,7 +220,7 @@ def _witness(
             candidate = _follow_other_point(problem, settings, hidden, i, rng, deadline)
             if candidate is None:
                 continue
-            ev = _check(problem, settings, z, candidate, delta, oracle)
+            ev = _check(judge, settings, z, candidate, delta, oracle)
             if ev is not None:
                 return Evidence(
                     EvidenceKind.WITNESS,

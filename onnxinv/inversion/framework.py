@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from onnxinv.errors import InvalidArgumentError
 from onnxinv.inversion import linear
 from onnxinv.inversion.result import Attempt, LayerStep, SolverStatus
 from onnxinv.inversion.targets import (
@@ -58,6 +60,8 @@ from onnxinv.inversion.targets import (
 )
 from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Generator, Layer
+
+Measure = Any  # a dense (m, n) array or a scipy.sparse matrix
 
 # Relative tolerances never go below ROUNDING_FACTOR machine epsilons of the data's dtype.
 ROUNDING_FACTOR = 16.0
@@ -83,7 +87,10 @@ class Settings:
     max_growth : largest number of ε growth steps per layer
     active_rtol : clean active threshold ``τ = active_rtol * max|y|`` (never 0)
     default_eps_rtol : initial ε relative to ``max|y|`` when no noise level is given
-    restarts, iterations, lr, adam_lr, grad_tol : gradient-descent baseline
+    restarts, iterations : gradient-descent baseline (random starts, iteration cap), also the random
+        restarts of ``lsq``
+    gd_optimizer : ``"adam"`` (step ``adam_lr``) or ``"gd"`` (plain gradient descent with the adaptive
+        step starting at ``lr``, the variant of the paper's comparison)
     seed : random starts of gradient descent and of the witness search
     distance : δ of the verdict contract, relative to ``max(1, ||z||_∞)``: a witness must lie at least
         this far from ``z`` (max abs), and a certificate bounds every other preimage within it
@@ -100,11 +107,38 @@ class Settings:
     max_growth: int = 200
     active_rtol: float = 1e-9
     default_eps_rtol: float = 1e-6
-    restarts: int = 4
+    restarts: int = 5
     iterations: int = 1000
     lr: float = 1.0
     adam_lr: float = 0.05
-    grad_tol: float = 1e-9
+    gd_optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "tol",
+            "noise_factor",
+            "time_limit",
+            "alpha",
+            "active_rtol",
+            "default_eps_rtol",
+            "distance",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise InvalidArgumentError(f"Settings.{name} must be a positive finite number, got {value!r}")
+        for name in ("max_growth", "restarts", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgumentError(f"Settings.{name} must be a non-negative integer, got {value!r}")
+        if self.gd_optimizer not in ("adam", "gd"):
+            raise InvalidArgumentError(
+                f"Settings.gd_optimizer must be 'adam' or 'gd', got {self.gd_optimizer!r}"
+            )
+
     seed: int = 0
     distance: float = 1e-3
     refine: bool = True
@@ -137,18 +171,27 @@ class Problem:
     ``precision`` is the machine epsilon of the data: the coarser of the model's dtype and the dtype
     the observation came in (0: use the model's). ``noise_model`` is ``"bounded"`` (``||e||_∞ <=
     noise``) or ``"gaussian"`` (i.i.d. entries of standard deviation ``noise``); it is ignored for
-    clean observations.
+    clean observations. With ``measure`` (``A``, shape ``(m, n)``) the observation ``x`` (m,) is of
+    ``A·G(z)`` (compressed sensing; a mask is the special case of selected rows), and the mask is over
+    its ``m`` entries.
     """
 
     generator: Generator
     x: np.ndarray
-    mask: np.ndarray | None  # (n,) bool, True = observed; None = all observed
+    mask: np.ndarray | None  # (m,) bool, True = observed; None = all observed
     noise: float | None  # None: clean
     precision: float = 0.0
     noise_model: str = "bounded"
+    measure: Measure | None = None  # (m, n): the observation is A·G(z); None: G(z) itself
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", max(float(self.precision), model_precision(self.generator)))
+
+    def observe(self, output: np.ndarray) -> np.ndarray:
+        """What the observation sees of a model output (n,): ``A·output`` with a measurement matrix,
+        else the output itself; then the observed entries."""
+        seen = output if self.measure is None else np.asarray(self.measure @ output, dtype=np.float64)
+        return seen if self.mask is None else seen[self.mask]
 
     @property
     def rows(self) -> np.ndarray | None:
@@ -189,6 +232,7 @@ class Draft:
     fit: float = float("nan")
     refined: bool = False
     noise_estimate: float | None = None
+    latent_std: np.ndarray | None = None
 
     def with_fit(self, problem: Problem) -> Draft:
         self.fit = forward_fit(problem, self.z)
@@ -196,6 +240,7 @@ class Draft:
 
 
 SolveFunction = Callable[["Problem", "Settings", float], Draft]
+BatchSolveFunction = Callable[[Sequence["Problem"], "Settings", Sequence[float]], list[Draft]]
 
 
 @dataclass(frozen=True)
@@ -211,6 +256,10 @@ class Method:
     certifies : what its own steps can prove (``"layer-wise"``: Theorem 2 at every layer; ``""``:
         nothing by themselves — the pipeline's evidence stage analyses its ``z``)
     refine : whether the pipeline refines a missing estimate on the whole network
+    measure : whether it can invert through a measurement matrix (``y = A·G(z)``); the layer-wise
+        methods cannot start there
+    solve_batch : optional ``solve_batch(problems, settings, deadlines) -> drafts`` that solves a
+        chunk of observations at once (vectorised), with the same answers as ``solve`` one by one
     """
 
     name: str
@@ -219,6 +268,8 @@ class Method:
     noise: str = "any"
     certifies: str = ""
     refine: bool = True
+    measure: bool = False
+    solve_batch: BatchSolveFunction | None = None
 
 
 def forward_fit(problem: Problem, z: np.ndarray) -> float:
@@ -228,9 +279,9 @@ def forward_fit(problem: Problem, z: np.ndarray) -> float:
 
 
 def residual_norms(problem: Problem, output: np.ndarray) -> tuple[float, float, float]:
-    """(relative l2, l_inf, RMS) of ``output - x`` on the observed entries; inf when not finite."""
-    if problem.mask is not None:
-        output = output[problem.mask]
+    """(relative l2, l_inf, RMS) of ``observe(output) - x`` on the observed entries; inf when not finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        output = problem.observe(output)
     obs = problem.observed
     with np.errstate(over="ignore", invalid="ignore"):
         diff = output - obs

@@ -4,14 +4,15 @@ Problem
 -------
 .. math::
 
-    \\min_z\\; \\tfrac12 \\| M \\odot (G(z) - x) \\|_2^2
+    \\min_z\\; \\tfrac12 \\| M \\odot (A\\,G(z) - x) \\|_2^2
 
-with ``M`` the mask (1 = observed). ``restarts`` random starts ``z ~ N(0, I)`` run side by side:
-half with plain gradient descent (step ``lr``, 1.0 as in [1]_; a step that raises the loss is
-rejected and the step halved), half with Adam (step ``adam_lr``). Each stops after ``iterations``
-steps (1000 as in [1]_) or when its gradient norm drops below ``grad_tol`` (1e-9 as in [1]_) or its
-relative residual below ``1e-3 · tol``. The lowest loss is kept. Gradients are analytic, through the
-layer list in numpy (backpropagation), for all restarts at once.
+with ``M`` the mask (1 = observed) and ``A`` an optional measurement matrix, by Adam (step
+``adam_lr``) from ``restarts`` random starts ``z ~ N(0, I)`` (as in CSGM [2]_), for at most
+``iterations`` steps (1000 as in [1]_), each observation stopping once its relative residual is a
+tenth of the clean tolerance (converged, for the verdict). The lowest loss is kept. Gradients are
+analytic, for every observation of a chunk and every restart at once
+(:func:`onnxinv.inversion.network.descend`); the random starts are the same draws for every
+observation, so results do not depend on how a batch is split.
 
 Notes
 -----
@@ -25,123 +26,94 @@ References
 ----------
 .. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
    at a Time", NeurIPS 2019.
+.. [2] A. Bora, A. Jalal, E. Price, A. G. Dimakis, "Compressed Sensing using Generative Models",
+   ICML 2017.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 
 import numpy as np
 
+from onnxinv.inversion import network
 from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
 from onnxinv.inversion.identifiability import analyse_at
-from onnxinv.layers import Layer, activation_derivative
 
-__all__ = ["METHOD", "solve"]
+__all__ = ["METHOD", "solve", "solve_batch"]
 
-_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-12
+# GD stops once its relative residual is this fraction of the clean tolerance: converged for the verdict
+GD_TOL_FACTOR = 0.1
 
 
 def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
     """Gradient descent from random starts, then the layer-wise analysis at the best point."""
-    z, summary = _descend(problem, settings, deadline)
+    return solve_batch([problem], settings, [deadline])[0]
+
+
+def solve_batch(problems: Sequence[Problem], settings: Settings, deadlines: Sequence[float]) -> list[Draft]:
+    """:func:`solve` for a chunk of observations of one generator at once (one batched forward and
+    backward pass per iteration for every observation and restart); the same answers as one by one.
+
+    Observations with different masks, measurement matrices or noise settings are grouped.
+    """
+    drafts: list[Draft | None] = [None] * len(problems)
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, p in enumerate(problems):
+        groups.setdefault((id(p.measure), p.mask is None), []).append(i)
+    for members in groups.values():
+        first = problems[members[0]]
+        y = np.stack([problems[i].x for i in members])
+        masks = None if first.mask is None else np.stack([problems[i].mask for i in members])
+        z, losses, info = network.descend(
+            first.generator.layers,
+            y,
+            masks=masks,
+            measure=first.measure,
+            restarts=max(1, int(settings.restarts)),
+            iterations=int(settings.iterations),
+            lr=settings.adam_lr if settings.gd_optimizer == "adam" else settings.lr,
+            adam=settings.gd_optimizer == "adam",
+            seed=settings.seed,
+            indices=np.zeros(len(members), dtype=int),  # every observation starts from the same draws
+            deadline=min(deadlines[i] for i in members),
+            tol=GD_TOL_FACTOR * settings.tol,
+        )
+        for row, i in enumerate(members):
+            problem = problems[i]
+            kind = "Adam" if settings.gd_optimizer == "adam" else "plain gradient descent"
+            summary = (
+                f"gradient descent ({kind}, {max(1, int(settings.restarts))} restart(s)): best restart "
+                f"{int(info.restart[row])} with relative residual {float(info.relative[row]):.3g} after "
+                f"{int(info.iterations[row])} iteration(s) ({info.status[row]})."
+            )
+            drafts[i] = _analysed_draft(problem, settings, z[row], summary, deadlines[i])
+    return [d for d in drafts if d is not None]
+
+
+def _analysed_draft(
+    problem: Problem, settings: Settings, z: np.ndarray, summary: str, deadline: float
+) -> Draft:
     hidden = problem.generator.hidden_values(z)
     last = len(problem.generator.layers) - 1
 
     def analyse(ctx: LayerContext) -> LayerOutcome:
         return analyse_at(ctx, hidden[ctx.index], "the GD point", last=ctx.index == last)
 
-    draft = walk(problem, settings, analyse, "gd", deadline)
-    draft.z = np.asarray(z, dtype=np.float64)
+    if problem.measure is not None:  # the layer-wise analysis needs the output itself
+        draft = Draft(z=np.asarray(z, dtype=np.float64), method="gd", steps=())
+    else:
+        draft = walk(problem, settings, analyse, "gd", deadline)
+        draft.z = np.asarray(z, dtype=np.float64)
     draft.message = summary
     return draft.with_fit(problem)
-
-
-def _descend(problem: Problem, settings: Settings, deadline: float) -> tuple[np.ndarray, str]:
-    layers = problem.generator.layers
-    k = problem.generator.latent_dim
-    restarts = max(1, int(settings.restarts))
-    rng = np.random.default_rng(settings.seed)
-    z = rng.standard_normal((restarts, k))
-    plain = np.arange(restarts) < (restarts + 1) // 2
-    x = problem.x
-    mask = None if problem.mask is None else problem.mask.astype(np.float64)
-    obs_norm = float(np.linalg.norm(problem.observed))
-    stop_loss = 0.5 * (1e-3 * settings.tol * max(obs_norm, 1e-300)) ** 2
-    lr = np.full(restarts, float(settings.lr))
-    m1 = np.zeros_like(z)
-    m2 = np.zeros_like(z)
-    adam_t = 0
-    loss, grad = _loss_grad(layers, z, x, mask)
-    best_loss, best_z = loss.copy(), z.copy()
-    running = np.ones(restarts, dtype=bool)
-    iterations = 0
-    timed_out = False
-    for it in range(int(settings.iterations)):
-        gnorm = np.linalg.norm(grad, axis=1)
-        running &= ~((gnorm <= settings.grad_tol) | (loss <= stop_loss) | ~np.isfinite(loss))
-        if not running.any():
-            break
-        if it % 25 == 0 and time.perf_counter() > deadline:
-            timed_out = True
-            break
-        iterations = it + 1
-        z_new = z.copy()
-        p = running & plain
-        z_new[p] -= lr[p, None] * grad[p]
-        a = running & ~plain
-        if a.any():
-            adam_t += 1
-            m1[a] = _BETA1 * m1[a] + (1 - _BETA1) * grad[a]
-            m2[a] = _BETA2 * m2[a] + (1 - _BETA2) * grad[a] ** 2
-            m_hat = m1[a] / (1 - _BETA1**adam_t)
-            v_hat = m2[a] / (1 - _BETA2**adam_t)
-            z_new[a] -= settings.adam_lr * m_hat / (np.sqrt(v_hat) + _ADAM_EPS)
-        loss_new, grad_new = _loss_grad(layers, z_new, x, mask)
-        reject = p & ~(loss_new <= loss)
-        lr[reject] *= 0.5
-        take = running & ~reject
-        z[take], loss[take], grad[take] = z_new[take], loss_new[take], grad_new[take]
-        better = loss < best_loss
-        best_loss[better], best_z[better] = loss[better], z[better]
-    j = int(np.argmin(best_loss))
-    kind = "plain gradient descent" if plain[j] else "Adam"
-    converged = not running[j]
-    summary = (
-        f"gradient descent: best of {restarts} restart(s) ({int(plain.sum())} plain, "
-        f"{restarts - int(plain.sum())} Adam) is {kind} with loss {best_loss[j]:.3g} after {iterations} "
-        f"iteration(s); {'converged' if converged else 'stopped before converging'}"
-        f"{' (time limit)' if timed_out else ''}. The verdict comes from the layer-wise analysis at this point."
-    )
-    return best_z[j], summary
-
-
-def _loss_grad(
-    layers: tuple[Layer, ...], z: np.ndarray, x: np.ndarray, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loss ``½||M(G(z) - x)||²`` per row of ``z`` (R, k) and its gradient (R, k)."""
-    outs = []
-    h = z
-    with np.errstate(over="ignore", invalid="ignore"):
-        for layer in layers:
-            h = layer.forward(h)
-            outs.append(h)
-        r = h - x
-        if mask is not None:
-            r = r * mask
-        loss = 0.5 * np.sum(r * r, axis=1)
-        g = r
-        for i in reversed(range(len(layers))):
-            layer = layers[i]
-            g = g * activation_derivative(outs[i], layer.activation, layer.slope)
-            g = g @ layer.weight
-    loss = np.where(np.isfinite(loss), loss, np.inf)
-    return loss, np.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 METHOD = Method(
     name="gd",
     solve=solve,
-    summary="gradient descent / Adam from random starts (the baseline users would otherwise run)",
+    summary="gradient descent (Adam) from random starts: the baseline users would otherwise run",
     noise="any",
+    measure=True,
+    solve_batch=solve_batch,
 )

@@ -13,9 +13,11 @@ reproduce the observation (the float64 forward pass fails the fit rule of
 
     \\min_z\\; \\tfrac12 \\| M \\odot (G(z) - x) \\|_2^2
 
-by Levenberg-Marquardt from ``z_0``, with the Jacobian ``J = ∏_i diag(act_i'(a_i)) W_i`` of the current
-activation pattern (exact for a piecewise-linear network away from kinks). A step is taken only if
-it lowers the loss, so the refined latent never fits worse than the estimate.
+by trust-region least squares from ``z_0`` (:func:`onnxinv.inversion.network.fit`: MINPACK's
+Levenberg-Marquardt with the Jacobian ``J = ∏_i diag(act_i'(a_i)) W_i`` of the current activation
+pattern, exact for a piecewise-linear network away from kinks, plus rounds along the ReLU kinks it
+stops on). The best point evaluated is kept, so the refined latent never fits worse than the
+estimate. With a measurement matrix ``A`` the residual is ``A·G(z) - x``.
 
 Under bounded noise the fit rule is ``||M ⊙ (G(z) - x)||_∞ <= ε``, which the least-squares point need
 not meet although the true latent does. The l_inf misfit is then lowered by sequential linear
@@ -53,11 +55,10 @@ import time
 
 import numpy as np
 
-from onnxinv.inversion import lp
-from onnxinv.inversion.framework import Draft, Problem, Settings, accepts, forward_fit
-from onnxinv.layers import Layer, activation_derivative
+from onnxinv.inversion import lp, network
+from onnxinv.inversion.framework import Draft, Problem, Settings, accepts, forward_fit, relative_tolerance
 
-__all__ = ["levenberg_marquardt", "linf_steps", "refine"]
+__all__ = ["least_squares", "linf_steps", "refine"]
 
 MAX_STEPS = 100
 
@@ -68,16 +69,19 @@ def refine(problem: Problem, settings: Settings, draft: Draft, deadline: float) 
         return draft
     if accepts(problem, settings, problem.generator.forward(draft.z)):
         return draft
-    z, steps = levenberg_marquardt(problem, np.asarray(draft.z, dtype=np.float64), deadline)
+    start = np.asarray(draft.z, dtype=np.float64)
+    z = least_squares(problem, settings, start, deadline)
     fit = forward_fit(problem, z)
-    how = f"{steps} Levenberg-Marquardt step(s)"
+    how = "trust-region least squares"
+    if not fit < draft.fit:
+        z, fit = start, draft.fit
+        how = ""
     if problem.bounded and not accepts(problem, settings, problem.generator.forward(z)):
-        start = z if fit < draft.fit else np.asarray(draft.z, dtype=np.float64)
-        z_inf, lp_steps = linf_steps(problem, start, deadline)
-        if lp_steps and _linf(problem, z_inf) < _linf(problem, start):
+        z_inf, lp_steps = linf_steps(problem, z, deadline)
+        if lp_steps and _linf(problem, z_inf) < _linf(problem, z):
             z, fit = z_inf, forward_fit(problem, z_inf)
-            how += f" and {lp_steps} l_inf LP step(s)"
-    if not (fit < draft.fit or accepts(problem, settings, problem.generator.forward(z))):
+            how = f"{how} and {lp_steps} l_inf LP step(s)" if how else f"{lp_steps} l_inf LP step(s)"
+    if not how or not (fit < draft.fit or accepts(problem, settings, problem.generator.forward(z))):
         return draft
     failed = [f"layer {s.layer} ended '{s.status.value}'" for s in draft.steps if not s.status.ok]
     why = f" ({', '.join(failed)})" if failed else ""
@@ -94,62 +98,26 @@ def refine(problem: Problem, settings: Settings, draft: Draft, deadline: float) 
     )
 
 
-def levenberg_marquardt(problem: Problem, z: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
-    """Minimise ``½||M(G(z) - x)||²`` from ``z``; returns (z, accepted steps).
-
-    Each step solves ``(JᵀJ + λ diag(JᵀJ)) d = -Jᵀr``; a step that lowers the loss is taken and ``λ``
-    shrinks, otherwise ``λ`` grows and the step is solved again. It stops after ``MAX_STEPS`` steps,
-    when no step lowers the loss, or when the loss or the step stops changing.
-    """
-    layers = problem.generator.layers
-    rows = problem.rows
-
-    def evaluate(point: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        out, jac = _jacobian(layers, point)
-        if rows is not None:
-            out, jac = out[rows], jac[rows]
-        res = out - problem.observed
-        with np.errstate(over="ignore", invalid="ignore"):
-            loss = float(res @ res)
-        return res, jac, loss if np.isfinite(loss) else float("inf")
-
-    r, j, loss = evaluate(z)
-    lam = 1e-3
-    taken = 0
-    while taken < MAX_STEPS and loss > 0.0 and np.isfinite(loss) and time.perf_counter() < deadline:
-        g = j.T @ r
-        h = j.T @ j
-        diag = np.maximum(np.diag(h), 1e-12 * max(float(np.max(np.diag(h))), 1e-300))
-        accepted = None
-        while lam < 1e12:
-            try:
-                step = np.linalg.solve(h + lam * np.diag(diag), -g)
-            except np.linalg.LinAlgError:
-                lam *= 10.0
-                continue
-            r_new, j_new, loss_new = evaluate(z + step)
-            if np.isfinite(loss_new) and loss_new < loss:
-                accepted = (step, r_new, j_new, loss_new)
-                break
-            lam *= 4.0
-        if accepted is None:
-            break
-        step, r, j, loss_new = accepted
-        z = z + step
-        decrease, loss = loss - loss_new, loss_new
-        lam = max(lam / 3.0, 1e-12)
-        taken += 1
-        small_step = float(np.linalg.norm(step)) <= 1e-12 * (1.0 + float(np.linalg.norm(z)))
-        if decrease <= 1e-12 * loss or small_step:
-            break
-    return z, taken
+def least_squares(problem: Problem, settings: Settings, start: np.ndarray, deadline: float) -> np.ndarray:
+    """``min_z ½||M ⊙ (A·G(z) - x)||²`` from ``start`` (:func:`onnxinv.inversion.network.fit`: trust
+    region with the Jacobian of the current activation pattern, rounds along ReLU kinks), stopping
+    early at a tenth of the clean tolerance."""
+    target = 0.1 * relative_tolerance(problem, settings) if problem.noise is None else None
+    result = network.fit(
+        problem.generator.layers,
+        problem.x,
+        starts=start,
+        mask=problem.mask,
+        measure=problem.measure,
+        deadline=deadline,
+        target=target,
+    )
+    return np.asarray(result.z, dtype=np.float64)
 
 
 def _linf(problem: Problem, z: np.ndarray) -> float:
-    out = problem.generator.forward(z)
-    if problem.mask is not None:
-        out = out[problem.mask]
     with np.errstate(over="ignore", invalid="ignore"):
+        out = problem.observe(problem.generator.forward(z))
         value = float(np.max(np.abs(out - problem.observed))) if out.size else 0.0
     return value if np.isfinite(value) else float("inf")
 
@@ -157,22 +125,21 @@ def _linf(problem: Problem, z: np.ndarray) -> float:
 def linf_steps(
     problem: Problem, z: np.ndarray, deadline: float, max_steps: int = 30
 ) -> tuple[np.ndarray, int]:
-    """Lower ``max |M ⊙ (G(z) - x)|`` by the trust-region LPs of the module docstring; (z, steps taken)."""
+    """Lower ``max |M ⊙ (A·G(z) - x)|`` by the trust-region LPs of the module docstring; (z, steps taken)."""
     layers = problem.generator.layers
-    rows = problem.rows
     k = z.size
     best = _linf(problem, z)
     radius = max(1e-3, 0.1 * float(np.max(np.abs(z)))) if k else 0.0
     taken = 0
     c = np.zeros(k + 1)
     c[-1] = 1.0
+    rows = problem.rows
     for _ in range(max_steps):
         if time.perf_counter() >= deadline or not np.isfinite(best) or best == 0.0 or radius < 1e-12:
             break
-        out, jac = _jacobian(layers, z)
-        if rows is not None:
-            out, jac = out[rows], jac[rows]
-        r = out - problem.observed
+        state = network.forward(layers, z)
+        jac = network.jacobian(layers, state=state, measure=problem.measure, rows=rows, kind="dense")
+        r = problem.observe(state.output) - problem.observed
         m = r.size
         a_ub = np.vstack([np.hstack([jac, -np.ones((m, 1))]), np.hstack([-jac, -np.ones((m, 1))])])
         b_ub = np.concatenate([-r, r])
@@ -192,14 +159,3 @@ def linf_steps(
         else:
             radius /= 4.0
     return z, taken
-
-
-def _jacobian(layers: tuple[Layer, ...], z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``G(z)`` and ``dG/dz`` (n, k) through the layer list in float64."""
-    h = z
-    jac = np.eye(z.size)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for layer in layers:
-            h = layer.forward(h)
-            jac = activation_derivative(h, layer.activation, layer.slope)[:, None] * (layer.weight @ jac)
-    return h, jac

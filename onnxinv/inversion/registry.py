@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from onnxinv.errors import InvalidArgumentError
-from onnxinv.inversion import auto, exact, gd, l1, linf, relaxed, sparse
+from onnxinv.inversion import auto, exact, gd, l1, linf, lsq, relaxed, sparse
 from onnxinv.inversion.framework import Method
 
 __all__ = ["METHODS", "get_method"]
@@ -18,7 +18,16 @@ __all__ = ["METHODS", "get_method"]
 METHODS: Mapping[str, Method] = MappingProxyType(
     {
         m.name: m
-        for m in (auto.METHOD, exact.METHOD, sparse.METHOD, linf.METHOD, l1.METHOD, relaxed.METHOD, gd.METHOD)
+        for m in (
+            auto.METHOD,
+            exact.METHOD,
+            sparse.METHOD,
+            linf.METHOD,
+            l1.METHOD,
+            relaxed.METHOD,
+            lsq.METHOD,
+            gd.METHOD,
+        )
     }
 )
 

@@ -130,6 +130,8 @@ class InversionResult:
     noise : the noise level assumed (None: clean); ``noise_model`` its kind; ``noise_source`` where it
         came from (``"given"``, ``"quantisation"``, ``"estimate"``)
     noise_estimate : the noise level Algorithm 1 needed when none was given (``method="linf"``)
+    latent_std : per-coordinate standard deviations of a least-squares latent, ``σ²(JᵀJ + λI)⁻¹``
+        (``method="lsq"``; a Laplace approximation, not a bound), else None
     observed : number of observed entries
     requested : the method asked for
     attempts : methods tried by ``"auto"``, in order
@@ -153,6 +155,7 @@ class InversionResult:
     noise_model: str | None = None
     noise_source: str | None = None
     noise_estimate: float | None = None
+    latent_std: np.ndarray | None = None
     observed: int = 0
     requested: str = ""
     attempts: tuple[Attempt, ...] = ()
@@ -225,6 +228,7 @@ class InversionResult:
             "noise_model": self.noise_model,
             "noise_source": self.noise_source,
             "noise_estimate": _json_float(self.noise_estimate),
+            "latent_std": None if self.latent_std is None else [float(v) for v in self.latent_std],
             "observed": self.observed,
             "refined": self.refined,
             "seconds": self.seconds,

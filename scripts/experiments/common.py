@@ -49,7 +49,7 @@ METHOD_SPECS: dict[str, tuple[str, dict]] = {
     "linf": ("linf", {}),
     "l1": ("l1", {}),
     "relaxed": ("relaxed", {}),
-    "gd": ("gd", {"restarts": 1, "lr": 1.0, "iterations": 1000, "grad_tol": 1e-9}),
+    "gd": ("gd", {"restarts": 1, "lr": 1.0, "iterations": 1000, "gd_optimizer": "gd"}),
     "gd4": ("gd", {}),
 }
 

@@ -266,3 +266,37 @@ def test_missing_output_folder_is_refused_before_inverting(tmp_path, relu_model,
     result = run("invert", relu_model, tmp_path / "x.npy", "-o", tmp_path / "nowhere" / "z.npy")
     assert result.exit_code == 1
     assert "nowhere" in result.stderr and "does not exist" in result.stderr
+
+
+def test_measure_inverts_compressed_measurements(tmp_path, relu_model):
+    from onnxinv.loader import load
+
+    z_true, x = observations(relu_model, count=2)
+    a = np.random.default_rng(4).standard_normal((40, 120)) / np.sqrt(40)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "y.npy", (x.astype(np.float64) @ a.T).astype(np.float32))
+    result = run(
+        "invert",
+        relu_model,
+        tmp_path / "y.npy",
+        "--measure",
+        tmp_path / "a.npy",
+        "-o",
+        tmp_path / "z.npy",
+        "--flat",
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    z = np.load(tmp_path / "z.npy")
+    np.testing.assert_allclose(z, z_true, rtol=1e-3, atol=1e-3)
+    assert np.allclose(load(relu_model).run_onnx(z) @ a.T, x @ a.T, rtol=1e-3, atol=1e-3)
+
+    usage = run(
+        "invert", relu_model, tmp_path / "y.npy", "--measure", tmp_path / "a.npy", "--method", "exact"
+    )
+    assert usage.exit_code == 2 and "cannot start from measurements" in usage.stderr
+    np.save(tmp_path / "bad.npy", a[:, :7])
+    bad = run(
+        "invert", relu_model, tmp_path / "y.npy", "--measure", tmp_path / "bad.npy", "-o", tmp_path / "z2.npy"
+    )
+    assert bad.exit_code == 1 and "bad.npy" in bad.stderr and "(m, 120)" in bad.stderr
+    assert not (tmp_path / "z2.npy").exists()

@@ -1,0 +1,111 @@
+"""Whole-network least squares: the maximum-likelihood (or MAP) latent under Gaussian noise.
+
+Problem
+-------
+Bounded noise is the l_inf LP's model (Algorithm 1 of [1]_); i.i.d. Gaussian noise of standard
+deviation ``σ`` is least squares:
+
+.. math::
+
+    \\min_z\\; \\tfrac12 \\| M \\odot (A\\,G(z) - y) \\|_2^2 + \\tfrac12 \\lambda \\|z\\|_2^2 ,
+
+with ``M`` the mask, ``A`` an optional measurement matrix (compressed sensing, [2]_) and ``λ = σ²``
+under ``--noise-model gaussian`` (the MAP estimate for ``z ~ N(0, I)``; without a noise level
+``λ = 0``). Solved by trust-region least squares with the analytic Jacobian of the current activation
+pattern (:func:`onnxinv.inversion.network.fit`) from several starts: the layer-wise estimate (the
+exact method for clean observations, Algorithm 1 for noisy ones; none with a measurement matrix, where
+the layer-wise methods cannot start), the zero latent, and ``restarts`` random ``z ~ N(0, I)``
+(``4 × restarts`` without a layer-wise start). The lowest cost wins; clean observations stop at the
+first start that reproduces them.
+
+Notes
+-----
+* The error estimate ``σ²(JᵀJ + λI)⁻¹`` (:func:`onnxinv.inversion.network.error_estimate`) is reported
+  as per-coordinate standard deviations in the step's message and the result's ``latent_std``: a
+  Laplace approximation, not a bound (the verdict's radius is the bound).
+* On the shipped digits decoder at σ = 0.01 / 0.05 / 0.1 the median relative latent error of this fit
+  is 0.024 / 0.10 / 0.24 (MAP: 0.024 / 0.10 / 0.235), at least as good as gradient descent (Adam, 5
+  restarts) given the same time; with 50% masks the prior matters (σ = 0.1: 0.33 MAP vs 0.45 without);
+  compressed sensing with 20 to 60 Gaussian rows recovers every latent (``scripts/bench_network.py``).
+
+References
+----------
+.. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
+   at a Time", NeurIPS 2019.
+.. [2] A. Bora, A. Jalal, E. Price, A. G. Dimakis, "Compressed Sensing using Generative Models",
+   ICML 2017.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from onnxinv.inversion import exact, linf, network
+from onnxinv.inversion.framework import Draft, Method, Problem, Settings, relative_tolerance
+
+__all__ = ["METHOD", "prior_weight", "solve"]
+
+
+def prior_weight(problem: Problem) -> float:
+    """``λ``: ``σ²`` under Gaussian noise of level ``σ`` (the MAP estimate), else 0."""
+    if problem.noise is not None and problem.noise_model == "gaussian":
+        return float(problem.noise) ** 2
+    return 0.0
+
+
+def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
+    """The multi-start fit of the module docstring."""
+    k = problem.generator.latent_dim
+    starts = []
+    first: Draft | None = None
+    if problem.measure is None:
+        layerwise = exact.solve if problem.noise is None else linf.solve
+        first = layerwise(problem, settings, deadline)
+        if np.all(np.isfinite(first.z)):
+            starts.append(np.asarray(first.z, dtype=np.float64))
+    starts.append(np.zeros(k))
+    count = max(1, int(settings.restarts)) * (1 if first is not None else 4)
+    rng = np.random.default_rng([settings.seed, 1])
+    starts.extend(rng.standard_normal((count, k)))
+    prior = prior_weight(problem)
+    target = 0.1 * relative_tolerance(problem, settings) if problem.noise is None else None
+    if time.perf_counter() >= deadline and first is not None:
+        return first
+    result = network.fit(
+        problem.generator.layers,
+        problem.x,
+        starts=np.stack(starts),
+        mask=problem.mask,
+        measure=problem.measure,
+        prior=prior,
+        deadline=deadline,
+        target=target,
+    )
+    estimate = network.error_estimate(result, problem.noise if prior else None)
+    names = (["layer-wise estimate"] if first is not None else []) + ["zero"] + ["random"] * count
+    what = f"trust-region least squares from {len(starts)} start(s) ({', '.join(sorted(set(names)))}); "
+    what += f"best from the {names[result.start]} start, relative residual {result.relative_l2:.3g} ({result.status.value})"
+    if prior:
+        what += f", with the Gaussian prior λ = σ² = {prior:.3g} (MAP)"
+    if estimate.std is not None:
+        what += f"; error estimate σ²(JᵀJ+λI)⁻¹: standard deviations {float(np.min(estimate.std)):.3g} to {float(np.max(estimate.std)):.3g}"
+    draft = Draft(
+        z=np.asarray(result.z, dtype=np.float64),
+        method="lsq",
+        steps=first.steps if first is not None else (),
+        message=what + ".",
+        latent_std=estimate.std,
+    )
+    return draft.with_fit(problem)
+
+
+METHOD = Method(
+    name="lsq",
+    solve=solve,
+    summary="whole-network least squares from the layer-wise estimate and restarts (MAP with the Gaussian "
+    "prior under --noise-model gaussian); works through a measurement matrix",
+    noise="any",
+    measure=True,
+)

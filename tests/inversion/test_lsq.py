@@ -1,0 +1,77 @@
+"""Whole-network least squares: Gaussian noise (MAP with the prior), masks, and measurements
+y = A·G(z) (compressed sensing), where the layer-wise methods cannot start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from contract import assert_contract
+from inversion_helpers import make_generator, rel_err
+
+import onnxinv
+from onnxinv.errors import InvalidArgumentError, ObservationError
+from onnxinv.inversion import Verdict, invert
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return onnxinv.load(SAMPLES / "digits_vae_legacy.onnx")
+
+
+def test_gaussian_noise_is_fitted_by_the_map_estimate(vae) -> None:
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, 8))
+    sigma = 0.05
+    x = vae.run_onnx(z) + sigma * rng.standard_normal((6, 64))
+    res = invert(vae, x, noise=sigma, noise_model="gaussian", workers=1)
+    errors = []
+    for r, z_true, row in zip(res, z, x):
+        assert r.method == "lsq" and r.fit.criterion == "RMS" and r.verdict is Verdict.FITS
+        assert r.latent_std is not None and r.latent_std.shape == (8,) and np.all(r.latent_std > 0)
+        assert "MAP" in r.message
+        assert_contract(vae, row, r, in_range=True)
+        errors.append(rel_err(r.z, z_true))
+    assert np.median(errors) <= 0.2
+
+
+def test_compressed_sensing_recovers_the_latent(vae) -> None:
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((4, 8))
+    a = rng.standard_normal((20, 64)) / np.sqrt(20)
+    y = vae.run_onnx(z) @ a.T
+    res = invert(vae, y, measure=a, workers=1)
+    for r, z_true in zip(res, z):
+        assert r.reproduces and r.verdict.success
+        assert rel_err(r.z, z_true) <= 1e-4
+        # the fit is judged on the measurements, the reconstruction is the model's output
+        assert r.reconstruction.shape == (64,)
+    # the residual is on A·G(z)
+    r0 = res[0]
+    assert np.linalg.norm(a @ vae.run_onnx(r0.z) - y[0]) / np.linalg.norm(y[0]) == pytest.approx(
+        r0.residual_rel_l2, rel=1e-6, abs=1e-12
+    )
+
+
+def test_measurements_need_a_method_that_can_start_there(vae) -> None:
+    a = np.random.default_rng(2).standard_normal((10, 64))
+    y = a @ vae.run_onnx(np.zeros(8))
+    with pytest.raises(InvalidArgumentError, match="cannot start from measurements"):
+        invert(vae, y, measure=a, method="exact")
+    with pytest.raises(ObservationError, match=r"must be \(m, 64\)"):
+        invert(vae, y, measure=a[:, :5])
+    with pytest.raises(ObservationError, match="10 values"):
+        invert(vae, y[:7], measure=a)
+
+
+def test_lsq_on_clean_data_stops_at_the_first_start_that_fits() -> None:
+    g = make_generator([20, 100, 500], seed=3)
+    z = np.random.default_rng(3).normal(size=20)
+    x = g.forward(z)
+    r = invert(g, x, method="lsq")
+    assert r.verdict is Verdict.UNIQUE and rel_err(r.z, z) <= 1e-8
+    assert "layer-wise estimate" in r.message
+    assert_contract(g, x, r, in_range=True, known=[z])
