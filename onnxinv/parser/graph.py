@@ -414,7 +414,3 @@ def constant_node_value(node: onnx.NodeProto, label: str, where: str) -> np.ndar
 
 def float_dtype_name(elem_type: int) -> str | None:
     return _FLOAT_TYPES.get(elem_type)
-
-
-def _elem_type(dtype: np.dtype) -> int:
-    return TensorProto.DOUBLE if np.dtype(dtype) == np.float64 else TensorProto.FLOAT

@@ -166,7 +166,7 @@ class MishHandler(_NamedComposite):
     reason = NOT_MONOTONE
 
     def fits(self, ops: set[str], sub: Subgraph, view: GraphView) -> bool:
-        return _gated(sub, view) and {"Tanh", "Softplus"} <= ops
+        return _gated(sub, view) and {"Tanh", "Softplus"} <= ops <= {"Tanh", "Softplus", "Mul"}
 
 
 class GeluHandler(_NamedComposite):
@@ -177,7 +177,8 @@ class GeluHandler(_NamedComposite):
     reason = NOT_MONOTONE
 
     def fits(self, ops: set[str], sub: Subgraph, view: GraphView) -> bool:
-        return _gated(sub, view) and ("Erf" in ops or ("Tanh" in ops and "Softplus" not in ops))
+        elementwise = {"Erf", "Tanh", "Mul", "Add", "Div", "Pow", "Sqrt"}
+        return _gated(sub, view) and bool(ops & {"Erf", "Tanh"}) and ops <= elementwise
 
 
 class HardSwishHandler(_NamedComposite):
@@ -188,7 +189,11 @@ class HardSwishHandler(_NamedComposite):
     reason = NOT_MONOTONE
 
     def fits(self, ops: set[str], sub: Subgraph, view: GraphView) -> bool:
-        return _gated(sub, view) and bool(ops & {"HardSigmoid", "Clip"})
+        return (
+            _gated(sub, view)
+            and bool(ops & {"HardSigmoid", "Clip"})
+            and ops <= {"HardSigmoid", "Clip", "Add", "Mul", "Div"}
+        )
 
 
 class DecomposedNormHandler(_NamedComposite):

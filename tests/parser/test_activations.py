@@ -240,3 +240,14 @@ def test_default_domain_spelled_ai_onnx(tmp_path):
     m.opset_import[0].domain = "ai.onnx"
     generator = _load(tmp_path, m)
     assert generator.layers[0].activation is Activation.LEAKY_RELU
+
+
+@pytest.mark.parametrize(
+    ("cmp", "then", "other"),
+    [("Greater", "a1", "t"), ("Less", "a1", "t"), ("Less", "t", "a1")],
+    ids=["max(x, t)", "min(x, t)", "max(x, t) swapped"],
+)
+def test_where_with_a_constant_branch_meeting_the_threshold(tmp_path, cmp, then, other):
+    nodes = [node(cmp, ["a1", "t"], ["cond"]), node("Where", ["cond", then, other], ["act"], name="where")]
+    generator = _load(tmp_path, _around(nodes, [init("t", np.float32(0.4))]))
+    assert [layer.activation for layer in generator.layers] == [Activation.RELU, Activation.IDENTITY]

@@ -164,3 +164,15 @@ def test_single_ops_refused_with_their_reason(tmp_path, op, inputs, attrs, words
 def test_refused_ops_are_not_listed_as_supported():
     assert "Softplus" not in SUPPORTED_OPS and "LayerNormalization" not in SUPPORTED_OPS
     assert {"Where", "Max", "PRelu", "Concat"} <= set(SUPPORTED_OPS)
+
+
+def test_a_gate_with_a_dense_layer_inside_is_not_named_gelu(tmp_path):
+    # x * tanh(W x): a gated unit, not GELU; it is reported as a node combining two tensors
+    pattern = [
+        node("Gemm", ["a1", "Wg", "bg"], ["g"], name="gate_dense", transB=1),
+        node("Tanh", ["g"], ["t"], name="tanh"),
+        node("Mul", ["a1", "t"], ["x"], name="gated"),
+    ]
+    inits = [init("Wg", rng_weights(7, H, H)), init("bg", rng_weights(8, H))]
+    text = str(_refusal(tmp_path, pattern, inits))
+    assert "node 'gated' (Mul" in text and "combines several tensors" in text and "GELU" not in text
