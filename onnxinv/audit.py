@@ -439,7 +439,7 @@ def _count_verdicts(results: list) -> dict[str, int]:
 
 def _is_relu(layer: Layer) -> bool:
     return layer.activation is Activation.RELU or (
-        layer.activation is Activation.LEAKY_RELU and layer.slope == 0.0
+        layer.activation is Activation.LEAKY_RELU and bool(np.all(layer.slopes() == 0.0))
     )
 
 
@@ -528,12 +528,12 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                     )
                 )
             continue
-        if layer.activation is Activation.LEAKY_RELU and layer.slope < 0:
+        if layer.activation is Activation.LEAKY_RELU and bool(np.any(layer.slopes() <= 0)):
             findings.append(
                 Finding(
                     "rank-deficient",
                     Severity.ERROR,
-                    f"This {where} has a negative slope, so its activation is not injective.",
+                    f"This {where} has a slope <= 0 on some unit, so its activation is not injective.",
                     la.index,
                     nodes,
                 )

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -60,6 +60,7 @@ __all__ = [
     "npy_bytes",
     "open_regular",
     "read_array",
+    "read_fixed_inputs",
     "read_latents",
     "read_mask",
     "read_observations",
@@ -264,6 +265,14 @@ def read_array(
             return _read_npy(handle, str(path), what, info.st_size, max_bytes)
         except OSError as exc:
             raise ObservationError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+
+
+def read_fixed_inputs(files: Mapping[str, str | os.PathLike[str]]) -> dict[str, np.ndarray]:
+    """The values of fixed graph inputs, ``name -> array``, each read from its ``.npy`` / ``.npz`` file.
+
+    Shapes and dtypes are checked against the model's inputs by :func:`onnxinv.load`.
+    """
+    return {name: read_array(path, f"fixed input '{name}'") for name, path in files.items()}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,7 +44,11 @@ class Oracle:
         batch_size: int | None,
         has_batch_dim: bool,
         where: str = "the model",
+        fixed: Mapping[str, np.ndarray] | None = None,
+        fixed_batched: frozenset[str] = frozenset(),
     ) -> None:
+        """``fixed``: values fed beside every latent; those named in ``fixed_batched`` hold one sample
+        (batch 1) and are repeated to the batch of each run."""
         import onnxruntime as ort
 
         _quiet(ort)
@@ -73,19 +78,32 @@ class Oracle:
         self._batch = batch_size
         self._has_batch = has_batch_dim
         self._where = where
+        self._fixed = dict(fixed or {})
+        self._fixed_batched = frozenset(fixed_batched) & set(self._fixed) if has_batch_dim else frozenset()
 
     @classmethod
     def for_generator(cls, generator: Generator) -> Oracle:
         model_bytes = generator.model_bytes
         if model_bytes is None:
+            from google.protobuf.message import EncodeError
+
             from onnxinv.building import build_model
 
-            model_bytes = build_model(
+            model = build_model(
                 generator.layers,
                 dtype=generator.input.dtype,
                 input_name=generator.input.name,
                 output_name=generator.output.name,
-            ).SerializeToString()
+            )
+            try:
+                model_bytes = model.SerializeToString()
+            except (EncodeError, ValueError) as exc:  # protobuf cannot write a message over 2 GiB
+                weights = sum(layer.nnz for layer in generator.layers)
+                raise OracleError(
+                    f"the generator's {weights:,} weights do not fit in one ONNX model for onnxruntime "
+                    f"({type(exc).__name__}: protobuf writes at most 2 GiB), so it cannot be checked; use "
+                    "fewer or smaller layers."
+                ) from None
         return cls(
             model_bytes,
             input_name=generator.input.name,
@@ -95,6 +113,12 @@ class Oracle:
             batch_size=generator.batch_size,
             has_batch_dim=generator.has_batch_dim,
             where=generator.path or "the model",
+            fixed=generator.fixed,
+            fixed_batched=frozenset(
+                info.name
+                for info in generator.inputs
+                if info.name in generator.fixed and info.shape and not isinstance(info.shape[0], int)
+            ),
         )
 
     def run(self, z: np.ndarray) -> np.ndarray:
@@ -122,11 +146,16 @@ class Oracle:
             out = np.concatenate(chunks)
         return out[0] if single else out
 
+    def _feeds(self, feed: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {self._input_name: feed.astype(self._dtype)}
+        rows = feed.shape[0] if self._has_batch else 1
+        for name, value in self._fixed.items():
+            feeds[name] = np.repeat(value, rows, axis=0) if name in self._fixed_batched else value
+        return feeds
+
     def _run_chunk(self, feed: np.ndarray, count: int = 1) -> np.ndarray:
         try:
-            (result,) = self._session.run(
-                None, {self._input_name: feed.astype(self._dtype)}, self._run_options
-            )
+            (result,) = self._session.run(None, self._feeds(feed), self._run_options)
         except Exception as exc:
             raise OracleError(
                 f"onnxruntime failed to run {self._where} on an input of shape {feed.shape} "

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Layer
 
 SATURATION = 1e-7  # smallest band of the one-sided tanh / sigmoid rows, relative to the range
@@ -107,9 +108,11 @@ def build_targets(
         return Targets(idx, lower, ones, upper, ones.copy())
 
     if act is Activation.LEAKY_RELU:
-        c = layer.slope
-        if c <= 0.0:
-            raise ValueError(f"leaky ReLU slope must be positive to invert, got {c}")
+        c = layer.slopes(idx)
+        if np.any(c <= 0.0):
+            raise UnsupportedModelError(
+                f"a leaky ReLU / PReLU slope must be positive to invert it unit by unit; the smallest is {float(np.min(c)):g}"
+            )
         centre = np.where(yv >= 0.0, yv, yv / c)
         if not noisy:
             scale = np.where(yv >= 0.0, 1.0, 1.0 / c)

@@ -91,3 +91,36 @@ def test_any_single_observation_shape() -> None:
     for shape in [(64,), (1, 64), (1, 1, 8, 8)]:
         r = invert(g, x.reshape(shape), method="exact")
         assert rel_err(r.z, z_true) <= 1e-6
+
+
+def test_per_unit_prelu_is_inverted_unit_by_unit() -> None:
+    """PReLU with one slope per unit (nn.PReLU(num_parameters=n)): eq. (5) with a diagonal slope."""
+    from contract import assert_contract
+
+    from onnxinv.layers import Generator, Layer
+
+    rng = np.random.default_rng(7)
+    g = Generator.from_layers(
+        [
+            Layer(
+                rng.normal(size=(30, 5)),
+                rng.normal(size=30),
+                Activation.LEAKY_RELU,
+                rng.uniform(0.05, 0.3, 30),
+            ),
+            Layer(
+                rng.normal(size=(60, 30)) / 5, np.zeros(60), Activation.LEAKY_RELU, rng.uniform(0.05, 0.3, 60)
+            ),
+        ],
+        dtype="float64",
+    )
+    z = rng.normal(size=5)
+    x = g.forward(z)
+    for method in ("exact", "linf", "auto"):
+        r = invert(g, x, method=method)
+        assert r.verdict is Verdict.UNIQUE and rel_err(r.z, z) <= 1e-8, r.message
+        assert_contract(g, x, r, in_range=True, known=[z])
+    eps = 1e-3
+    noisy = x + rng.uniform(-eps, eps, 60)
+    r = invert(g, noisy, noise=eps)
+    assert r.verdict is Verdict.UNIQUE and np.max(np.abs(r.z - z)) <= r.radius
