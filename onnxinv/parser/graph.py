@@ -174,8 +174,10 @@ class GraphView:
     def probe_shapes(self, input_name: str, feed: np.ndarray, wanted: set[str]) -> dict[str, tuple]:
         """Concrete shapes of ``wanted`` tensors when the model runs on ``feed``.
 
-        Runs onnx's pure-Python reference evaluator on the nodes the output needs, sorted into
-        topological order, so Reshape shapes computed at run time (Shape -> Slice -> Concat) resolve.
+        Runs the nodes the output needs, sorted into topological order, so Reshape shapes computed at
+        run time (Shape -> Slice -> Concat) resolve: in onnxruntime with every wanted tensor as an
+        output (fast on convolutions), or in onnx's pure-Python reference evaluator if onnxruntime
+        refuses the graph (a float64 Conv, say, which it has no kernel for).
         """
         from onnx.reference import ReferenceEvaluator
 
@@ -201,8 +203,10 @@ class GraphView:
         )
         opsets = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
         probe = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
+        values = _run_in_onnxruntime(probe, {input_name: feed})
         try:
-            values = ReferenceEvaluator(probe).run(None, {input_name: feed}, intermediate=True)
+            if values is None:
+                values = ReferenceEvaluator(probe).run(None, {input_name: feed}, intermediate=True)
         except Exception as exc:
             raise UnsupportedModelError(
                 f"{self.where}: the graph could not be evaluated to find tensor shapes "
@@ -243,6 +247,26 @@ class GraphView:
                 available.update(o for o in needed[i].output if o)
             pending = [i for i in pending if i not in ready]
         return ordered
+
+
+def _run_in_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Every output of ``model`` on ``feeds`` by onnxruntime (settings as the oracle's), or None."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        names = [o.name for o in session.get_outputs()]
+        results = session.run(names, feeds)
+    except Exception:  # any refusal: the reference evaluator gets its turn
+        return None
+    return dict(zip(names, results))
 
 
 _TYPED_FIELDS = {

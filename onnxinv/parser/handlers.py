@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import scipy.sparse as sp
 
 from onnxinv.layers import Activation
+from onnxinv.parser.lowering import permutation_matrix
 
 if TYPE_CHECKING:
     from onnxinv.parser.parse import NodeContext
@@ -160,7 +162,7 @@ class MatMulWeightRightHandler(Handler):
         if not x_shape or x_shape[-1] != w.shape[0]:
             return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not end in {w.shape[0]}"
         rows = ctx.in_size // w.shape[0]
-        matrix = w.T if rows == 1 else np.kron(np.eye(rows), w.T)
+        matrix = w.T if rows == 1 else sp.kron(sp.eye_array(rows), w.T, format="csr")
         return Step("affine", matrix=matrix)
 
 
@@ -184,7 +186,7 @@ class MatMulWeightLeftHandler(Handler):
             if len(x_shape) == 1 and x_shape[0] == w.shape[1]:
                 return Step("affine", matrix=w)
             if len(x_shape) == 2 and x_shape[0] == w.shape[1]:
-                return Step("affine", matrix=np.kron(w, np.eye(x_shape[1])))
+                return Step("affine", matrix=sp.kron(w, sp.eye_array(x_shape[1]), format="csr"))
             return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not fit the weight {list(w.shape)}"
         if len(x_shape) < 3 or x_shape[-2] != w.shape[1]:
             return (
@@ -192,7 +194,8 @@ class MatMulWeightLeftHandler(Handler):
                 "which mixes the samples of a batch"
             )
         lead = ctx.in_size // (x_shape[-2] * x_shape[-1])
-        return Step("affine", matrix=np.kron(np.eye(lead), np.kron(w, np.eye(x_shape[-1]))))
+        block = sp.kron(w, sp.eye_array(x_shape[-1]))
+        return Step("affine", matrix=sp.kron(sp.eye_array(lead), block, format="csr"))
 
 
 class ElementwiseAffineHandler(Handler):
@@ -284,8 +287,7 @@ class TransposeHandler(Handler):
             return f"perm={perm} moves the batch axis"
         sample_shape = x_shape[1:] if ctx.has_batch else x_shape
         sample_perm = [p - 1 for p in perm[1:]] if ctx.has_batch else perm
-        order = np.arange(ctx.in_size).reshape(sample_shape).transpose(sample_perm).reshape(-1)
-        return Step("affine", matrix=np.eye(ctx.in_size)[order])
+        return Step("affine", matrix=permutation_matrix(sample_shape, sample_perm))
 
 
 class ShapeNoOpHandler(Handler):
@@ -384,6 +386,8 @@ class ClipAsReluHandler(Handler):
         return Step("activation", activation=Activation.RELU)
 
 
+from onnxinv.parser import conv_handlers  # noqa: E402  (it subclasses Handler, defined above)
+
 # Most specific first; a node is offered to every handler that lists its op type, in this order.
 HANDLERS: tuple[Handler, ...] = (
     GemmHandler(),
@@ -398,12 +402,17 @@ HANDLERS: tuple[Handler, ...] = (
     PReluHandler(),
     ClipAsReluHandler(),
     ShapeNoOpHandler(),
+    conv_handlers.ConvHandler(),
+    conv_handlers.ConvTransposeHandler(),
+    conv_handlers.ResizeNearestHandler(),
+    conv_handlers.UpsampleNearestHandler(),
+    conv_handlers.PadHandler(),
+    conv_handlers.SliceHandler(),
 )
 
 # Why an op nobody handles is refused, and what to try.
 REFUSAL_HINTS = {
-    "Conv": "convolutional layers are not supported yet; onnxinv inverts dense (fully connected) generators",
-    "ConvTranspose": "transposed convolutions are not supported yet; onnxinv inverts dense generators",
+    **conv_handlers.REFUSAL_HINTS,
     "Softplus": "Softplus is smooth but onnxinv's layer-wise linear programs need piecewise-linear or "
     "elementwise-invertible outputs; re-export with ReLU/LeakyReLU, or invert with gradient descent elsewhere",
     "Elu": "ELU layers are not supported; replace with LeakyReLU or ReLU",

@@ -4,7 +4,8 @@ The walk starts at the graph output and follows the one tensor computed from the
 that input, so node order in the file and dead nodes do not matter. Each node on that chain is offered
 to the pattern handlers in ``HANDLERS``; their steps are composed into layers: affine steps accumulate
 until an activation closes a layer, and any affine steps after the last activation become a final
-identity layer.
+identity layer. How affine steps are multiplied out (dense or sparse, and when two factors stay apart)
+is decided in :mod:`onnxinv.parser.composition`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import onnx
 
 from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
+from onnxinv.parser import conv_handlers
+from onnxinv.parser.composition import PendingAffine
 from onnxinv.parser.graph import GraphView, Problem, float_dtype_name
 from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS, FusedGemmHandler, Step
 from onnxinv.safe_load import LoadedModel
 
-# A layer matrix larger than this (in float64 elements) is refused before it is built.
-MAX_LAYER_ELEMENTS = 1 << 27
 # Where the variable is a "shape" operand rather than data (Reshape's target shape may be computed).
 _SHAPE_OPERANDS = {"Reshape": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Dropout": {1, 2}, "Clip": {1, 2}}
+_SHAPE_OPERANDS.update(conv_handlers.SHAPE_OPERANDS)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def parse_model(loaded: LoadedModel) -> Generator:
     shapes = view.probe_shapes(input_info.name, feed, wanted)
 
     layers, problems = _build_layers(
-        view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch
+        view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch, notes
     )
     if problems:
         raise _unsupported(where, problems)
@@ -251,22 +253,19 @@ def _build_layers(
     shapes: dict[str, tuple],
     batch: int,
     has_batch: bool,
+    notes: list[str] | None = None,
 ) -> tuple[list[Layer], list[Problem]]:
     layers: list[Layer] = []
     problems: list[Problem] = []
-    matrix: np.ndarray | None = None  # pending affine map since the last activation (None: identity)
-    offset: np.ndarray | None = None
-    sources: list[str] = []
     size = int(np.prod(shapes[input_name])) // batch
+    pending = PendingAffine(size)  # the affine steps since the last activation
     tensor = input_name
 
     def close(activation: Activation, slope: float, label: str | None) -> None:
-        nonlocal matrix, offset, sources
-        weight = np.eye(size) if matrix is None else matrix
-        bias = np.zeros(size) if offset is None else offset
-        names = [*sources, label] if label else sources
-        layers.append(Layer(weight, bias, activation, slope, tuple(names)))
-        matrix, offset, sources = None, None, []
+        closed, note = pending.close(activation, slope, label)
+        layers.extend(closed)
+        if note and notes is not None:
+            notes.append(note)
 
     for node in chain:
         label = view.label(node)
@@ -276,34 +275,22 @@ def _build_layers(
             problems.append(Problem(label, node.op_type, ctx.opset, ("its output shape is unknown",)))
             break
         out_size = ctx.out_size
-        if out_size * size > MAX_LAYER_ELEMENTS:
-            problems.append(
-                Problem(
-                    label,
-                    node.op_type,
-                    ctx.opset,
-                    (
-                        f"a {out_size} x {size} layer ({out_size * size * 8:,} bytes in float64) is over the limit",
-                    ),
-                )
-            )
-            break
         step, reasons = _match(ctx)
         if step is None:
             hint = REFUSAL_HINTS.get(node.op_type, "")
             problems.append(Problem(label, node.op_type, ctx.opset, tuple(reasons), hint))
             tensor, size = node.output[0], out_size
-            matrix = offset = None  # keep walking to report every refused node
+            pending = PendingAffine(size)  # keep walking to report every refused node
             continue
         if step.kind == "affine":
-            matrix, offset = _compose(matrix, offset, step, size, out_size)
-            sources.append(label)
+            pending.push(label, out_size, matrix=step.matrix, scale=step.scale, offset=step.offset)
         elif step.kind == "activation":
             close(step.activation, step.slope, label)
         if isinstance(step, FusedStep):
             close(step.fused.activation, step.fused.slope, None)
         tensor, size = node.output[0], out_size
-    if not problems and (matrix is not None or offset is not None or not layers):
+        pending.size = size
+    if not problems and (not pending.empty or not layers):
         close(Activation.IDENTITY, 0.0, None)
     return layers, problems
 
@@ -330,23 +317,6 @@ def _match(ctx: NodeContext) -> tuple[Step | None, list[str]]:
             return result, []
         reasons.append(f"{handler.name}: {result}")
     return None, reasons
-
-
-def _compose(
-    matrix: np.ndarray | None, offset: np.ndarray | None, step: Step, size: int, out_size: int
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``step ∘ (matrix, offset)``: apply the step after the pending affine map."""
-    if step.matrix is not None:
-        new_matrix = step.matrix if matrix is None else step.matrix @ matrix
-        new_offset = None if offset is None else step.matrix @ offset
-    elif step.scale is not None:
-        new_matrix = np.diag(step.scale) if matrix is None else step.scale[:, None] * matrix
-        new_offset = None if offset is None else step.scale * offset
-    else:
-        new_matrix, new_offset = matrix, offset
-    if step.offset is not None:
-        new_offset = step.offset if new_offset is None else new_offset + step.offset
-    return new_matrix, new_offset
 
 
 def _unsupported(where: str, problems: list[Problem]) -> UnsupportedModelError:
