@@ -81,10 +81,48 @@ def _echo_json(document: Any) -> None:
     click.echo(to_json(document))
 
 
-def _load(model: Path, self_check: bool = True):
+def _parse_fix(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Path]:
+    """``("y=Y.npy", ...)`` -> ``{"y": Path("Y.npy")}``; a usage error for a malformed or missing file."""
+    parsed: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise click.BadParameter(f"'{value}' is not NAME=FILE.npy", ctx=ctx, param=param)
+        if name in parsed:
+            raise click.BadParameter(f"input '{name}' is fixed twice", ctx=ctx, param=param)
+        path = Path(file)
+        if not path.is_file():
+            raise click.BadParameter(f"file '{file}' for input '{name}' does not exist", ctx=ctx, param=param)
+        parsed[name] = path
+    return parsed
+
+
+def model_inputs(command):
+    """The options every command that reads a model shares: ``--fix NAME=FILE.npy`` and ``--latent NAME``.
+
+    They reach :func:`onnxinv.load` unchanged (as ``fixed=`` and ``latent=``).
+    """
+    command = click.option(
+        "--latent",
+        metavar="NAME",
+        default=None,
+        help="The graph input to invert, when the model has several and it is ambiguous.",
+    )(command)
+    return click.option(
+        "--fix",
+        metavar="NAME=FILE.npy",
+        multiple=True,
+        callback=_parse_fix,
+        help="Hold graph input NAME fixed at the array in FILE (.npy / .npz): a class label, a "
+        "conditioning vector; one sample's value, repeated for every latent. Repeatable.",
+    )(command)
+
+
+def _load(model: Path, fix: dict[str, Path], latent: str | None, self_check: bool = True):
+    from onnxinv import files
     from onnxinv.loader import load
 
-    return load(model, self_check=self_check)
+    return load(model, self_check=self_check, fixed=files.read_fixed_inputs(fix), latent=latent)
 
 
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,7 +150,10 @@ def main(debug: bool) -> None:
 @click.option(
     "--no-self-check", is_flag=True, help="Skip comparing the layer list with onnxruntime on random latents."
 )
-def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
+@model_inputs
+def inspect(
+    model: Path, as_json: bool, no_self_check: bool, fix: dict[str, Path], latent: str | None
+) -> None:
     """Show the layers onnxinv reads from MODEL, its input and output, and the self-check.
 
     Each layer is listed with its size (in -> out), expansion factor (out / in), activation and the
@@ -122,7 +163,7 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
     from onnxinv.loader import check_generator
     from onnxinv.report import format_generator, generator_to_dict
 
-    generator = _load(model, self_check=False)
+    generator = _load(model, fix, latent, self_check=False)
     check = None if no_self_check else check_generator(generator)
     if as_json:
         _echo_json(generator_to_dict(generator, check))
@@ -174,6 +215,7 @@ def inspect(model: Path, as_json: bool, no_self_check: bool) -> None:
 @click.option(
     "-q", "--quiet", is_flag=True, help="No progress bar and no per-observation lines; totals only."
 )
+@model_inputs
 def invert(
     model: Path,
     obs: Path,
@@ -184,6 +226,8 @@ def invert(
     as_json: bool,
     png: Path | None,
     quiet: bool,
+    fix: dict[str, Path],
+    latent: str | None,
 ) -> None:
     """Find z with G(z) = OBS for the generator in MODEL and say whether z is unique.
 
@@ -197,7 +241,7 @@ def invert(
     from onnxinv import files
     from onnxinv.inversion import Verdict
 
-    generator = _load(model)
+    generator = _load(model, fix, latent)
     layout = None
     if png is not None:
         layout = files.image_layout(generator)
@@ -356,7 +400,10 @@ def _print_invert_summary(results, single, counts, seconds, output, z, png, quie
     help="Largest relative l2 residual ||G(z) - x|| / ||x|| that counts as a fit.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
-def verify(model: Path, z: Path, obs: Path, tol: float, as_json: bool) -> None:
+@model_inputs
+def verify(
+    model: Path, z: Path, obs: Path, tol: float, as_json: bool, fix: dict[str, Path], latent: str | None
+) -> None:
     """Run the latents in Z through MODEL with onnxruntime and compare with the observations OBS.
 
     Z is a .npy / .npz file with one latent (k,) or a batch (N, k); OBS is read as for `invert`.
@@ -365,7 +412,7 @@ def verify(model: Path, z: Path, obs: Path, tol: float, as_json: bool) -> None:
     from onnxinv import files
     from onnxinv.verify import verify as run_verify
 
-    generator = _load(model)
+    generator = _load(model, fix, latent)
     latents, z_single = files.read_latents(z, generator.latent_dim)
     observations = files.read_observations(obs, generator)
     result = run_verify(
@@ -403,7 +450,16 @@ def verify(model: Path, z: Path, obs: Path, tol: float, as_json: bool) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled latents.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the report.")
-def audit(model: Path, samples: int, obs: Path | None, seed: int, as_json: bool) -> None:
+@model_inputs
+def audit(
+    model: Path,
+    samples: int,
+    obs: Path | None,
+    seed: int,
+    as_json: bool,
+    fix: dict[str, Path],
+    latent: str | None,
+) -> None:
     """Can the latent codes of MODEL be recovered, and which layer is to blame if not?
 
     Lists, per layer, its size, expansion, activation and rank; at sampled latents (or at the real
@@ -414,7 +470,10 @@ def audit(model: Path, samples: int, obs: Path | None, seed: int, as_json: bool)
     """
     from onnxinv.audit import audit as run_audit
 
-    report = run_audit(model, samples=samples, observations=obs, seed=seed)
+    # With --fix / --latent the model is loaded here (audit takes a loaded generator); an unreadable graph
+    # is then an error listing every refused node rather than an "unsupported" report.
+    source = _load(model, fix, latent) if fix or latent else model
+    report = run_audit(source, samples=samples, observations=obs, seed=seed)
     if as_json:
         _echo_json(report.to_dict())
     else:

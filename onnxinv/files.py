@@ -37,6 +37,7 @@ __all__ = [
     "encode_png",
     "image_layout",
     "read_array",
+    "read_fixed_inputs",
     "read_latents",
     "read_mask",
     "read_observations",
@@ -147,6 +148,14 @@ def read_array(path: str | os.PathLike[str], what: str = "array") -> np.ndarray:
             f"{path}: the {what} has dtype {array.dtype}; onnxinv needs a numeric array (float, int or bool)."
         )
     return array
+
+
+def read_fixed_inputs(files: dict[str, str | os.PathLike[str]]) -> dict[str, np.ndarray]:
+    """The values of fixed graph inputs, ``name -> array``, each read from its ``.npy`` / ``.npz`` file.
+
+    Shapes and dtypes are checked against the model's inputs by :func:`onnxinv.load`.
+    """
+    return {name: read_array(path, f"fixed input '{name}'") for name, path in files.items()}
 
 
 @dataclass(frozen=True)

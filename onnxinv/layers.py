@@ -7,6 +7,7 @@ protobufs: the parser produces these records, inversion and audit consume them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -208,6 +209,36 @@ class TensorInfo:
         return f"{self.name} [{dims}] {self.dtype}"
 
 
+class FixedInputs(Mapping[str, np.ndarray]):
+    """Read-only ``name -> array`` of the graph inputs held fixed (class labels, conditioning vectors).
+
+    Each array has the input's declared rank and dtype; where the input has a batch dim it holds one
+    sample (batch 1), which the oracle repeats for every latent of a batch. The arrays are read-only
+    copies; the mapping pickles (a plain ``MappingProxyType`` does not).
+    """
+
+    def __init__(self, values: Mapping[str, np.ndarray] | None = None) -> None:
+        frozen = {}
+        for name, value in (values or {}).items():
+            array = np.array(value, copy=True)
+            array.setflags(write=False)
+            frozen[str(name)] = array
+        self._values = frozen
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: array{tuple(v.shape)} {v.dtype}" for k, v in self._values.items())
+        return f"FixedInputs({{{inner}}})"
+
+
 @dataclass(frozen=True, eq=False)
 class Generator:
     """A dense generator ``G(z) = layer_d(... layer_1(z))`` plus what is known of its ONNX file.
@@ -215,7 +246,11 @@ class Generator:
     Attributes
     ----------
     layers : the normalized layers, input side first
-    input, output : the model's declared input and output
+    input, output : the model's declared latent input and its output
+    inputs : every graph input that is not an initializer, in graph order: the latent and the fixed ones
+        (just ``(input,)`` for an unconditional generator)
+    fixed : the values of the fixed inputs (see :class:`FixedInputs`); they are folded into the layers'
+        biases, and the oracle feeds them to onnxruntime beside every latent
     sample_input_shape : shape of one latent as the model expects it (without the batch dim)
     batch_size : None when the model accepts any batch size, else the fixed batch it was exported with
     has_batch_dim : False when the model's input is one bare latent vector (rank 1)
@@ -236,8 +271,20 @@ class Generator:
     path: str | None = None
     model_bytes: bytes | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
+    inputs: tuple[TensorInfo, ...] = ()
+    fixed: Mapping[str, np.ndarray] = field(default_factory=FixedInputs)
 
     def __post_init__(self) -> None:
+        inputs = tuple(self.inputs) or (self.input,)
+        if self.input not in inputs:
+            raise ValueError(f"the latent input {self.input.name!r} is not among the inputs")
+        object.__setattr__(self, "inputs", inputs)
+        fixed = self.fixed if isinstance(self.fixed, FixedInputs) else FixedInputs(self.fixed)
+        names = {info.name for info in inputs}
+        unknown = [name for name in fixed if name not in names or name == self.input.name]
+        if unknown:
+            raise ValueError(f"fixed values {unknown} do not name a non-latent input")
+        object.__setattr__(self, "fixed", fixed)
         layers = tuple(self.layers)
         if not layers:
             raise ValueError("a generator needs at least one layer")
@@ -254,6 +301,11 @@ class Generator:
     @property
     def latent_dim(self) -> int:
         return self.layers[0].in_features
+
+    @property
+    def conditional(self) -> bool:
+        """True when the graph has inputs besides the latent (held fixed at ``fixed``)."""
+        return len(self.inputs) > 1
 
     @property
     def output_dim(self) -> int:

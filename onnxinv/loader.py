@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,13 @@ class SelfCheck:
 _CHECKS: weakref.WeakKeyDictionary[Generator, SelfCheck] = weakref.WeakKeyDictionary()
 
 
-def load(path: str | os.PathLike[str], *, self_check: bool = True) -> Generator:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    self_check: bool = True,
+    fixed: Mapping[str, np.ndarray] | None = None,
+    latent: str | None = None,
+) -> Generator:
     """Read an ONNX generator into its normalized layer list.
 
     Parameters
@@ -50,12 +57,20 @@ def load(path: str | os.PathLike[str], *, self_check: bool = True) -> Generator:
     path : the ``.onnx`` file; external data must sit in the same folder.
     self_check : compare the layer list's forward pass with onnxruntime on a few random latents and
         raise :class:`~onnxinv.errors.SelfCheckError` if they disagree.
+    fixed : values of the graph's other inputs (a conditional generator's class label or condition),
+        by input name. Each is one sample's value, with or without the batch axis; it is folded into
+        the layers' biases and fed to onnxruntime beside every latent. Integer inputs (a class index
+        feeding an embedding table) work too.
+    latent : the name of the input to invert. Needed only when it is ambiguous: by default the one
+        input left without a fixed value is the latent.
 
     Raises
     ------
-    ModelLoadError, UnsupportedModelError, SelfCheckError, OracleError (all OnnxInvError).
+    ModelLoadError, UnsupportedModelError (also when inputs are left without a fixed value: the
+    message names them), InvalidArgumentError (a fixed value that does not fit its input),
+    SelfCheckError, OracleError (all OnnxInvError).
     """
-    generator = parse_model(load_model_file(path))
+    generator = parse_model(load_model_file(path), fixed=fixed, latent=latent)
     if self_check:
         result = check_generator(generator)
         if not result.passed:

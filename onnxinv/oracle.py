@@ -8,6 +8,7 @@ as bytes with all external data already inlined by onnxinv, so onnxruntime never
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +37,11 @@ class Oracle:
         batch_size: int | None,
         has_batch_dim: bool,
         where: str = "the model",
+        fixed: Mapping[str, np.ndarray] | None = None,
+        fixed_batched: frozenset[str] = frozenset(),
     ) -> None:
+        """``fixed``: values fed beside every latent; those named in ``fixed_batched`` hold one sample
+        (batch 1) and are repeated to the batch of each run."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -61,6 +66,8 @@ class Oracle:
         self._batch = batch_size
         self._has_batch = has_batch_dim
         self._where = where
+        self._fixed = dict(fixed or {})
+        self._fixed_batched = frozenset(fixed_batched) & set(self._fixed) if has_batch_dim else frozenset()
 
     @classmethod
     def for_generator(cls, generator: Generator) -> Oracle:
@@ -83,6 +90,12 @@ class Oracle:
             batch_size=generator.batch_size,
             has_batch_dim=generator.has_batch_dim,
             where=generator.path or "the model",
+            fixed=generator.fixed,
+            fixed_batched=frozenset(
+                info.name
+                for info in generator.inputs
+                if info.name in generator.fixed and info.shape and not isinstance(info.shape[0], int)
+            ),
         )
 
     def run(self, z: np.ndarray) -> np.ndarray:
@@ -110,9 +123,16 @@ class Oracle:
             out = np.concatenate(chunks)
         return out[0] if single else out
 
+    def _feeds(self, feed: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {self._input_name: feed.astype(self._dtype)}
+        rows = feed.shape[0] if self._has_batch else 1
+        for name, value in self._fixed.items():
+            feeds[name] = np.repeat(value, rows, axis=0) if name in self._fixed_batched else value
+        return feeds
+
     def _run_chunk(self, feed: np.ndarray, count: int = 1) -> np.ndarray:
         try:
-            (result,) = self._session.run(None, {self._input_name: feed.astype(self._dtype)})
+            (result,) = self._session.run(None, self._feeds(feed))
         except Exception as exc:
             raise OracleError(
                 f"onnxruntime failed to run {self._where} on an input of shape {feed.shape}: "

@@ -94,6 +94,7 @@ def generator_to_dict(generator: Generator, self_check: SelfCheck | None = None)
         "producer": generator.producer,
         "opset": generator.opset,
         "input": _tensor_dict(generator.input),
+        "inputs": [_input_dict(generator, info) for info in generator.inputs],
         "output": _tensor_dict(generator.output),
         "latent_dim": generator.latent_dim,
         "output_dim": generator.output_dim,
@@ -121,6 +122,31 @@ def _tensor_dict(info) -> dict:
     return {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
 
 
+_SHOWN_VALUES = 8  # a fixed value with at most this many entries is shown in full
+
+
+def _input_dict(generator: Generator, info) -> dict:
+    entry = _tensor_dict(info)
+    if info.name == generator.input.name:
+        entry["role"] = "latent"
+    else:
+        value = generator.fixed[info.name]
+        entry["role"] = "fixed"
+        entry["value_shape"] = list(value.shape)
+        entry["value"] = value.tolist() if value.size <= _SHOWN_VALUES else None
+    return entry
+
+
+def _fixed_text(value: np.ndarray) -> str:
+    if value.size <= _SHOWN_VALUES:
+        shown = np.array2string(value.reshape(-1), separator=", ", precision=4)
+    elif value.dtype.kind == "f":
+        shown = f"{value.size} values in [{value.min():.4g}, {value.max():.4g}]"
+    else:
+        shown = f"{value.size} values in [{value.min()}, {value.max()}]"
+    return f"fixed to {shown} (shape {tuple(value.shape)})"
+
+
 def format_generator(generator: Generator, self_check: SelfCheck | None = None) -> list[str]:
     """What ``onnxinv inspect`` prints."""
     producer = generator.producer or "unknown producer"
@@ -128,6 +154,11 @@ def format_generator(generator: Generator, self_check: SelfCheck | None = None) 
         str(generator.path or "(generator built in code)"),
         f"  producer    {producer}, opset {generator.opset or '?'}",
         f"  input       {generator.input.describe()}  (latent: {generator.latent_dim} values)",
+    ]
+    for info in generator.inputs:
+        if info.name != generator.input.name:
+            lines.append(f"  input       {info.describe()}  ({_fixed_text(generator.fixed[info.name])})")
+    lines += [
         f"  output      {generator.output.describe()}  ({generator.output_dim} values)",
     ]
     batch = "any" if generator.batch_size is None else str(generator.batch_size)

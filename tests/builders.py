@@ -73,3 +73,77 @@ def assert_matches_onnxruntime(generator: onnxinv.Generator, batch: int = 6, see
     np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=ATOL)
     # a single latent round-trips too
     np.testing.assert_allclose(generator.forward(z[0]), generator.run_onnx(z[0]), rtol=RTOL, atol=ATOL)
+
+
+# --- conditional generators, written the way the torch exporters write them -------------------------
+
+
+def conditional_onehot(k: int = 3, classes: int = 5, hidden: int = 12, out: int = 20) -> onnx.ModelProto:
+    """torch legacy: ``Concat(z, onehot)`` feeding ``Gemm``, ReLU, a second Gemm; inputs z, onehot."""
+    nodes = [
+        node("Concat", ["z", "onehot"], ["cat"], name="/Concat", axis=1),
+        node("Gemm", ["cat", "l1.weight", "l1.bias"], ["a1"], name="/l1/Gemm", transB=1),
+        node("Relu", ["a1"], ["h1"], name="/Relu"),
+        node("Gemm", ["h1", "l2.weight", "l2.bias"], ["x"], name="/l2/Gemm", transB=1),
+    ]
+    inits = [
+        init("l1.weight", rng_weights(11, hidden, k + classes)),
+        init("l1.bias", rng_weights(12, hidden)),
+        init("l2.weight", rng_weights(13, out, hidden)),
+        init("l2.bias", rng_weights(14, out)),
+    ]
+    onehot = helper.make_tensor_value_info("onehot", F32, ["n", classes])
+    return model(nodes, inits, input_shape=("n", k), extra_inputs=[onehot])
+
+
+def conditional_embedding(
+    k: int = 3, classes: int = 5, embed: int = 2, hidden: int = 12, out: int = 20, batch="s17"
+) -> onnx.ModelProto:
+    """torch dynamo: an int64 class index ``y`` through ``Gather`` of an embedding table, concatenated
+    to the latent before the first layer and to the hidden layer before the second (a condition used
+    by two layers)."""
+    nodes = [
+        node("Gather", ["e.weight", "y"], ["embedding"], name="node_embedding", axis=0),
+        node("Concat", ["z", "embedding"], ["cat"], name="node_cat", axis=1),
+        node("Gemm", ["cat", "l.weight", "l.bias"], ["linear"], name="node_linear", transB=1),
+        node("Relu", ["linear"], ["relu"], name="node_relu"),
+        node("Concat", ["relu", "embedding"], ["cat_1"], name="node_cat_1", axis=1),
+        node("Gemm", ["cat_1", "l2.weight", "l2.bias"], ["x"], name="node_linear_1", transB=1),
+    ]
+    inits = [
+        init("e.weight", rng_weights(21, classes, embed)),
+        init("l.weight", rng_weights(22, hidden, k + embed)),
+        init("l.bias", rng_weights(23, hidden)),
+        init("l2.weight", rng_weights(24, out, hidden + embed)),
+        init("l2.bias", rng_weights(25, out)),
+    ]
+    label = helper.make_tensor_value_info("y", TensorProto.INT64, [batch])
+    return model(nodes, inits, input_shape=(batch, k), extra_inputs=[label], opset=20)
+
+
+def conditional_add(k: int = 3, hidden: int = 12, out: int = 20) -> onnx.ModelProto:
+    """``Add(h, c)`` and ``Mul(h, s)`` of conditioning vectors (tf2onnx / hand-written FiLM style)."""
+    nodes = [
+        node("MatMul", ["z", "W1"], ["m1"]),
+        node("Add", ["m1", "c"], ["a1"]),
+        node("Mul", ["a1", "s"], ["a1s"]),
+        node("Relu", ["a1s"], ["h1"]),
+        node("MatMul", ["h1", "W2"], ["m2"]),
+        node("Add", ["c2", "m2"], ["x"]),
+    ]
+    inits = [init("W1", rng_weights(31, k, hidden)), init("W2", rng_weights(32, hidden, out))]
+    extra = [
+        helper.make_tensor_value_info("c", F32, ["N", hidden]),
+        helper.make_tensor_value_info("s", F32, [hidden]),
+        helper.make_tensor_value_info("c2", F32, [1, out]),
+    ]
+    return model(nodes, inits, input_shape=("N", k), extra_inputs=extra)
+
+
+def run_file(path, feeds: dict) -> np.ndarray:
+    """onnxruntime on the model file itself with the given feeds (no onnxinv involved), as float64."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, feeds)
+    return np.asarray(out, dtype=np.float64)

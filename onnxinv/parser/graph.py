@@ -82,6 +82,7 @@ class GraphView:
         self.listed_initializers = [v.name for v in self.graph.input if v.name in constant_names]
         self._constants: dict[str, np.ndarray | None] = {}
         self.variable: set[str] = set()
+        self.fixed: dict[str, np.ndarray] = {}
         for name, tensor in self.initializers.items():
             check_tensor(tensor, f"initializer '{name}'", where)
         for name, sparse in self.sparse_initializers.items():
@@ -98,6 +99,11 @@ class GraphView:
 
     def node_opset(self, node: onnx.NodeProto) -> int:
         return self.opsets.get(node.domain or "ai.onnx", 0)
+
+    def set_fixed(self, values: dict[str, np.ndarray]) -> None:
+        """Treat these graph inputs as constants with the given values (as fed for the probe batch)."""
+        self.fixed = dict(values)
+        self._constants.clear()
 
     def mark_variables(self, input_name: str) -> None:
         """Every tensor computed from the input, whatever the node order in the file."""
@@ -116,7 +122,10 @@ class GraphView:
     # --- constants -------------------------------------------------------------------------------
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is a constant (initializer, Constant node, folded op), else None."""
+        """The value of ``name`` if it is a constant (initializer, fixed input, Constant node, folded op),
+        else None."""
+        if name in self.fixed:
+            return self.fixed[name]
         if not name or name in self.variable:
             return None
         if name not in self._constants:
@@ -199,6 +208,7 @@ class GraphView:
             initializer=[
                 *self.graph.initializer,
                 *(numpy_helper.from_array(self.constant(n), n) for n in self.sparse_initializers),
+                *(numpy_helper.from_array(np.asarray(v), n) for n, v in self.fixed.items()),
             ],
         )
         opsets = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]

@@ -233,6 +233,56 @@ class ElementwiseAffineHandler(Handler):
         return Step("affine", scale=1.0 / c)
 
 
+class ConcatHandler(Handler):
+    """``Concat`` of the variable with constants (a fixed one-hot label, an embedding, a condition):
+    the variable's values are placed among constant ones, a selection matrix plus an offset."""
+
+    ops = ("Concat",)
+    name = "Concat of the variable with constants"
+
+    def match(self, ctx: NodeContext) -> Step | str:
+        node = ctx.node
+        x_shape = tuple(ctx.shape(ctx.var_input))
+        rank = len(x_shape)
+        axis = int(_attr(node, "axis", 0))
+        axis = axis + rank if axis < 0 else axis
+        if not 0 <= axis < rank:
+            return f"its axis {_attr(node, 'axis', 0)} does not fit its input of shape {list(x_shape)}"
+        if ctx.has_batch and axis == 0:
+            return "it concatenates along the batch axis, which mixes samples"
+        sample = x_shape[1:] if ctx.has_batch else x_shape
+        where = np.broadcast_to(np.arange(ctx.in_size).reshape(sample), x_shape)
+        index_parts, value_parts = [], []
+        for position, name in enumerate(node.input):
+            if position == ctx.variable_position:
+                index_parts.append(where)
+                value_parts.append(np.zeros(x_shape))
+                continue
+            value = ctx.constant(position)
+            if value is None:
+                return f"its input '{name}' is neither the variable nor a constant"
+            if value.ndim != rank:
+                return f"its constant '{name}' of shape {list(value.shape)} has not the rank {rank} of its variable input"
+            index_parts.append(np.full(value.shape, -1))
+            value_parts.append(np.asarray(value, dtype=np.float64))
+        try:
+            index = np.concatenate(index_parts, axis=axis)
+            values = np.concatenate(value_parts, axis=axis)
+        except ValueError:
+            shapes = ", ".join(str(list(p.shape)) for p in index_parts)
+            return f"its inputs of shapes {shapes} do not concatenate along axis {axis}"
+        if index.shape != tuple(ctx.out_shape):
+            return f"its output has shape {list(ctx.out_shape)}, not {list(index.shape)}"
+        rows = values.reshape(ctx.batch, -1)
+        if ctx.batch > 1 and not np.all(rows == rows[:1]):
+            return "its constants differ between samples of the batch"
+        picked = index.reshape(ctx.batch, -1)[0]
+        kept = np.flatnonzero(picked >= 0)
+        matrix = np.zeros((picked.size, ctx.in_size))
+        matrix[kept, picked[kept]] = 1.0
+        return Step("affine", matrix=matrix, offset=np.where(picked >= 0, 0.0, rows[0]))
+
+
 class NegHandler(Handler):
     ops = ("Neg",)
     name = "Neg"
@@ -396,6 +446,7 @@ HANDLERS: tuple[Handler, ...] = (
     MatMulWeightLeftHandler(),
     BatchNormHandler(),
     ElementwiseAffineHandler(),
+    ConcatHandler(),
     NegHandler(),
     TransposeHandler(),
     ActivationHandler(),

@@ -10,6 +10,7 @@ is decided in :mod:`onnxinv.parser.composition`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +20,9 @@ from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
 from onnxinv.parser import conv_handlers
 from onnxinv.parser.composition import PendingAffine
-from onnxinv.parser.graph import GraphView, Problem, float_dtype_name
+from onnxinv.parser.graph import GraphView, Problem
 from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS, FusedGemmHandler, Step
+from onnxinv.parser.inputs import resolve_interface
 from onnxinv.safe_load import LoadedModel
 
 # Where the variable is a "shape" operand rather than data (Reshape's target shape may be computed).
@@ -66,13 +68,21 @@ class NodeContext:
         return int(np.prod(self.out_shape)) // self.batch
 
 
-def parse_model(loaded: LoadedModel) -> Generator:
-    """The layer list of ``loaded``, or UnsupportedModelError listing every node that was refused."""
+def parse_model(
+    loaded: LoadedModel, *, fixed: Mapping[str, object] | None = None, latent: str | None = None
+) -> Generator:
+    """The layer list of ``loaded``, or UnsupportedModelError listing every node that was refused.
+
+    ``fixed`` gives values for graph inputs other than the latent (see :mod:`onnxinv.parser.inputs`);
+    they are constants to the parser. ``latent`` names the latent input when that is ambiguous.
+    """
     model = loaded.model
     where = str(loaded.path)
     view = GraphView(model, where)
     notes: list[str] = []
-    input_info, output_info = _endpoints(view, where)
+    interface = resolve_interface(view, where, fixed, latent)
+    input_info, output_info = interface.latent, interface.output
+    view.set_fixed(interface.probe)
     view.mark_variables(input_info.name)
     chain, problems = _chain(view, input_info.name, output_info.name)
     problems += _screen_ops(view, chain)
@@ -117,57 +127,9 @@ def parse_model(loaded: LoadedModel) -> Generator:
         path=where,
         model_bytes=loaded.model_bytes,
         notes=tuple(notes),
+        inputs=interface.inputs,
+        fixed=interface.fixed,
     )
-
-
-def _endpoints(view: GraphView, where: str) -> tuple[TensorInfo, TensorInfo]:
-    graph = view.graph
-    if len(view.real_inputs) != 1:
-        names = ", ".join(f"'{v.name}'" for v in view.real_inputs) or "none"
-        hint = (
-            "weights fed as graph inputs must be stored as initializers (re-export with the weights as "
-            "constants, e.g. torch.onnx.export(..., keep_initializers_as_inputs=False))"
-            if len(view.real_inputs) > 1
-            else "the graph must take the latent as its one input"
-        )
-        raise UnsupportedModelError(
-            f"{where}: a generator takes one input (the latent) but this graph has "
-            f"{len(view.real_inputs)} that are not initializers: {names}. Try: {hint}.",
-            (
-                Problem(
-                    "graph inputs", "", view.opset, (f"{len(view.real_inputs)} real inputs: {names}",), hint
-                ),
-            ),
-        )
-    if len(graph.output) != 1:
-        names = ", ".join(f"'{o.name}'" for o in graph.output)
-        hint = "keep only the generated sample as output, e.g. with onnx.utils.extract_model"
-        raise UnsupportedModelError(
-            f"{where}: a generator has one output but this graph has {len(graph.output)}: {names}. "
-            f"Try: {hint}.",
-            (Problem("graph outputs", "", view.opset, (f"{len(graph.output)} outputs: {names}",), hint),),
-        )
-    return _tensor_info(view.real_inputs[0], where), _tensor_info(graph.output[0], where)
-
-
-def _tensor_info(value: onnx.ValueInfoProto, where: str) -> TensorInfo:
-    tensor_type = value.type.tensor_type
-    dtype = float_dtype_name(tensor_type.elem_type)
-    if dtype is None:
-        name = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "no type"
-        raise UnsupportedModelError(
-            f"{where}: tensor '{value.name}' has element type {name}; onnxinv reads float32 and float64 "
-            "models. Re-export in float32."
-        )
-    dims: list[int | str | None] = []
-    for d in tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param:
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return TensorInfo(value.name, tuple(dims), dtype)
 
 
 def _chain(view: GraphView, input_name: str, output_name: str) -> tuple[list[onnx.NodeProto], list[Problem]]:
