@@ -278,8 +278,8 @@ class ConcatHandler(Handler):
             return "its constants differ between samples of the batch"
         picked = index.reshape(ctx.batch, -1)[0]
         kept = np.flatnonzero(picked >= 0)
-        matrix = np.zeros((picked.size, ctx.in_size))
-        matrix[kept, picked[kept]] = 1.0
+        # a sparse selection: an image condition beside feature maps would be a huge dense matrix
+        matrix = sp.csr_array((np.ones(kept.size), (kept, picked[kept])), shape=(picked.size, ctx.in_size))
         return Step("affine", matrix=matrix, offset=np.where(picked >= 0, 0.0, rows[0]))
 
 
