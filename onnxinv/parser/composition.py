@@ -15,10 +15,11 @@ Rules
   ``A`` then ``B`` are replaced by ``B A`` when it stores at most ``COMPOSE_GROWTH`` times the entries
   of ``A`` and ``B`` together and at most ``MAX_LAYER_ELEMENTS``; the pair with the smallest ratio goes
   first, until no pair qualifies. Two dense factors always multiply up to the cap (a dense product is
-  never larger than ``out × in``; this keeps dense generators as they always were). Selections
-  (Resize, Pad, Slice, Transpose) and diagonals never grow a neighbour, so "Upsample, Conv" becomes one
-  matrix, and a small dense ``Gemm`` (latent -> C·4·4) followed by a ``ConvTranspose`` becomes one dense
-  ``(out × latent)`` matrix.
+  never larger than ``out × in``; this keeps dense generators as they always were). A selection (Resize,
+  Pad, Slice, Transpose) or a diagonal *before* a matrix never grows it, so "Upsample, Conv" becomes one
+  matrix; a small dense ``Gemm`` (latent -> C·4·4) followed by a ``ConvTranspose`` becomes one dense
+  ``(out × latent)`` matrix. An upsampling *after* a dense matrix repeats its rows (s² times the
+  entries), so it stays a separate layer.
 * **Factors that stay apart become layers with the identity activation** (zero bias; the offset goes
   to the last one, which takes the activation). This changes the layer list the inversion sees, so the
   parser reports it in the generator's notes. Two convolutions with no activation between them may
@@ -50,7 +51,9 @@ DENSE_FILL = 0.5
 
 def entries(matrix: Weight) -> int:
     """Stored entries of a matrix: nnz for sparse, out × in for dense."""
-    return int(matrix.nnz) if sp.issparse(matrix) else int(matrix.size)
+    if isinstance(matrix, np.ndarray):
+        return int(matrix.size)
+    return int(matrix.nnz)
 
 
 def product_entries_bound(step: Weight, matrix: Weight) -> int:

@@ -349,7 +349,7 @@ class SliceHandler(Handler):
             axes = _ints(_attr(node, "axes", None)) or list(range(len(starts)))
             steps = [1] * len(starts)
         else:
-            values = []
+            values: list[list[int] | None] = []
             for i, what in ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")):
                 if len(node.input) > i and node.input[i]:
                     v = ctx.constant(i)
@@ -358,10 +358,9 @@ class SliceHandler(Handler):
                     values.append(_ints(v))
                 else:
                     values.append(None)
-            starts, ends, axes, steps = values
-            starts, ends = starts or [], ends or []
-            axes = axes if axes is not None else list(range(len(starts)))
-            steps = steps if steps is not None else [1] * len(starts)
+            starts, ends = values[0] or [], values[1] or []
+            axes = values[2] if values[2] is not None else list(range(len(starts)))
+            steps = values[3] if values[3] is not None else [1] * len(starts)
         if not (len(starts) == len(ends) == len(axes) == len(steps)):
             return "its starts, ends, axes and steps differ in length"
         sources = [np.arange(n, dtype=np.int64) for n in x_shape]

@@ -427,9 +427,9 @@ def selection_matrix(
             raise LoweringError(f"an index map reads outside an axis of size {size}")
         cols = (cols[:, None] * size + np.maximum(src, 0)[None, :]).ravel()
         valid = (valid[:, None] & (src >= 0)[None, :]).ravel()
-    indptr = np.zeros(n_out + 1, dtype=idx)
+    indptr: np.ndarray = np.zeros(n_out + 1, dtype=idx)
     np.cumsum(valid, out=indptr[1:])
-    indices = cols[valid].astype(idx)
+    indices: np.ndarray = cols[valid].astype(idx)
     matrix = _csr(np.ones(indices.size), indices, indptr, (n_out, n_in))
     return matrix, valid
 
@@ -441,7 +441,7 @@ def permutation_matrix(in_shape: Sequence[int], perm: Sequence[int]) -> sp.csr_a
         raise LoweringError(f"perm {list(perm)} is not a permutation of {len(in_shape)} axes")
     n = int(np.prod(in_shape))
     idx = _index_dtype(n)
-    order = np.arange(n, dtype=idx).reshape(in_shape).transpose(list(perm)).reshape(-1)
+    order: np.ndarray = np.arange(n, dtype=idx).reshape(in_shape).transpose(list(perm)).reshape(-1)
     return _csr(np.ones(n), order, np.arange(n + 1, dtype=idx), (n, n))
 
 

@@ -368,3 +368,66 @@ def test_sparse_weights_are_csr_arrays(tmp_path):
     generator = onnxinv.load(save(model(nodes, inits, input_shape=("N", K, 1, 1)), tmp_path))
     for layer in generator.layers[1:]:
         assert isinstance(layer.weight, sp.csr_array) and layer.weight.has_canonical_format
+
+
+@pytest.mark.parametrize(
+    ("op", "opset", "use_attr"),
+    [("Upsample", 7, True), ("Upsample", 9, False), ("Resize", 10, False)],
+    ids=["upsample7", "upsample9", "resize10"],
+)
+def test_old_upsampling_ops(tmp_path, op, opset, use_attr):
+    # opsets before 11: nearest upsampling is asymmetric with floor rounding
+    scales = [1.0, 1.0, 2.0, 3.0]
+    inputs = ["c"] if use_attr else ["c", "scales"]
+    attrs = {"mode": "nearest", **({"scales": scales} if use_attr else {})}
+    nodes = [
+        node("ConvTranspose", ["z", "w"], ["c"], kernel_shape=[2, 2]),
+        node(op, inputs, ["u"], **attrs),
+        node("Conv", ["u", "w2"], ["x"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [init("w", rng_weights(1, K, 3, 2, 2)), init("w2", rng_weights(2, 2, 3, 3, 3))]
+    if not use_attr:
+        inits.append(init("scales", np.array(scales, np.float32)))
+    generator = onnxinv.load(save(model(nodes, inits, input_shape=("N", K, 1, 1), opset=opset), tmp_path))
+    assert_matches_onnxruntime(generator)
+    assert generator.output_dim == 2 * 4 * 6
+
+
+def test_resize_to_sizes_computed_at_run_time(tmp_path):
+    # F.interpolate(x, size=(8, 8)) then a conv: sizes = Concat(Shape(x)[:2], [8, 8]), computed from
+    # the variable; the scales are the probed size ratios
+    nodes = [
+        node("ConvTranspose", ["z", "w"], ["c"], kernel_shape=[4, 4]),  # (N, 3, 4, 4)
+        node("Relu", ["c"], ["h"]),
+        node("Shape", ["h"], ["shape"]),
+        node("Slice", ["shape", "zero", "two"], ["nc"]),
+        node("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        node("Resize", ["h", "", "", "sizes"], ["u"], mode="nearest", nearest_mode="floor"),
+        node("Conv", ["u", "w2"], ["x"], pads=[1, 1, 1, 1]),
+    ]
+    inits = [
+        init("w", rng_weights(1, K, 3, 4, 4)),
+        init("zero", np.array([0]), np.int64),
+        init("two", np.array([2]), np.int64),
+        init("hw", np.array([8, 8]), np.int64),
+        init("w2", rng_weights(2, 2, 3, 3, 3)),
+    ]
+    generator = onnxinv.load(save(model(nodes, inits, input_shape=("N", K, 1, 1), opset=13), tmp_path))
+    assert_matches_onnxruntime(generator)
+    assert [(la.in_features, la.out_features) for la in generator.layers] == [(K, 48), (48, 128)]
+    assert generator.layers[1].source_nodes == ("resize_u", "conv_x")
+
+
+def test_dense_then_upsampling_stays_two_layers(tmp_path):
+    # the dense product would repeat every row 4 times: 4x the entries, so the selection is its own
+    # (identity) layer
+    nodes = [
+        node("ConvTranspose", ["z", "w"], ["c"], kernel_shape=[4, 4]),  # dense: a 1x1 latent
+        node("Resize", ["c", "", "scales"], ["x"], mode="nearest"),
+    ]
+    inits = [init("w", rng_weights(1, K, 3, 4, 4)), init("scales", np.array([1, 1, 2, 2], np.float32))]
+    generator = onnxinv.load(save(model(nodes, inits, input_shape=("N", K, 1, 1), opset=13), tmp_path))
+    assert_matches_onnxruntime(generator)
+    first, second = generator.layers
+    assert not first.sparse and second.sparse and second.nnz == 3 * 8 * 8
+    assert any("kept as 2 linear layers" in note for note in generator.notes)
