@@ -130,13 +130,19 @@ def median_time(fn, repeats: int) -> float:
 
 
 def rss_growth(path: Path) -> int:
-    """Resident-set growth (bytes) of a fresh process loading ``path`` (no self-check)."""
+    """Peak resident-set growth (bytes) of a fresh process loading ``path`` (no self-check).
+
+    Reads VmHWM / VmRSS from /proc (Linux): ru_maxrss would carry over the parent's peak across exec.
+    """
     code = (
-        "import resource, onnxinv, sys\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import onnxinv, sys\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "before = status('VmRSS')\n"
         "g = onnxinv.load(sys.argv[1], self_check=False)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print((after - before) * 1024)\n"
+        "print(status('VmHWM') - before)\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])

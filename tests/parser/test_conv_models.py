@@ -431,3 +431,21 @@ def test_dense_then_upsampling_stays_two_layers(tmp_path):
     first, second = generator.layers
     assert not first.sparse and second.sparse and second.nnz == 3 * 8 * 8
     assert any("kept as 2 linear layers" in note for note in generator.notes)
+
+
+def test_pad_with_attributes_before_opset_11(tmp_path):
+    nodes = [
+        node("ConvTranspose", ["z", "w"], ["c"], kernel_shape=[3, 3]),
+        node("Pad", ["c"], ["p"], pads=[0, 0, 1, 2, 0, 0, 0, 1], value=-0.5),
+        node("Relu", ["p"], ["x"]),
+    ]
+    generator = onnxinv.load(
+        save(
+            model(nodes, [init("w", rng_weights(1, K, 2, 3, 3))], input_shape=("N", K, 1, 1), opset=9),
+            tmp_path,
+        )
+    )
+    assert_matches_onnxruntime(generator)
+    assert generator.output_dim == 2 * 4 * 6
+    # the constant border is an offset: -0.5 where the pad reads no input
+    assert np.count_nonzero(generator.layers[-1].bias == -0.5) == 2 * 4 * 6 - 2 * 3 * 3
