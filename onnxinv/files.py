@@ -17,7 +17,7 @@ import os
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -150,7 +150,7 @@ def read_array(path: str | os.PathLike[str], what: str = "array") -> np.ndarray:
     return array
 
 
-def read_fixed_inputs(files: dict[str, str | os.PathLike[str]]) -> dict[str, np.ndarray]:
+def read_fixed_inputs(files: Mapping[str, str | os.PathLike[str]]) -> dict[str, np.ndarray]:
     """The values of fixed graph inputs, ``name -> array``, each read from its ``.npy`` / ``.npz`` file.
 
     Shapes and dtypes are checked against the model's inputs by :func:`onnxinv.load`.

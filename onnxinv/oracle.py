@@ -73,14 +73,25 @@ class Oracle:
     def for_generator(cls, generator: Generator) -> Oracle:
         model_bytes = generator.model_bytes
         if model_bytes is None:
+            from google.protobuf.message import EncodeError
+
             from onnxinv.building import build_model
 
-            model_bytes = build_model(
+            model = build_model(
                 generator.layers,
                 dtype=generator.input.dtype,
                 input_name=generator.input.name,
                 output_name=generator.output.name,
-            ).SerializeToString()
+            )
+            try:
+                model_bytes = model.SerializeToString()
+            except (EncodeError, ValueError) as exc:  # protobuf cannot write a message over 2 GiB
+                weights = sum(layer.nnz for layer in generator.layers)
+                raise OracleError(
+                    f"the generator's {weights:,} weights do not fit in one ONNX model for onnxruntime "
+                    f"({type(exc).__name__}: protobuf writes at most 2 GiB), so it cannot be checked; use "
+                    "fewer or smaller layers."
+                ) from None
         return cls(
             model_bytes,
             input_name=generator.input.name,

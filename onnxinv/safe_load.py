@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import TensorProto
 
 from onnxinv.errors import ModelLoadError
@@ -88,7 +88,7 @@ def load_model_file(
     if external:
         try:
             model_bytes = model.SerializeToString()
-        except ValueError as exc:
+        except (ValueError, EncodeError) as exc:  # upb raises EncodeError over protobuf's 2 GiB
             raise ModelLoadError(
                 f"{path}: the model with its external data inlined is too large ({exc})."
             ) from None

@@ -188,6 +188,14 @@ class PendingAffine:
     def empty(self) -> bool:
         return not self.factors and self.offset is None
 
+    @property
+    def last_label(self) -> str | None:
+        """The node named last (a node with several steps is named once)."""
+        for group in reversed(self.labels):
+            if group:
+                return group[-1]
+        return self.loose[-1] if self.loose else None
+
     def push(
         self,
         label: str,
@@ -197,21 +205,25 @@ class PendingAffine:
         offset: np.ndarray | None = None,
     ) -> None:
         """Apply one step ``v -> matrix v`` or ``v -> scale * v``, then ``+ offset``."""
+        again = label == self.last_label  # a further step of the same node: named once
         if matrix is not None:
             self.factors.append(finish(matrix))
-            self.labels.append([label])
+            self.labels.append([] if again else [label])
             if self.offset is not None:
                 self.offset = apply(matrix, self.offset)
         elif scale is not None:
             scale = np.asarray(scale, dtype=np.float64).reshape(-1)
             if self.factors:
                 self.factors[-1] = scale_rows(scale, self.factors[-1])
-                self.labels[-1].append(label)
+                if not again:
+                    self.labels[-1].append(label)
             else:
                 self.factors.append(diagonal(scale))
-                self.labels.append([label])
+                self.labels.append([] if again else [label])
             if self.offset is not None:
                 self.offset = scale * self.offset
+        elif again:
+            pass
         elif self.factors:
             self.labels[-1].append(label)
         else:
@@ -234,8 +246,9 @@ class PendingAffine:
             groups[-1] = [*groups[-1], label]
         note = None
         if len(factors) > 1:
+            names = [n for group in groups for n in group] or ["?"]
             note = (
-                f"nodes {groups[0][0]} .. {groups[-1][-1]} are kept as {len(factors)} linear layers "
+                f"nodes {names[0]} .. {names[-1]} are kept as {len(factors)} linear layers "
                 "(identity activation between them): multiplying them out would store more than "
                 f"{COMPOSE_GROWTH:g} times the entries of the factors ("
                 + " + ".join(f"{entries(f):,}" for f in factors)

@@ -14,12 +14,11 @@ attribute or tensor that did not fit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from onnxinv.parser.composition import MAX_LAYER_ELEMENTS
-from onnxinv.parser.handlers import Handler, Step, _attr
+from onnxinv.parser.context import Handler, NodeContext, Step
+from onnxinv.parser.context import attribute as _attr
 from onnxinv.parser.lowering import (
     NEAREST_COORDINATE_MODES,
     NEAREST_ROUNDING_MODES,
@@ -33,9 +32,6 @@ from onnxinv.parser.lowering import (
     selection_matrix,
     slice_source_index,
 )
-
-if TYPE_CHECKING:
-    from onnxinv.parser.parse import NodeContext
 
 # Nearest-mode combinations on which onnxruntime and the ONNX formulas disagree (ties at .5 with
 # tf_half_pixel_for_nn): refused rather than guessed.
@@ -174,6 +170,7 @@ class ResizeNearestHandler(Handler):
 
     ops = ("Resize",)
     name = "nearest Resize by integer scales"
+    shape_operands = {"Resize": (1, 2, 3)}  # roi, scales, sizes (sizes may be computed at run time)
 
     def match(self, ctx: NodeContext) -> Step | str:
         node = ctx.node
@@ -218,6 +215,7 @@ class UpsampleNearestHandler(Handler):
 
     ops = ("Upsample",)
     name = "nearest Upsample by integer scales"
+    shape_operands = {"Upsample": (1,)}
 
     def match(self, ctx: NodeContext) -> Step | str:
         node = ctx.node
@@ -278,6 +276,7 @@ class PadHandler(Handler):
 
     ops = ("Pad",)
     name = "Pad"
+    shape_operands = {"Pad": (1, 2, 3)}  # pads, constant_value, axes
 
     def match(self, ctx: NodeContext) -> Step | str:
         node = ctx.node
@@ -336,6 +335,7 @@ class SliceHandler(Handler):
 
     ops = ("Slice",)
     name = "Slice with constant bounds"
+    shape_operands = {"Slice": (1, 2, 3, 4)}
 
     def match(self, ctx: NodeContext) -> Step | str:
         node = ctx.node
@@ -383,10 +383,6 @@ class SliceHandler(Handler):
             return mismatch
         return Step("affine", matrix=matrix)
 
-
-# The op types these handlers read, with the positions of their operands that are parameters (which a
-# run-time shape computation may feed) rather than data.
-SHAPE_OPERANDS = {"Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "Slice": {1, 2, 3, 4}}
 
 REFUSAL_HINTS = {
     "Conv": "onnxinv reads Conv with constant weights, explicit or automatic padding, strides, "

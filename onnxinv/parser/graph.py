@@ -1,6 +1,9 @@
-"""A read-only view of an ONNX graph: constants, producers, the chain from input to output, shapes.
+"""A read-only view of an ONNX graph: indexes, the nodes the output needs, variables and constants.
 
-This is the only part of onnxinv, with the handlers beside it, that reads protobufs.
+This is the only part of onnxinv, with the handlers beside it, that reads protobufs. Everything here
+is linear in the size of the graph: indexes are built once, the nodes the output needs are found by
+one depth-first walk from the output (dead nodes are never looked at again), tensors computed from
+the latent by one breadth-first walk, and constants are folded without recursion.
 """
 
 from __future__ import annotations
@@ -12,32 +15,18 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxinv.errors import ModelLoadError, UnsupportedModelError
+from onnxinv.parser.folding import FOLDABLE, fold
 
-# A single constant larger than this (in elements) is refused before it is decoded.
+# A single constant larger than this (in elements) is refused before it is decoded or folded.
 MAX_CONSTANT_ELEMENTS = 1 << 27
 _FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
-# Ops folded when all their inputs are constants (weights stored transposed, cast or reshaped).
-_FOLDABLE = {
-    "Identity",
-    "Cast",
-    "Transpose",
-    "Reshape",
-    "Squeeze",
-    "Unsqueeze",
-    "Flatten",
-    "Neg",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Sqrt",
-    "Reciprocal",
-    "Concat",
-    "Gather",
-    "Slice",
-    "Shape",
-    "Constant",
-}
+# onnxruntime runs nodes whose domain is spelled "ai.onnx"; it is the default domain.
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def standard_domain(domain: str) -> str:
+    """``""`` for the default ONNX domain however it is spelled, else the domain itself."""
+    return "" if domain in STANDARD_DOMAINS else domain
 
 
 @dataclass(frozen=True)
@@ -68,15 +57,17 @@ class GraphView:
         self.model = model
         self.graph = model.graph
         self.where = where
-        self.opsets = {(o.domain or "ai.onnx"): o.version for o in model.opset_import}
+        self.opsets = {(standard_domain(o.domain) or "ai.onnx"): o.version for o in model.opset_import}
         self.opset = self.opsets.get("ai.onnx", 0)
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.sparse_initializers = {s.values.name: s for s in self.graph.sparse_initializer}
-        self.producer: dict[str, tuple[int, onnx.NodeProto]] = {}
+        # tensor name -> index of the node producing it (indices, not node objects: a file may hold
+        # a million dead nodes)
+        self._producer_index: dict[str, int] = {}
         for index, node in enumerate(self.graph.node):
             for out in node.output:
                 if out:
-                    self.producer[out] = (index, node)
+                    self._producer_index[out] = index
         constant_names = set(self.initializers) | set(self.sparse_initializers)
         self.real_inputs = [v for v in self.graph.input if v.name not in constant_names]
         self.listed_initializers = [v.name for v in self.graph.input if v.name in constant_names]
@@ -86,19 +77,113 @@ class GraphView:
         for name, tensor in self.initializers.items():
             check_tensor(tensor, f"initializer '{name}'", where)
         for name, sparse in self.sparse_initializers.items():
-            check_tensor(sparse.values, f"sparse initializer '{name}' values", where)
-            check_tensor(sparse.indices, f"sparse initializer '{name}' indices", where)
-        for index, node in enumerate(self.graph.node):
+            check_sparse(sparse, f"sparse initializer '{name}'", where)
+        self._nodes: dict[int, onnx.NodeProto] = {}
+        self.needed_indices, self._dangling, self._cycle_at = self._walk_needed()
+        self.needed: list[onnx.NodeProto] = [self._node(i) for i in self.needed_indices]
+        self._order = {index: k for k, index in enumerate(self.needed_indices)}
+        self.dead_nodes = len(self.graph.node) - len(self.needed)
+        self._consumers: dict[str, list[int]] | None = None
+        for index, node in zip(self.needed_indices, self.needed):
             for attr in node.attribute:
+                what = f"node '{node_label(node, index)}' attribute '{attr.name}'"
                 if attr.HasField("t"):
-                    check_tensor(attr.t, f"node '{node_label(node, index)}' attribute '{attr.name}'", where)
+                    check_tensor(attr.t, what, where)
+                if attr.HasField("sparse_tensor"):
+                    check_sparse(attr.sparse_tensor, what, where)
+
+    # --- indexes ---------------------------------------------------------------------------------
+
+    def _node(self, index: int) -> onnx.NodeProto:
+        node = self._nodes.get(index)
+        if node is None:
+            node = self._nodes[index] = self.graph.node[index]
+        return node
+
+    @property
+    def producer(self) -> _Producers:
+        """``tensor name -> (index, node)`` of the node computing it."""
+        return _Producers(self)
+
+    def producer_of(self, name: str) -> onnx.NodeProto | None:
+        index = self._producer_index.get(name)
+        return None if index is None else self._node(index)
+
+    def consumers(self, name: str) -> list[onnx.NodeProto]:
+        """The nodes the output needs that read tensor ``name``."""
+        if self._consumers is None:
+            consumers: dict[str, list[int]] = {}
+            for index, node in zip(self.needed_indices, self.needed):
+                for i in dict.fromkeys(node.input):
+                    if i:
+                        consumers.setdefault(i, []).append(index)
+            self._consumers = consumers
+        return [self._node(i) for i in self._consumers.get(name, ())]
+
+    def position(self, name: str) -> int:
+        """Where the node computing ``name`` comes in topological order (-1 for inputs and constants)."""
+        index = self._producer_index.get(name)
+        return -1 if index is None else self._order.get(index, -1)
+
+    def is_graph_output(self, name: str) -> bool:
+        return any(o.name == name for o in self.graph.output)
 
     def label(self, node: onnx.NodeProto) -> str:
-        index, _ = self.producer.get(node.output[0], (-1, node)) if node.output else (-1, node)
+        index = self._producer_index.get(node.output[0], -1) if node.output else -1
         return node_label(node, index)
 
     def node_opset(self, node: onnx.NodeProto) -> int:
-        return self.opsets.get(node.domain or "ai.onnx", 0)
+        return self.opsets.get(standard_domain(node.domain) or "ai.onnx", 0)
+
+    def _walk_needed(self) -> tuple[list[int], list[tuple[str, int]], int | None]:
+        """Indices of the nodes the graph outputs depend on, in topological order (a depth-first walk
+        from the outputs, without recursion), the tensors read that nothing produces, and a node on a
+        cycle if there is one."""
+        available = (
+            {v.name for v in self.graph.input} | set(self.initializers) | set(self.sparse_initializers)
+        )
+        state: dict[int, int] = {}  # 1: on the walk's stack, 2: done
+        order: list[int] = []
+        dangling: list[tuple[str, int]] = []
+        cycle_at: int | None = None
+        for output in self.graph.output:
+            start = self._producer_index.get(output.name)
+            if start is None or start in state:
+                continue
+            state[start] = 1
+            stack = [(start, 0)]
+            while stack:
+                index, position = stack[-1]
+                inputs = self._node(index).input
+                if position < len(inputs):
+                    stack[-1] = (index, position + 1)
+                    name = inputs[position]
+                    if not name or name in available:
+                        continue
+                    source = self._producer_index.get(name)
+                    if source is None:
+                        dangling.append((name, index))
+                    elif source not in state:
+                        state[source] = 1
+                        stack.append((source, 0))
+                    elif state[source] == 1 and cycle_at is None:
+                        cycle_at = index
+                    continue
+                state[index] = 2
+                order.append(index)
+                stack.pop()
+        return order, dangling, cycle_at
+
+    def check_runnable(self) -> None:
+        """Raise UnsupportedModelError when the output depends on a cycle or on a tensor nothing makes."""
+        if self._cycle_at is not None or self._dangling:
+            if self._cycle_at is not None:
+                at = node_label(self._node(self._cycle_at), self._cycle_at)
+                why = f"the graph has a cycle (at node '{at}')"
+            else:
+                name, index = self._dangling[0]
+                why = f"node '{node_label(self._node(index), index)}' reads tensor '{name}', which nothing produces"
+            raise UnsupportedModelError(f"{self.where}: {why}. Check the file with onnx.checker.check_model.")
 
     def set_fixed(self, values: dict[str, np.ndarray]) -> None:
         """Treat these graph inputs as constants with the given values (as fed for the probe batch)."""
@@ -106,17 +191,15 @@ class GraphView:
         self._constants.clear()
 
     def mark_variables(self, input_name: str) -> None:
-        """Every tensor computed from the input, whatever the node order in the file."""
+        """Every tensor the output needs that is computed from the input, whatever the node order."""
         variable = {input_name}
-        changed = True
-        while changed:
-            changed = False
-            for node in self.graph.node:
-                if any(i in variable for i in node.input if i) and not all(
-                    o in variable for o in node.output if o
-                ):
-                    variable.update(o for o in node.output if o)
-                    changed = True
+        queue = [input_name]
+        while queue:
+            for node in self.consumers(queue.pop()):
+                for out in node.output:
+                    if out and out not in variable:
+                        variable.add(out)
+                        queue.append(out)
         self.variable = variable
 
     # --- constants -------------------------------------------------------------------------------
@@ -128,155 +211,78 @@ class GraphView:
             return self.fixed[name]
         if not name or name in self.variable:
             return None
-        if name not in self._constants:
-            self._constants[name] = None  # guards against cycles
-            self._constants[name] = self._compute_constant(name)
+        if name in self._constants:
+            return self._constants[name]
+        # Depth-first without recursion: a weight may reach its Gemm through 10,000 Identity nodes.
+        stack, entered = [name], set()
+        while stack:
+            tensor = stack[-1]
+            if tensor in self._constants:
+                stack.pop()
+                continue
+            inputs = self._fold_inputs(tensor)
+            if inputs and tensor not in entered:
+                entered.add(tensor)
+                stack.extend(i for i in inputs if self._unknown(i))
+                continue
+            self._constants[tensor] = self._compute_constant(tensor, inputs)
+            stack.pop()
         return self._constants[name]
 
-    def _compute_constant(self, name: str) -> np.ndarray | None:
+    def _unknown(self, name: str) -> bool:
+        return (
+            bool(name)
+            and name not in self._constants
+            and name not in self.fixed
+            and name not in self.variable
+        )
+
+    def _fold_inputs(self, name: str) -> list[str]:
+        """The inputs of the foldable node computing ``name`` (empty for leaves and unfoldable nodes)."""
+        if name in self.initializers or name in self.sparse_initializers or name in self.fixed:
+            return []
+        node = self.producer_of(name)
+        if node is None or node.op_type not in FOLDABLE or standard_domain(node.domain):
+            return []
+        return list(node.input)
+
+    def _lookup(self, name: str) -> np.ndarray | None:
+        if name in self.fixed:
+            return self.fixed[name]
+        return None if name in self.variable else self._constants.get(name)
+
+    def _compute_constant(self, name: str, inputs: list[str]) -> np.ndarray | None:
         if name in self.initializers:
             return tensor_to_array(self.initializers[name], f"initializer '{name}'", self.where)
         if name in self.sparse_initializers:
             return sparse_to_array(self.sparse_initializers[name], f"sparse initializer '{name}'", self.where)
-        if name not in self.producer:
+        node = self.producer_of(name)
+        if node is None:
             return None
-        index, node = self.producer[name]
-        label = node_label(node, index)
-        if node.op_type == "Constant" and not node.domain:
+        label = self.label(node)
+        if node.op_type == "Constant" and not standard_domain(node.domain):
             return constant_node_value(node, label, self.where)
-        if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx"):
+        if not inputs:
             return None
-        inputs = [self.constant(i) if i else None for i in node.input]
-        if any(v is None for v, i in zip(inputs, node.input) if i):
+        values = [self._lookup(i) if i else None for i in inputs]
+        if any(v is None for v, i in zip(values, inputs) if i):
             return None
-        return self._fold(node, label, inputs, name)
-
-    def _fold(self, node: onnx.NodeProto, label: str, inputs: list, name: str) -> np.ndarray | None:
-        from onnx.reference import ReferenceEvaluator
-
-        if node.op_type in ("Add", "Sub", "Mul", "Div", "Concat"):
-            total = sum(int(np.prod(v.shape)) for v in inputs if v is not None)
-            if total > MAX_CONSTANT_ELEMENTS:
-                raise UnsupportedModelError(
-                    f"{self.where}: node '{label}' folds constants too large to hold."
-                )
-        feeds = {f"i{k}": v for k, v in enumerate(inputs) if v is not None}
-        names = [f"i{k}" if i else "" for k, i in enumerate(node.input)]
-        outs = [f"o{k}" for k in range(len(node.output))]
-        single = onnx.helper.make_node(node.op_type, names, outs, domain=node.domain)
-        single.attribute.extend(node.attribute)
-        graph = onnx.helper.make_graph(
-            [single],
-            "fold",
-            [onnx.helper.make_tensor_value_info(k, onnx.TensorProto.UNDEFINED, None) for k in feeds],
-            [onnx.helper.make_empty_tensor_value_info(o) for o in outs],
-        )
-        folded = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=10)
-        try:
-            results = ReferenceEvaluator(folded).run(None, feeds)
-        except Exception:  # an op the reference evaluator cannot fold: treat the tensor as non-constant
-            return None
-        return np.asarray(results[list(node.output).index(name)])
-
-    # --- shapes ----------------------------------------------------------------------------------
-
-    def probe_shapes(self, input_name: str, feed: np.ndarray, wanted: set[str]) -> dict[str, tuple]:
-        """Concrete shapes of ``wanted`` tensors when the model runs on ``feed``.
-
-        Runs the nodes the output needs, sorted into topological order, so Reshape shapes computed at
-        run time (Shape -> Slice -> Concat) resolve: in onnxruntime with every wanted tensor as an
-        output (fast on convolutions), or in onnx's pure-Python reference evaluator if onnxruntime
-        refuses the graph (a float64 Conv, say, which it has no kernel for).
-        """
-        from onnx.reference import ReferenceEvaluator
-
-        needed = self._needed_nodes()
-        nodes = []
-        for node in needed:
-            if node.op_type == "FusedGemm" and node.domain == "com.microsoft":
-                plain = onnx.helper.make_node("Gemm", node.input, node.output, name=node.name)
-                plain.attribute.extend(
-                    a for a in node.attribute if a.name in ("alpha", "beta", "transA", "transB")
-                )
-                node = plain
-            nodes.append(node)
-        graph = onnx.helper.make_graph(
-            nodes,
-            "probe",
-            [onnx.helper.make_tensor_value_info(input_name, _elem_type(feed.dtype), list(feed.shape))],
-            [onnx.helper.make_empty_tensor_value_info(n) for n in sorted(wanted) if n != input_name],
-            initializer=[
-                *self.graph.initializer,
-                *(numpy_helper.from_array(self.constant(n), n) for n in self.sparse_initializers),
-                *(numpy_helper.from_array(np.asarray(v), n) for n, v in self.fixed.items()),
-            ],
-        )
-        opsets = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
-        probe = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=10)
-        values = _run_in_onnxruntime(probe, {input_name: feed})
-        try:
-            if values is None:
-                values = ReferenceEvaluator(probe).run(None, {input_name: feed}, intermediate=True)
-        except Exception as exc:
-            raise UnsupportedModelError(
-                f"{self.where}: the graph could not be evaluated to find tensor shapes "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}). "
-                "Check that the model runs in onnxruntime, then report the file as a bug."
-            ) from None
-        shapes = {name: tuple(np.shape(value)) for name, value in values.items()}
-        shapes[input_name] = tuple(feed.shape)
-        return shapes
-
-    def _needed_nodes(self) -> list[onnx.NodeProto]:
-        """Nodes the graph output depends on, in topological order (the file's order may be wrong)."""
-        needed: dict[int, onnx.NodeProto] = {}
-        stack = [o.name for o in self.graph.output]
-        seen: set[str] = set()
-        while stack:
-            name = stack.pop()
-            if name in seen or name not in self.producer:
-                continue
-            seen.add(name)
-            index, node = self.producer[name]
-            needed[index] = node
-            stack.extend(i for i in node.input if i)
-        available = (
-            {v.name for v in self.graph.input} | set(self.initializers) | set(self.sparse_initializers)
-        )
-        ordered, pending = [], sorted(needed)
-        while pending:
-            ready = [i for i in pending if all(not x or x in available for x in needed[i].input)]
-            if not ready:
-                names = ", ".join(node_label(needed[i], i) for i in pending[:5])
-                raise UnsupportedModelError(
-                    f"{self.where}: the graph has a cycle or reads a tensor nothing produces (at {names}). "
-                    "Check the file with onnx.checker.check_model."
-                )
-            for i in ready:
-                ordered.append(needed[i])
-                available.update(o for o in needed[i].output if o)
-            pending = [i for i in pending if i not in ready]
-        return ordered
+        opsets = [onnx.helper.make_opsetid("", self.opset)] if self.opset else []
+        return fold(node, label, values, name, opsets, self.where, MAX_CONSTANT_ELEMENTS)
 
 
-def _run_in_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """Every output of ``model`` on ``feeds`` by onnxruntime (settings as the oracle's), or None."""
-    import onnxruntime as ort
+class _Producers:
+    """``view.producer[name] -> (index, node)`` and ``name in view.producer``, over the index."""
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        names = [o.name for o in session.get_outputs()]
-        results = session.run(names, feeds)
-    except Exception:  # any refusal: the reference evaluator gets its turn
-        return None
-    return dict(zip(names, results))
+    def __init__(self, view: GraphView) -> None:
+        self._view = view
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._view._producer_index
+
+    def __getitem__(self, name: str) -> tuple[int, onnx.NodeProto]:
+        index = self._view._producer_index[name]
+        return index, self._view._node(index)
 
 
 _TYPED_FIELDS = {
@@ -350,19 +356,34 @@ def tensor_to_array(tensor: TensorProto, what: str, where: str) -> np.ndarray:
         ) from None
 
 
-def sparse_to_array(sparse: onnx.SparseTensorProto, what: str, where: str) -> np.ndarray:
-    dims = list(sparse.dims)
-    count = int(np.prod(dims)) if dims else 1
+def check_sparse(sparse: onnx.SparseTensorProto, what: str, where: str) -> int:
+    """Check a sparse tensor's declared dims (Python ints: no overflow), values and indices; its size."""
+    dims = [int(d) for d in sparse.dims]
+    if any(d < 0 for d in dims):
+        raise ModelLoadError(f"{where}: {what} declares a negative dimension {dims}.")
+    count = 1
+    for d in dims:
+        count *= d
     if count > MAX_CONSTANT_ELEMENTS:
-        raise UnsupportedModelError(
+        raise ModelLoadError(
             f"{where}: {what} declares shape {dims} = {count:,} values, over the limit of "
             f"{MAX_CONSTANT_ELEMENTS:,}; refusing before allocating memory for it."
         )
+    check_tensor(sparse.values, f"{what} values", where)
+    check_tensor(sparse.indices, f"{what} indices", where)
+    return count
+
+
+def sparse_to_array(sparse: onnx.SparseTensorProto, what: str, where: str) -> np.ndarray:
+    dims = [int(d) for d in sparse.dims]
+    count = check_sparse(sparse, what, where)
     values = tensor_to_array(sparse.values, f"{what} values", where).reshape(-1)
     indices = tensor_to_array(sparse.indices, f"{what} indices", where).astype(np.int64)
     if indices.ndim == 2:  # coordinates, one row per value
         if indices.shape != (values.size, len(dims)):
             raise UnsupportedModelError(f"{where}: {what} has indices of shape {indices.shape}.")
+        if values.size and (np.any(indices < 0) or np.any(indices >= np.asarray(dims, dtype=np.int64))):
+            raise UnsupportedModelError(f"{where}: {what} has indices that do not fit its shape {dims}.")
         flat = np.ravel_multi_index(indices.T, dims) if values.size else np.zeros(0, np.int64)
     else:
         flat = indices.reshape(-1)
@@ -393,7 +414,3 @@ def constant_node_value(node: onnx.NodeProto, label: str, where: str) -> np.ndar
 
 def float_dtype_name(elem_type: int) -> str | None:
     return _FLOAT_TYPES.get(elem_type)
-
-
-def _elem_type(dtype: np.dtype) -> int:
-    return TensorProto.DOUBLE if np.dtype(dtype) == np.float64 else TensorProto.FLOAT

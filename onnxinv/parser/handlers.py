@@ -1,8 +1,16 @@
 """Pattern handlers: one small class per ONNX spelling of a piece of a dense layer.
 
 Each handler names the op types it looks at and returns either a :class:`Step` (what the node does to
-the flattened per-sample vector) or a reason string saying why it does not match, naming the node and
+the flattened per-sample vector), a tuple of steps (a node that is an affine map and an activation at
+once, like ``FusedGemm``), or a reason string saying why it does not match, naming the node and
 tensor. ``HANDLERS`` is the explicit ordered list the parser tries, most specific first.
+
+A handler declares everything the parser needs to know about its ops: ``shape_operands`` (inputs that
+only set a shape and may be computed from the latent at run time, like Reshape's target shape),
+``probe_node`` (a standard-op stand-in the shape probe can evaluate, for a non-standard op), and, for a
+*composite* handler, ``recognise`` (the small subgraph rooted at a node that it consumes as one step:
+see :mod:`onnxinv.parser.context`). A new pattern is therefore one handler class plus one line in
+``HANDLERS``.
 
 Conventions: ``ctx.shape(name)`` is the tensor's concrete shape when the model runs on the probe
 batch; ``ctx.batch`` is that batch size (1 for a model without a batch dim). Per-sample vectors are
@@ -11,67 +19,22 @@ the row-major flattening of one sample, batch outermost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 import scipy.sparse as sp
 
 from onnxinv.layers import Activation
+from onnxinv.parser import activations, conv_handlers, refusals
+from onnxinv.parser.activations import slope_activation
+from onnxinv.parser.context import NOOP, Handler, NodeContext, Step, Subgraph, attribute, per_sample
 from onnxinv.parser.lowering import permutation_matrix
 
-if TYPE_CHECKING:
-    from onnxinv.parser.parse import NodeContext
+__all__ = ["HANDLERS", "NOOP", "REFUSAL_HINTS", "SUPPORTED_OPS", "Handler", "NodeContext", "Step", "Subgraph"]
 
 
-@dataclass(frozen=True)
-class Step:
-    """What one node does to the per-sample vector ``v`` (size ``in_size``).
-
-    kind "affine": ``v -> matrix @ v + offset`` (matrix None: identity; ``scale``: a diagonal);
-    kind "activation": elementwise ``activation`` with ``slope``; kind "noop": values unchanged.
-    """
-
-    kind: str
-    matrix: np.ndarray | None = None
-    scale: np.ndarray | None = None
-    offset: np.ndarray | None = None
-    activation: Activation = Activation.IDENTITY
-    slope: float = 0.0
-
-
-NOOP = Step("noop")
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _per_sample(ctx: NodeContext, value: np.ndarray, out_shape: tuple, what: str) -> np.ndarray | str:
-    """Broadcast a constant against the (probe-batch) output shape and return one sample's copy."""
-    try:
-        full = np.broadcast_to(np.asarray(value, dtype=np.float64), out_shape)
-    except ValueError:
-        return f"{what} of shape {list(np.shape(value))} does not broadcast to {list(out_shape)}"
-    rows = full.reshape(ctx.batch, -1)
-    if ctx.batch > 1 and not np.all(rows == rows[:1]):
-        return f"{what} differs between samples of the batch"
-    return rows[0].copy()
-
-
-class Handler:
-    """Base class: ``ops`` it looks at, ``name`` for messages, ``match`` returning a Step or a reason."""
-
-    ops: tuple[str, ...] = ()
-    domain: str = ""
-    name = "handler"
-
-    def match(self, ctx: NodeContext) -> Step | str:
-        raise NotImplementedError
+# Shared helpers, defined beside NodeContext; the underscore names are kept for handler modules.
+_attr = attribute
+_per_sample = per_sample
 
 
 class GemmHandler(Handler):
@@ -80,7 +43,7 @@ class GemmHandler(Handler):
     ops = ("Gemm",)
     name = "dense Gemm"
 
-    def match(self, ctx: NodeContext) -> Step | str:
+    def match(self, ctx: NodeContext) -> Step | tuple[Step, ...] | str:
         node = ctx.node
         if ctx.variable_position != 0:
             return (
@@ -127,20 +90,21 @@ class FusedGemmHandler(GemmHandler):
         "Sigmoid": Activation.SIGMOID,
     }
 
-    def match(self, ctx: NodeContext) -> Step | str:
+    def match(self, ctx: NodeContext) -> Step | tuple[Step, ...] | str:
         act = _attr(ctx.node, "activation", b"")
         act = act.decode() if isinstance(act, bytes) else str(act)
         if act and act not in self._ACTS:
             return f"its fused activation '{act}' is not one onnxinv can invert"
-        return super().match(ctx)
+        affine = super().match(ctx)
+        if isinstance(affine, str) or not act:
+            return affine
+        slope = float(_attr(ctx.node, "activation_alpha", 0.01)) if act == "LeakyRelu" else 0.0
+        return affine, Step("activation", activation=self._ACTS[act], slope=slope)
 
-    def fused_activation(self, node: onnx.NodeProto) -> Step | None:
-        act = _attr(node, "activation", b"")
-        act = act.decode() if isinstance(act, bytes) else str(act)
-        if not act:
-            return None
-        slope = float(_attr(node, "activation_alpha", 0.01)) if act == "LeakyRelu" else 0.0
-        return Step("activation", activation=self._ACTS[act], slope=slope)
+    def probe_node(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        plain = onnx.helper.make_node("Gemm", node.input, node.output, name=node.name)
+        plain.attribute.extend(a for a in node.attribute if a.name in ("alpha", "beta", "transA", "transB"))
+        return plain
 
 
 class MatMulWeightRightHandler(Handler):
@@ -345,6 +309,7 @@ class ShapeNoOpHandler(Handler):
 
     ops = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout", "Cast")
     name = "shape no-op"
+    shape_operands = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Dropout": (1, 2)}
 
     def match(self, ctx: NodeContext) -> Step | str:
         node = ctx.node
@@ -380,10 +345,11 @@ class ActivationHandler(Handler):
 
 
 class PReluHandler(Handler):
-    """``PRelu(x, slope)`` with one constant slope for every unit: a leaky ReLU."""
+    """``PRelu(x, slope)`` with constant slopes: one for every unit (a leaky ReLU), or one per unit or
+    per channel (PyTorch ``nn.PReLU(num_parameters=n)``), broadcast to the units."""
 
     ops = ("PRelu",)
-    name = "PRelu with a constant slope"
+    name = "PRelu with constant slopes"
 
     def match(self, ctx: NodeContext) -> Step | str:
         if ctx.variable_position != 0:
@@ -394,21 +360,21 @@ class PReluHandler(Handler):
         per_unit = _per_sample(ctx, slope, ctx.out_shape, f"slope '{ctx.node.input[1]}'")
         if isinstance(per_unit, str):
             return per_unit
-        if per_unit.size and not np.all(per_unit == per_unit[0]):
-            return (
-                f"its slopes differ between units ({per_unit.min():g} to {per_unit.max():g}); "
-                "onnxinv's layer record holds one slope"
-            )
-        return Step("activation", activation=Activation.LEAKY_RELU, slope=float(per_unit[0]))
+        if per_unit.size and np.all(per_unit == per_unit[0]):
+            # one slope for all: kept as before (a negative one is reported by audit as not injective)
+            return Step("activation", activation=Activation.LEAKY_RELU, slope=float(per_unit[0]))
+        return slope_activation(per_unit, f"its slopes '{ctx.node.input[1]}'")
 
 
 class ClipAsReluHandler(Handler):
-    """``Clip(x, 0, +inf)`` is a ReLU; a finite upper bound (ReLU6, Hardtanh) saturates and is refused."""
+    """``Clip(x, 0, +inf)`` is a ReLU, ``Clip(x, c, +inf)`` a ReLU shifted by c; a finite upper bound
+    (ReLU6, Hardtanh) saturates and is refused."""
 
     ops = ("Clip",)
-    name = "Clip with min 0 and no max"
+    name = "Clip with a lower bound and no upper bound"
+    shape_operands = {"Clip": (1, 2)}
 
-    def match(self, ctx: NodeContext) -> Step | str:
+    def match(self, ctx: NodeContext) -> Step | tuple[Step, ...] | str:
         node = ctx.node
         if ctx.variable_position != 0:
             return "its bounds, not its data, come from the model input"
@@ -426,25 +392,36 @@ class ClipAsReluHandler(Handler):
                 else:
                     bounds.append(default)
             low, high = bounds
-        if low != 0.0:
-            return f"its lower bound is {low:g}, not 0"
         if np.isfinite(high) and high < 3.4e38:
             return (
                 f"its upper bound {high:g} saturates (ReLU6 / Hardtanh): every output at the bound has "
                 "infinitely many preimages"
             )
-        return Step("activation", activation=Activation.RELU)
+        if not np.isfinite(low) or low <= -3.4e38:
+            return NOOP
+        relu = Step("activation", activation=Activation.RELU)
+        if low == 0.0:
+            return relu
+        shift = np.full(ctx.out_size, low)  # max(x, c) = relu(x - c) + c
+        return Step("affine", offset=-shift), relu, Step("affine", offset=shift)
 
-
-from onnxinv.parser import conv_handlers  # noqa: E402  (it subclasses Handler, defined above)
 
 # Most specific first; a node is offered to every handler that lists its op type, in this order.
+# Composite handlers (they claim a subgraph rooted at the node) are tried by the chain walk first.
 HANDLERS: tuple[Handler, ...] = (
     GemmHandler(),
     FusedGemmHandler(),
     MatMulWeightRightHandler(),
     MatMulWeightLeftHandler(),
     BatchNormHandler(),
+    refusals.SiluHandler(),
+    refusals.MishHandler(),
+    refusals.GeluHandler(),
+    refusals.HardSwishHandler(),
+    refusals.DecomposedNormHandler(),
+    refusals.DynamoSoftplusHandler(),
+    activations.WhereActivationHandler(),
+    activations.MaxActivationHandler(),
     ElementwiseAffineHandler(),
     ConcatHandler(),
     NegHandler(),
@@ -459,19 +436,16 @@ HANDLERS: tuple[Handler, ...] = (
     conv_handlers.UpsampleNearestHandler(),
     conv_handlers.PadHandler(),
     conv_handlers.SliceHandler(),
+    refusals.RefusedOpHandler(),
 )
 
 # Why an op nobody handles is refused, and what to try.
 REFUSAL_HINTS = {
     **conv_handlers.REFUSAL_HINTS,
-    "Softplus": "Softplus is smooth but onnxinv's layer-wise linear programs need piecewise-linear or "
-    "elementwise-invertible outputs; re-export with ReLU/LeakyReLU, or invert with gradient descent elsewhere",
-    "Elu": "ELU layers are not supported; replace with LeakyReLU or ReLU",
-    "Selu": "SELU layers are not supported; replace with LeakyReLU or ReLU",
     "Softmax": "Softmax is not injective (it drops one degree of freedom per sample); a generator "
     "should not end in it",
     "LogSoftmax": "LogSoftmax is not injective; a generator should not end in it",
     "HardSigmoid": "HardSigmoid saturates at both ends; use Sigmoid",
-    "Gelu": "GELU is not monotone, so its inverse is not unique; use LeakyReLU",
+    **refusals.REFUSAL_HINTS,
 }
-SUPPORTED_OPS = tuple(sorted({op for h in HANDLERS for op in h.ops}))
+SUPPORTED_OPS = tuple(sorted({op for h in HANDLERS if not h.refuses for op in h.ops}))

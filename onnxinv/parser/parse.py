@@ -1,71 +1,53 @@
 """Turn a loaded ONNX model into a :class:`~onnxinv.layers.Generator`.
 
 The walk starts at the graph output and follows the one tensor computed from the model input back to
-that input, so node order in the file and dead nodes do not matter. Each node on that chain is offered
-to the pattern handlers in ``HANDLERS``; their steps are composed into layers: affine steps accumulate
+that input, so node order in the file and dead nodes do not matter. At each node the composite
+handlers of its op may claim a small subgraph (SiLU as Sigmoid + Mul, a leaky ReLU as Where + Greater +
+Mul) and the walk continues from its one data input; otherwise the node must read one tensor computed
+from the input, besides the shape operands its handlers declare. Each link of that chain is offered to
+the pattern handlers in ``HANDLERS``; their steps are composed into layers: affine steps accumulate
 until an activation closes a layer, and any affine steps after the last activation become a final
-identity layer. How affine steps are multiplied out (dense or sparse, and when two factors stay apart)
-is decided in :mod:`onnxinv.parser.composition`.
+identity layer. Everything the handlers need to know about an op (shape operands, the shape probe's
+stand-in for a non-standard op, the subgraph a composite claims) comes from the handlers themselves.
+How affine steps are multiplied out (dense or sparse, and when two factors stay apart) is decided in
+:mod:`onnxinv.parser.composition`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
-from onnxinv.parser import conv_handlers
 from onnxinv.parser.composition import PendingAffine
-from onnxinv.parser.graph import GraphView, Problem
-from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS, FusedGemmHandler, Step
+from onnxinv.parser.context import Handler, Link, NodeContext, Step
+from onnxinv.parser.graph import GraphView, Problem, standard_domain
+from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS
 from onnxinv.parser.inputs import resolve_interface
+from onnxinv.parser.probe import probe_shapes
 from onnxinv.safe_load import LoadedModel
 
-# Where the variable is a "shape" operand rather than data (Reshape's target shape may be computed).
-_SHAPE_OPERANDS = {"Reshape": {1}, "Squeeze": {1}, "Unsqueeze": {1}, "Dropout": {1, 2}, "Clip": {1, 2}}
-_SHAPE_OPERANDS.update(conv_handlers.SHAPE_OPERANDS)
+__all__ = ["NodeContext", "Step", "parse_model"]
 
 
-@dataclass
-class NodeContext:
-    """What a handler may look at for one node on the chain."""
-
-    view: GraphView
-    node: onnx.NodeProto
-    label: str
-    var_input: str
-    variable_position: int
-    shapes: dict[str, tuple]
-    batch: int
-    has_batch: bool
-
-    @property
-    def opset(self) -> int:
-        return self.view.node_opset(self.node)
-
-    def constant(self, position: int) -> np.ndarray | None:
-        if position >= len(self.node.input):
-            return None
-        return self.view.constant(self.node.input[position])
-
-    def shape(self, name: str) -> tuple:
-        return self.shapes[name]
-
-    @property
-    def out_shape(self) -> tuple:
-        return self.shapes[self.node.output[0]]
-
-    @property
-    def in_size(self) -> int:
-        return int(np.prod(self.shape(self.var_input))) // self.batch
-
-    @property
-    def out_size(self) -> int:
-        return int(np.prod(self.out_shape)) // self.batch
+def _registry() -> tuple[dict, dict, dict, dict]:
+    """From HANDLERS, by ``(domain, op)``: plain handlers, composite handlers, shape operands, and
+    the probe's stand-ins for non-standard ops."""
+    plain: dict[tuple[str, str], list] = {}
+    composite: dict[tuple[str, str], list] = {}
+    shape_operands: dict[tuple[str, str], set[int]] = {}
+    substitutes: dict[tuple[str, str], object] = {}
+    for handler in HANDLERS:
+        for op in handler.ops:
+            key = (handler.domain, op)
+            (composite if handler.composite else plain).setdefault(key, []).append(handler)
+            shape_operands.setdefault(key, set()).update(handler.shape_operands.get(op, ()))
+            if type(handler).probe_node is not Handler.probe_node:
+                substitutes[key] = handler.probe_node
+    return plain, composite, shape_operands, substitutes
 
 
 def parse_model(
@@ -85,7 +67,8 @@ def parse_model(
     view.set_fixed(interface.probe)
     view.mark_variables(input_info.name)
     chain, problems = _chain(view, input_info.name, output_info.name)
-    problems += _screen_ops(view, chain)
+    reported = {p.node for p in problems}
+    problems += [p for p in _screen_ops(view, chain) if p.node not in reported]
     if problems:
         raise _unsupported(where, problems)
 
@@ -100,20 +83,28 @@ def parse_model(
     sample_shape = tuple(int(d) for d in dims)
     batch_size = input_info.shape[0] if has_batch and isinstance(input_info.shape[0], int) else None
     probe_batch = batch_size or 1
-    feed = np.zeros(((probe_batch, *sample_shape) if has_batch else sample_shape), dtype=input_info.dtype)
-    wanted = {t for node in chain for t in node.output if t} | {input_info.name}
-    shapes = view.probe_shapes(input_info.name, feed, wanted)
+    feed_shape = (probe_batch, *sample_shape) if has_batch else sample_shape
+    wanted = {t for link in chain for t in (link.node.output[0], link.data_input)} | {input_info.name}
+    shapes = probe_shapes(view, input_info.name, feed_shape, input_info.dtype, wanted, _SUBSTITUTES)
 
     layers, problems = _build_layers(
         view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch, notes
     )
     if problems:
         raise _unsupported(where, problems)
+    if view.dead_nodes:
+        notes.append(
+            f"{view.dead_nodes} node(s) the output does not depend on were skipped (onnxruntime is given "
+            "the graph without them)"
+        )
     if view.listed_initializers:
         notes.append(
             f"{len(view.listed_initializers)} initializer(s) are also listed as graph inputs "
             "(old exporters do this); they are treated as constants"
         )
+    model_bytes = loaded.model_bytes
+    if view.dead_nodes:
+        model, model_bytes = _without_dead_nodes(view, where)
     notes.extend(_checker_notes(model))
     return Generator(
         layers=tuple(layers),
@@ -125,16 +116,22 @@ def parse_model(
         producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
         opset=view.opset,
         path=where,
-        model_bytes=loaded.model_bytes,
+        model_bytes=model_bytes,
         notes=tuple(notes),
         inputs=interface.inputs,
         fixed=interface.fixed,
     )
 
 
-def _chain(view: GraphView, input_name: str, output_name: str) -> tuple[list[onnx.NodeProto], list[Problem]]:
-    """Nodes from input to output along the one variable tensor, and problems found on the way."""
-    chain: list[onnx.NodeProto] = []
+def _chain(view: GraphView, input_name: str, output_name: str) -> tuple[list[Link], list[Problem]]:
+    """Links from input to output along the one variable tensor, and problems found on the way.
+
+    At each node, the composite handlers of its op may claim a small subgraph rooted there (SiLU as
+    Sigmoid + Mul, a leaky ReLU as Where + Greater + Mul); the walk then continues from that
+    subgraph's data input. Otherwise the node must read exactly one tensor computed from the input,
+    not counting the operands its handlers declare as shape operands.
+    """
+    chain: list[Link] = []
     problems: list[Problem] = []
     seen: set[str] = set()
     tensor = output_name
@@ -148,55 +145,68 @@ def _chain(view: GraphView, input_name: str, output_name: str) -> tuple[list[onn
             problems.append(Problem(f"tensor '{tensor}'", "", view.opset, ("nothing produces it",)))
             break
         seen.add(tensor)
-        index, node = view.producer[tensor]
-        shape_operands = _SHAPE_OPERANDS.get(node.op_type, set())
-        data = [
-            (pos, name)
-            for pos, name in enumerate(node.input)
-            if name and name in view.variable and pos not in shape_operands
-        ]
-        if len(data) != 1:
-            names = ", ".join(f"'{n}'" for _, n in data)
-            problems.append(
-                Problem(
-                    view.label(node),
-                    node.op_type,
-                    view.node_opset(node),
-                    (
-                        f"it combines several tensors computed from the input ({names}); a dense generator is a chain",
-                    ),
-                    "store weights as constants (initializers); onnxinv inverts chains of dense layers",
+        _, node = view.producer[tensor]
+        key = (standard_domain(node.domain), node.op_type)
+        link, reasons = None, []
+        for handler in _COMPOSITE.get(key, ()):
+            found = handler.recognise(view, node)
+            if isinstance(found, str):
+                if found:
+                    reasons.append(f"{handler.name}: {found}")
+                continue
+            link = Link(node, found.data_input, handler, found.members)
+            break
+        if link is None:
+            shape_operands = _SHAPE_OPERAND_POSITIONS.get(key, set())
+            data = [
+                (pos, name)
+                for pos, name in enumerate(node.input)
+                if name and name in view.variable and pos not in shape_operands
+            ]
+            if len(data) != 1:
+                names = ", ".join(f"'{n}'" for _, n in data)
+                problems.append(
+                    Problem(
+                        view.label(node),
+                        node.op_type,
+                        view.node_opset(node),
+                        (
+                            f"it combines several tensors computed from the input ({names}); a dense generator is a chain",
+                            *reasons,
+                        ),
+                        "store weights as constants (initializers); onnxinv inverts chains of dense layers",
+                    )
                 )
-            )
-            if not data:
-                break
-        chain.append(node)
-        tensor = data[0][1]
+                if not data:
+                    break
+            link = Link(node, data[0][1], reasons=tuple(reasons))
+        chain.append(link)
+        tensor = link.data_input
     chain.reverse()
     return chain, problems
 
 
-def _screen_ops(view: GraphView, chain: list[onnx.NodeProto]) -> list[Problem]:
+def _screen_ops(view: GraphView, chain: list[Link]) -> list[Problem]:
     """Every node on the chain whose op no handler looks at."""
-    known = {(h.domain, op) for h in HANDLERS for op in h.ops}
     problems = []
-    for node in chain:
-        domain = "" if node.domain in ("", "ai.onnx") else node.domain
-        if (domain, node.op_type) in known:
+    for link in chain:
+        node = link.node
+        domain = standard_domain(node.domain)
+        if link.handler is not None or (domain, node.op_type) in _PLAIN:
             continue
         opset = view.node_opset(node)
         qualified = f"{domain}.{node.op_type}" if domain else node.op_type
         hint = REFUSAL_HINTS.get(node.op_type, "supported ops are " + ", ".join(SUPPORTED_OPS))
         reason = f"op {qualified} is not supported" + (" (non-standard domain)" if domain else "")
-        problems.append(Problem(view.label(node), qualified, opset, (reason,), hint))
+        problems.append(Problem(view.label(node), qualified, opset, (reason, *link.reasons), hint))
     return problems
 
 
-def _has_batch_dim(view: GraphView, input_info: TensorInfo, chain: list[onnx.NodeProto]) -> bool:
+def _has_batch_dim(view: GraphView, input_info: TensorInfo, chain: list[Link]) -> bool:
     if len(input_info.shape) <= 1:
         return False
     # A rank-2 input multiplied by a weight on its left is one column-vector sample, not a batch.
-    first = next((n for n in chain if n.op_type not in ShapeOps), None)
+    first = next((link.node for link in chain if link.node.op_type not in ShapeOps), None)
     return not (
         len(input_info.shape) == 2
         and first is not None
@@ -210,7 +220,7 @@ ShapeOps = {"Identity", "Cast", "Dropout"}
 
 def _build_layers(
     view: GraphView,
-    chain: list[onnx.NodeProto],
+    chain: list[Link],
     input_name: str,
     shapes: dict[str, tuple],
     batch: int,
@@ -223,62 +233,86 @@ def _build_layers(
     pending = PendingAffine(size)  # the affine steps since the last activation
     tensor = input_name
 
-    def close(activation: Activation, slope: float, label: str | None) -> None:
+    def close(activation: Activation, slope: float | np.ndarray, label: str | None) -> None:
         closed, note = pending.close(activation, slope, label)
         layers.extend(closed)
         if note and notes is not None:
             notes.append(note)
 
-    for node in chain:
+    for link in chain:
+        node = link.node
         label = view.label(node)
-        position = next(p for p, n in enumerate(node.input) if n == tensor)
-        ctx = NodeContext(view, node, label, tensor, position, shapes, batch, has_batch)
-        if node.output[0] not in shapes or not node.output or list(node.output).index(node.output[0]) != 0:
+        position = next((p for p, n in enumerate(node.input) if n == tensor), -1)
+        ctx = NodeContext(view, node, label, tensor, position, shapes, batch, has_batch, link.members)
+        if not node.output or node.output[0] not in shapes:
             problems.append(Problem(label, node.op_type, ctx.opset, ("its output shape is unknown",)))
             break
         out_size = ctx.out_size
-        step, reasons = _match(ctx)
-        if step is None:
-            hint = REFUSAL_HINTS.get(node.op_type, "")
+        if out_size == 0:
+            problems.append(
+                Problem(
+                    label,
+                    node.op_type,
+                    ctx.opset,
+                    (
+                        f"its output '{node.output[0]}' of shape {list(ctx.out_shape)} holds no values per sample",
+                    ),
+                    "a layer needs at least one unit; check the weight shapes of the export",
+                )
+            )
+            break
+        # no out x in size check here: handlers refuse matrices over the cap on stored entries
+        # (composition.MAX_LAYER_ELEMENTS) before building them, and elementwise steps stay diagonal
+        steps, reasons = _match(ctx, link)
+        if steps is None:
+            hint = REFUSAL_HINTS.get(node.op_type, "") or (link.handler.hint if link.handler else "")
             problems.append(Problem(label, node.op_type, ctx.opset, tuple(reasons), hint))
             tensor, size = node.output[0], out_size
             pending = PendingAffine(size)  # keep walking to report every refused node
             continue
-        if step.kind == "affine":
-            pending.push(label, out_size, matrix=step.matrix, scale=step.scale, offset=step.offset)
-        elif step.kind == "activation":
-            close(step.activation, step.slope, label)
-        if isinstance(step, FusedStep):
-            close(step.fused.activation, step.fused.slope, None)
+        for step in steps:
+            if step.kind == "affine":
+                pending.push(label, out_size, matrix=step.matrix, scale=step.scale, offset=step.offset)
+            elif step.kind == "activation":
+                close(step.activation, step.slope, None if pending.last_label == label else label)
+            size = out_size  # a multi-step node is affine first, then elementwise on its output
+            pending.size = size
         tensor, size = node.output[0], out_size
-        pending.size = size
     if not problems and (not pending.empty or not layers):
         close(Activation.IDENTITY, 0.0, None)
     return layers, problems
 
 
-@dataclass(frozen=True)
-class FusedStep(Step):
-    """An affine step with the activation fused into the same node (FusedGemm)."""
-
-    fused: Step = Step("noop")
-
-
-def _match(ctx: NodeContext) -> tuple[Step | None, list[str]]:
+def _match(ctx: NodeContext, link: Link) -> tuple[tuple[Step, ...] | None, list[str]]:
+    """The steps of the first handler that accepts the link, or the reason every candidate gave."""
     reasons = []
-    domain = "" if ctx.node.domain in ("", "ai.onnx") else ctx.node.domain
-    for handler in HANDLERS:
-        if handler.domain != domain or ctx.node.op_type not in handler.ops:
-            continue
+    key = (standard_domain(ctx.node.domain), ctx.node.op_type)
+    candidates = [link.handler] if link.handler is not None else _PLAIN.get(key, [])
+    for handler in candidates:
         result = handler.match(ctx)
         if isinstance(result, Step):
-            if isinstance(handler, FusedGemmHandler):
-                fused = handler.fused_activation(ctx.node)
-                if fused is not None:
-                    return FusedStep("affine", result.matrix, result.scale, result.offset, fused=fused), []
+            return (result,), []
+        if isinstance(result, tuple):
             return result, []
-        reasons.append(f"{handler.name}: {result}")
+        reasons.append(f"{handler.name}: {result}" if handler.name else result)
     return None, reasons
+
+
+def _without_dead_nodes(view: GraphView, where: str) -> tuple[onnx.ModelProto, bytes]:
+    """The model with only the nodes its output needs (in file order), and its bytes for onnxruntime."""
+    from google.protobuf.message import EncodeError
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(view.model)
+    del pruned.graph.node[:]
+    pruned.graph.node.extend(view.model.graph.node[i] for i in sorted(view.needed_indices))
+    try:
+        return pruned, pruned.SerializeToString()
+    except (EncodeError, ValueError):
+        raise UnsupportedModelError(
+            f"{where}: the model without its dead nodes cannot be serialized for onnxruntime (over "
+            "protobuf's 2 GiB limit)."
+        ) from None
 
 
 def _unsupported(where: str, problems: list[Problem]) -> UnsupportedModelError:
@@ -297,6 +331,9 @@ def _checker_notes(model: onnx.ModelProto) -> list[str]:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return [f"onnx.checker warns (not a gate; onnxruntime may still run it): {first}"]
     return []
+
+
+_PLAIN, _COMPOSITE, _SHAPE_OPERAND_POSITIONS, _SUBSTITUTES = _registry()
 
 
 def _dims(shape: tuple) -> str:

@@ -92,10 +92,12 @@ def test_every_unsupported_node_is_listed(tmp_path):
     assert "2 nodes" in str(error)
 
 
-def test_prelu_with_per_channel_slopes(tmp_path):
+@pytest.mark.parametrize(("low", "bad"), [(0.0, 1), (-0.2, 3)])
+def test_prelu_per_unit_slopes_must_be_positive(tmp_path, low, bad):
     nodes = [_gemm(), node("PRelu", ["a1", "s"], ["x"], name="pr")]
-    error = _load_error(tmp_path, model(nodes, [*INITS, init("s", np.linspace(0.1, 0.3, H))]))
-    assert "node 'pr' (PRelu" in str(error) and "slopes differ" in str(error)
+    error = _load_error(tmp_path, model(nodes, [*INITS, init("s", np.linspace(low, 0.3, H))]))
+    text = str(error)
+    assert "node 'pr' (PRelu" in text and f"{bad} of 6 are not positive" in text and "every slope > 0" in text
 
 
 def test_relu6_clip_refused(tmp_path):
