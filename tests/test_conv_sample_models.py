@@ -61,3 +61,21 @@ def test_conditional_generator_depends_on_its_label():
 def test_conditional_generator_without_its_label_is_refused():
     with pytest.raises(onnxinv.OnnxInvError, match="label"):
         onnxinv.load(SAMPLES / "digits_cdcgan_legacy.onnx")
+
+
+def test_shape_probe_fallback_does_not_run_convolutions(monkeypatch):
+    # the legacy export's Unflatten subgraph (Shape, Slice, Mod, Concat) defeats shape inference, so the
+    # probe evaluates node by node; the convolutions, whose shapes are inferred by then, are skipped
+    from onnxinv.parser import probe
+
+    evaluated = []
+    original = probe._one_node_model
+
+    def recording(view, node, feeds):
+        evaluated.append(node.op_type)
+        return original(view, node, feeds)
+
+    monkeypatch.setattr(probe, "_one_node_model", recording)
+    generator = load("digits_dcgan_linear_legacy")
+    assert "Reshape" in evaluated and "ConvTranspose" not in evaluated
+    assert_matches_onnxruntime(generator)
