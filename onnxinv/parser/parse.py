@@ -270,6 +270,18 @@ def _build_layers(
             tensor, size = node.output[0], out_size
             pending = PendingAffine(size)  # keep walking to report every refused node
             continue
+        mismatch = _steps_mismatch(steps, size, out_size)
+        if mismatch:
+            problems.append(
+                Problem(
+                    label,
+                    node.op_type,
+                    ctx.opset,
+                    (mismatch,),
+                    "the file's shapes contradict its weights; check that it runs in onnxruntime",
+                )
+            )
+            break
         for step in steps:
             if step.kind == "affine":
                 pending.push(label, out_size, matrix=step.matrix, scale=step.scale, offset=step.offset)
@@ -281,6 +293,31 @@ def _build_layers(
     if not problems and (not pending.empty or not layers):
         close(Activation.IDENTITY, 0.0, None)
     return layers, problems
+
+
+def _steps_mismatch(steps: tuple[Step, ...], size: int, out_size: int) -> str | None:
+    """Why the steps do not map ``size`` values to ``out_size`` (the probed shapes), or None.
+
+    A file whose declared shapes contradict its weights (a damaged attribute, say) can get shapes from
+    shape inference that no weight fits; this catches it before a layer is built.
+    """
+    current = size
+    for step in steps:
+        if step.matrix is not None and tuple(step.matrix.shape) != (out_size, current):
+            return (
+                f"its weights map {step.matrix.shape[1]} values to {step.matrix.shape[0]}, but the node reads "
+                f"{current} and writes {out_size} values per sample"
+            )
+        if step.scale is not None and np.size(step.scale) != out_size:
+            return f"its scale has {np.size(step.scale)} values for {out_size} outputs per sample"
+        if step.offset is not None and np.size(step.offset) != out_size:
+            return f"its offset has {np.size(step.offset)} values for {out_size} outputs per sample"
+        if step.kind == "activation" and np.size(step.slope) not in (1, out_size):
+            return f"its slopes have {np.size(step.slope)} values for {out_size} units"
+        if step.kind == "affine" and step.matrix is None and step.scale is None and current != out_size:
+            return f"it adds an offset but changes the size from {current} to {out_size}"
+        current = out_size
+    return None
 
 
 def _match(ctx: NodeContext, link: Link) -> tuple[tuple[Step, ...] | None, list[str]]:

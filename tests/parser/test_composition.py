@@ -103,3 +103,20 @@ def test_product_bound_is_an_upper_bound():
         a = sp.random_array((30, 20), density=0.2, rng=rng, format="csr")
         b = sp.random_array((25, 30), density=0.2, rng=rng, format="csr")
         assert composition.product_entries_bound(b, a) >= (b @ a).nnz
+
+
+def test_weights_contradicting_the_probed_shapes_are_refused(tmp_path):
+    # a damaged transB attribute (no type): shape inference still says 6 outputs, the weight used as
+    # stored maps 6 values to 3; found by the load fuzzer
+    import pytest
+    from builders import init, model, node, rng_weights, save
+
+    import onnxinv
+    from onnxinv.errors import UnsupportedModelError
+
+    gemm = node("Gemm", ["z", "W1", "b1"], ["x"], name="g", transB=1)
+    gemm.attribute[0].type = 0
+    m = model([gemm], [init("W1", rng_weights(1, 6, 3)), init("b1", rng_weights(2, 6))], input_shape=("N", 3))
+    with pytest.raises(UnsupportedModelError) as info:
+        onnxinv.load(save(m, tmp_path))
+    assert "node 'g' (Gemm" in str(info.value) and "its weights map 6 values to 3" in str(info.value)
