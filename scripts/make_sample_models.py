@@ -3,7 +3,7 @@
 Usage::
 
     pip install -e .[export]
-    python scripts/make_sample_models.py [--out sample_models]
+    python scripts/make_sample_models.py [--out sample_models] [--only gaussian vae mlp conv]
 
 What it writes (every step uses a fixed seed, so a rerun on the same versions gives the same files):
 
@@ -11,11 +11,16 @@ What it writes (every step uses a fixed seed, so a rerun on the same versions gi
 * a VAE trained on scikit-learn's 8x8 digits whose decoder is exported twice by torch, once with the
   legacy TorchScript exporter and once with the default dynamo exporter (external data sidecar);
 * a scikit-learn ``MLPRegressor`` from standardized PCA codes of the digits to pixels, converted by skl2onnx;
+* convolutional generators trained as GANs on the digits upsampled to 16x16 (DCGAN-style ConvTranspose
+  blocks on a (N, k, 1, 1) latent or after a Linear + Unflatten, an Upsample + Conv variant, and a
+  conditional one with a one-hot label concatenated with the noise), each exported by both torch
+  exporters, and a Keras Conv2DTranspose decoder converted by tf2onnx (when tensorflow is installed);
 * for the trained models and ``gaussian_20_100_500_relu``: a clean observation, a clean batch and a noisy
-  batch, each with the latents that produced it, as float32 ``.npy`` files.
+  batch, each with the latents that produced it, as float32 ``.npy`` files (only the observation for the
+  convolutional models).
 
-torch, scikit-learn and skl2onnx are imported only inside the functions that need them; onnxinv itself
-never needs them.
+torch, scikit-learn, skl2onnx, tensorflow and tf2onnx are imported only inside the functions that need
+them; onnxinv itself never needs them.
 """
 
 from __future__ import annotations
@@ -572,11 +577,388 @@ def make_digits_mlp(out: Path, x: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# 4. convolutional generators on 16x16 digits (torch GANs, a Keras decoder via tf2onnx)
+
+
+CONV_LATENT = 16  # latent size of the convolutional digits generators
+CONV_SIDE = 16  # the 8x8 digits are upsampled (bilinear) to 16x16
+GAN_SEED = 500
+GAN_EPOCHS = 60
+GAN_BATCH = 64
+GAN_LR = 2e-4  # the DCGAN recipe: Adam(2e-4, betas (0.5, 0.999)), BCE on logits
+CONV_OBS_SEED = 600
+KERAS_SEED = 700
+KERAS_EPOCHS = 40
+
+
+def load_digits_16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The digits as (1797, 1, 16, 16) float32 in [-1, 1] (bilinear upsampling), and their labels."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(x.reshape(-1, 1, 8, 8))
+    big = torch.nn.functional.interpolate(
+        images, size=(CONV_SIDE, CONV_SIDE), mode="bilinear", align_corners=False
+    )
+    return (big.numpy() * 2.0 - 1.0).astype(np.float32), load_digits().target.astype(np.int64)
+
+
+def conv_generators():
+    """The torch generators, by name: (module, conditional?, what it is)."""
+    from torch import nn
+
+    k, c = CONV_LATENT, 10
+
+    class DcganLatent4d(nn.Sequential):
+        """z (N, k, 1, 1) -> ConvT 4x4 -> 4x4 -> ConvT s2 -> 8x8 -> ConvT s2 -> 16x16, BN + ReLU, Tanh."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                nn.ConvTranspose2d(k, 64, 4, 1, 0, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(),
+                nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(32),
+                nn.ReLU(),
+                nn.ConvTranspose2d(32, 1, 4, 2, 1),
+                nn.Tanh(),
+            )
+
+    def dense_stem(inputs: int) -> list:
+        return [
+            nn.Linear(inputs, 64 * 4 * 4),
+            nn.BatchNorm1d(64 * 4 * 4),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 4, 4)),
+        ]
+
+    def transpose_head() -> list:
+        return [
+            nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1),
+            nn.Tanh(),
+        ]
+
+    class DcganLinear(nn.Sequential):
+        """z (N, k) -> Linear -> BN -> ReLU -> (64, 4, 4) -> the two ConvT blocks."""
+
+        def __init__(self) -> None:
+            super().__init__(*dense_stem(k), *transpose_head())
+
+    class UpsampleConv(nn.Sequential):
+        """z (N, k) -> Linear -> (64, 4, 4) -> [Upsample x2 nearest -> Conv 3x3] x 2, BN + ReLU, Tanh."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                *dense_stem(k),
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(64, 32, 3, padding=1, bias=False),
+                nn.BatchNorm2d(32),
+                nn.ReLU(),
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(32, 1, 3, padding=1),
+                nn.Tanh(),
+            )
+
+    class Conditional(nn.Module):
+        """(z (N, k), label (N, 10) one-hot) -> concatenated -> Linear -> the two ConvT blocks."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(*dense_stem(k + c), *transpose_head())
+
+        def forward(self, z, label):
+            return self.body(torch_cat([z, label]))
+
+    return {
+        "digits_dcgan": (DcganLatent4d, False, "ConvTranspose2d blocks on a (N, 16, 1, 1) latent"),
+        "digits_dcgan_linear": (DcganLinear, False, "Linear + Unflatten, then ConvTranspose2d blocks"),
+        "digits_upconv": (UpsampleConv, False, "Linear + Unflatten, then nn.Upsample + Conv2d blocks"),
+        "digits_cdcgan": (Conditional, True, "one-hot label concatenated with the noise"),
+    }
+
+
+def torch_cat(parts):
+    import torch
+
+    return torch.cat(parts, dim=1)
+
+
+def discriminator(conditional: bool):
+    """A small DCGAN discriminator on 16x16 images (the label, if any, as 10 constant channels)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1 + (10 if conditional else 0), 32, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(32, 64, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 1, 4, 1, 0),
+        nn.Flatten(),
+    )
+
+
+def gan_latent(torch, n: int, four_d: bool, gen):
+    z = torch.randn((n, CONV_LATENT), generator=gen)
+    return z.reshape(n, CONV_LATENT, 1, 1) if four_d else z
+
+
+def train_gan(name: str, images: np.ndarray, labels: np.ndarray):
+    """Train one generator with the DCGAN recipe; return it in eval mode and training figures."""
+    import torch
+    from torch import nn
+
+    make, conditional, _ = conv_generators()[name]
+    torch.manual_seed(GAN_SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g, d = make(), discriminator(conditional)
+        opt_g = torch.optim.Adam(g.parameters(), lr=GAN_LR, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(d.parameters(), lr=GAN_LR, betas=(0.5, 0.999))
+        loss = nn.BCEWithLogitsLoss()
+        data = torch.from_numpy(images)
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(labels), 10).float()
+        gen = torch.Generator().manual_seed(GAN_SEED)
+        four_d = name == "digits_dcgan"
+        n = data.shape[0]
+        d_loss = g_loss = float("nan")
+
+        def with_label(x, y):
+            return (
+                torch.cat([x, y[:, :, None, None].expand(-1, -1, CONV_SIDE, CONV_SIDE)], 1)
+                if conditional
+                else x
+            )
+
+        for _epoch in range(GAN_EPOCHS):
+            g.train()
+            d.train()
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n - 1, GAN_BATCH):
+                idx = perm[start : start + GAN_BATCH]
+                if len(idx) < 2:
+                    continue
+                real, y = data[idx], onehot[idx]
+                z = gan_latent(torch, len(idx), four_d, gen)
+                fake = g(z, y) if conditional else g(z)
+                ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
+                opt_d.zero_grad()
+                ld = loss(d(with_label(real, y)), ones) + loss(d(with_label(fake.detach(), y)), zeros)
+                ld.backward()
+                opt_d.step()
+                opt_g.zero_grad()
+                lg = loss(d(with_label(fake, y)), ones)
+                lg.backward()
+                opt_g.step()
+                d_loss, g_loss = float(ld.detach()), float(lg.detach())
+        g.eval()
+        with torch.no_grad():
+            z = gan_latent(torch, 500, four_d, gen)
+            y = onehot[torch.randint(0, n, (500,), generator=gen)]
+            samples = (g(z, y) if conditional else g(z)).reshape(500, -1).numpy()
+        # how close generated images come to real digits, against how close real digits come to each other
+        flat = images.reshape(n, -1)
+        nearest = np.sqrt(((samples[:, None, :] - flat[None, :, :]) ** 2).mean(axis=2)).min(axis=1)
+        figures = {
+            "final_d_loss": d_loss,
+            "final_g_loss": g_loss,
+            "sample_rms_to_nearest_digit": float(np.median(nearest)),
+            "sample_pixel_std": float(samples.std(axis=0).mean()),
+        }
+        return g, figures
+    finally:
+        torch.set_num_threads(threads)
+
+
+def export_torch_generator(
+    module, example: tuple, path: Path, dynamo: bool, input_names: list[str]
+) -> onnx.ModelProto:
+    """Export with the legacy exporter (opset 17, dynamic batch) or the dynamo one (sidecar data)."""
+    import torch
+
+    if dynamo:
+        data_path = path.with_name(path.name + ".data")
+        if data_path.exists():
+            data_path.unlink()
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            input_names=input_names,
+            output_names=["image"],
+            dynamic_shapes=tuple({0: torch.export.Dim("batch")} for _ in example),
+            external_data=True,
+        )
+        return _lower_ir_if_needed(path, external_data=data_path.name if data_path.exists() else None)
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=input_names,
+        output_names=["image"],
+        dynamic_axes={**{n: {0: "batch"} for n in input_names}, "image": {0: "batch"}},
+    )
+    return _lower_ir_if_needed(path)
+
+
+def make_conv_generators(out: Path, x: np.ndarray) -> None:
+    """Four torch GANs, each exported twice, and the Keras decoder through tf2onnx."""
+    import torch
+
+    images, labels = load_digits_16(x)
+    print(f"Convolutional digits generators ({images.shape[0]} digits upsampled to {CONV_SIDE}x{CONV_SIDE})")
+    for name, (_, conditional, what) in conv_generators().items():
+        generator, figures = train_gan(name, images, labels)
+        print(
+            f"  {name} ({what}): {GAN_EPOCHS} epochs, final D loss {figures['final_d_loss']:.3f}, G loss "
+            f"{figures['final_g_loss']:.3f}; 500 samples: median RMS to the nearest digit "
+            f"{figures['sample_rms_to_nearest_digit']:.3f}, mean pixel std {figures['sample_pixel_std']:.3f}"
+        )
+        four_d = name == "digits_dcgan"
+        shape = (2, CONV_LATENT, 1, 1) if four_d else (2, CONV_LATENT)
+        example = (torch.zeros(shape),) + ((torch.eye(10)[:2],) if conditional else ())
+        names = ["z", "label"] if conditional else ["z"]
+        z_true = np.random.default_rng(CONV_OBS_SEED).standard_normal(CONV_LATENT).astype(np.float32)
+        label_class = 3
+        label = np.eye(10, dtype=np.float32)[label_class][None]
+        for exporter in ("legacy", "dynamo"):
+            path = out / f"{name}_{exporter}.onnx"
+            model = export_torch_generator(generator, example, path, exporter == "dynamo", names)
+            data_path = path.with_name(path.name + ".data")
+            extra = (
+                f" + {data_path.name} ({data_path.stat().st_size / 1024:.1f} KiB)"
+                if data_path.exists()
+                else ""
+            )
+            print(
+                f"    wrote {path.name} ({path.stat().st_size / 1024:.1f} KiB){extra}: IR {model.ir_version}, "
+                f"opset {model.opset_import[0].version}; ops: {describe_ops(model)}"
+            )
+            session = ort_session(model)
+            feeds = {}
+            if conditional:
+                np.save(out / f"{path.stem}.fix.label.npy", label, allow_pickle=False)
+                feeds = {"label": label}
+            run = _conv_runner(session, four_d, feeds)
+            probe = (
+                np.random.default_rng(CONV_OBS_SEED + 1).standard_normal((5, CONV_LATENT)).astype(np.float32)
+            )
+            with torch.no_grad():
+                zt = torch.from_numpy(probe.reshape((5, CONV_LATENT, 1, 1) if four_d else (5, CONV_LATENT)))
+                expected = (
+                    generator(zt, torch.from_numpy(np.repeat(label, 5, 0))) if conditional else generator(zt)
+                ).numpy()
+            got = run(probe)
+            np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=0, atol=1e-5)
+            print(
+                f"    onnxruntime vs torch on 5 latents: max |diff| {np.abs(got.reshape(expected.shape) - expected).max():.2e}"
+            )
+            # one observation only: the batch files of the dense models feed inversion tests, and
+            # inverting these sparse, contracting layers is not done yet
+            save_array(out / f"{path.stem}.z_true.npy", z_true)
+            save_array(out / f"{path.stem}.obs.npy", run(z_true[None]).reshape(1, CONV_SIDE, CONV_SIDE))
+    make_keras_decoder(out, images)
+
+
+def _conv_runner(session, four_d: bool, feeds: dict):
+    def run(z: np.ndarray) -> np.ndarray:
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        z = z.reshape(len(z), CONV_LATENT, 1, 1) if four_d else z
+        extra = {k: np.repeat(v, len(z), axis=0) for k, v in feeds.items()}
+        return session.run(None, {"z": z, **extra})[0]
+
+    return run
+
+
+def make_keras_decoder(out: Path, images: np.ndarray) -> None:
+    """A Keras decoder (Dense, Reshape, BatchNormalization, Conv2DTranspose) trained as an autoencoder,
+    converted by tf2onnx from a tf.function (``tf2onnx.convert.from_keras`` fails under Keras 3)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import keras
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as exc:
+        print(f"  keras decoder skipped: {exc}")
+        return
+    keras.utils.set_random_seed(KERAS_SEED)
+    tf.config.experimental.enable_op_determinism()
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    k = CONV_LATENT
+    decoder = keras.Sequential(
+        [
+            keras.Input((k,)),
+            keras.layers.Dense(4 * 4 * 32),
+            keras.layers.Reshape((4, 4, 32)),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Conv2DTranspose(16, 4, strides=2, padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same", activation="tanh"),
+        ],
+        name="decoder",
+    )
+    encoder = keras.Sequential(
+        [
+            keras.Input((CONV_SIDE, CONV_SIDE, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(k),
+        ],
+        name="encoder",
+    )
+    autoencoder = keras.Sequential([encoder, decoder])
+    autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    nhwc = np.transpose(images, (0, 2, 3, 1))
+    history = autoencoder.fit(nhwc, nhwc, epochs=KERAS_EPOCHS, batch_size=64, shuffle=True, verbose=0)
+    print(
+        f"  keras decoder (keras {keras.__version__}, tensorflow {tf.__version__}, tf2onnx {tf2onnx.__version__}): "
+        f"{KERAS_EPOCHS} epochs as an autoencoder, final MSE {history.history['loss'][-1]:.4f}"
+    )
+    signature = [tf.TensorSpec((None, k), tf.float32, name="z")]
+    try:
+        tf2onnx.convert.from_keras(decoder, input_signature=signature, opset=17)
+        print("    tf2onnx.convert.from_keras worked")
+    except Exception as exc:  # observed: KeyError 'keras_tensor_...' with Keras 3
+        print(f"    tf2onnx.convert.from_keras failed ({type(exc).__name__}: {exc}); using from_function")
+    model, _ = tf2onnx.convert.from_function(
+        tf.function(lambda z: decoder(z, training=False)), input_signature=signature, opset=17
+    )
+    path = out / "digits_keras_tf2onnx.onnx"
+    onnx.save(model, str(path))
+    model = _lower_ir_if_needed(path)
+    print(
+        f"    wrote {path.name} ({path.stat().st_size / 1024:.1f} KiB): IR {model.ir_version}; ops: {describe_ops(model)}"
+    )
+    session = ort_session(model)
+    rng = np.random.default_rng(KERAS_SEED + 1)
+    probe = rng.standard_normal((5, k)).astype(np.float32)
+    expected = decoder(probe, training=False).numpy()
+    got = ort_run(session, probe)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    print(f"    onnxruntime vs keras on 5 latents: max |diff| {np.abs(got - expected).max():.2e}")
+
+
+# --------------------------------------------------------------------------------------------------
 # final check
 
 
 def check_outputs(out: Path) -> None:
-    """Every file under the size limit; every model loads in onnxruntime from inlined bytes and runs."""
+    """Every file under the size limit; every model loads in onnxruntime from inlined bytes and runs.
+
+    Inputs other than the first take the values in ``<model>.fix.<input>.npy`` (conditional models).
+    """
     print("Check")
     for path in sorted(out.iterdir()):
         if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
@@ -584,32 +966,52 @@ def check_outputs(out: Path) -> None:
     for path in sorted(out.glob("*.onnx")):
         model = onnx.load(str(path))  # external data inlined
         session = ort_session(model)
-        inp = session.get_inputs()[0]
-        k = inp.shape[-1]
+        inp, *others = session.get_inputs()
+        latent_shape = [d for d in inp.shape[1:]]
+        k = int(np.prod(latent_shape))
+
+        def run(z: np.ndarray, session=session, inp=inp, others=others, latent_shape=latent_shape, path=path):
+            feeds = {inp.name: np.ascontiguousarray(z, np.float32).reshape(len(z), *latent_shape)}
+            for other in others:
+                value = np.load(out / f"{path.stem}.fix.{other.name}.npy", allow_pickle=False)
+                feeds[other.name] = np.repeat(value, len(z), axis=0)
+            return session.run(None, feeds)[0]
+
         z = np.random.default_rng(0).standard_normal((3, k)).astype(np.float32)
-        y = ort_run(session, z)
+        y = run(z)
         print(
             f"  {path.name}: input {inp.name} {inp.shape} -> output {session.get_outputs()[0].name} {y.shape}"
         )
         obs = out / f"{path.stem}.obs.npy"
         if obs.exists():
             z_true = np.load(out / f"{path.stem}.z_true.npy", allow_pickle=False)
-            again = ort_run(session, z_true[None, :]).reshape(np.load(obs, allow_pickle=False).shape)
+            again = run(z_true[None, :]).reshape(np.load(obs, allow_pickle=False).shape)
             if not np.array_equal(again, np.load(obs, allow_pickle=False)):
                 raise AssertionError(f"{obs.name} does not match the model at z_true")
+
+
+SECTIONS = ("gaussian", "vae", "mlp", "conv")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("sample_models"), help="output folder")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="make only these sections"
+    )
     args = parser.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    make_gaussian_models(out)
+    if "gaussian" in args.only:
+        make_gaussian_models(out)
     x = load_digits_unit()
-    make_digits_vae(out, x)
-    make_digits_mlp(out, x)
+    if "vae" in args.only:
+        make_digits_vae(out, x)
+    if "mlp" in args.only:
+        make_digits_mlp(out, x)
+    if "conv" in args.only:
+        make_conv_generators(out, x)
     check_outputs(out)
     return 0
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import scipy.sparse as sp
 
 from onnxinv.layers import Activation
-from onnxinv.parser import activations, refusals
+from onnxinv.parser import activations, conv_handlers, refusals
 from onnxinv.parser.activations import slope_activation
 from onnxinv.parser.context import NOOP, Handler, NodeContext, Step, Subgraph, attribute, per_sample
+from onnxinv.parser.lowering import permutation_matrix
 
 __all__ = ["HANDLERS", "NOOP", "REFUSAL_HINTS", "SUPPORTED_OPS", "Handler", "NodeContext", "Step", "Subgraph"]
 
@@ -124,7 +126,7 @@ class MatMulWeightRightHandler(Handler):
         if not x_shape or x_shape[-1] != w.shape[0]:
             return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not end in {w.shape[0]}"
         rows = ctx.in_size // w.shape[0]
-        matrix = w.T if rows == 1 else np.kron(np.eye(rows), w.T)
+        matrix = w.T if rows == 1 else sp.kron(sp.eye_array(rows), w.T, format="csr")
         return Step("affine", matrix=matrix)
 
 
@@ -148,7 +150,7 @@ class MatMulWeightLeftHandler(Handler):
             if len(x_shape) == 1 and x_shape[0] == w.shape[1]:
                 return Step("affine", matrix=w)
             if len(x_shape) == 2 and x_shape[0] == w.shape[1]:
-                return Step("affine", matrix=np.kron(w, np.eye(x_shape[1])))
+                return Step("affine", matrix=sp.kron(w, sp.eye_array(x_shape[1]), format="csr"))
             return f"its input '{ctx.var_input}' of shape {list(x_shape)} does not fit the weight {list(w.shape)}"
         if len(x_shape) < 3 or x_shape[-2] != w.shape[1]:
             return (
@@ -156,7 +158,8 @@ class MatMulWeightLeftHandler(Handler):
                 "which mixes the samples of a batch"
             )
         lead = ctx.in_size // (x_shape[-2] * x_shape[-1])
-        return Step("affine", matrix=np.kron(np.eye(lead), np.kron(w, np.eye(x_shape[-1]))))
+        block = sp.kron(w, sp.eye_array(x_shape[-1]))
+        return Step("affine", matrix=sp.kron(sp.eye_array(lead), block, format="csr"))
 
 
 class ElementwiseAffineHandler(Handler):
@@ -239,8 +242,8 @@ class ConcatHandler(Handler):
             return "its constants differ between samples of the batch"
         picked = index.reshape(ctx.batch, -1)[0]
         kept = np.flatnonzero(picked >= 0)
-        matrix = np.zeros((picked.size, ctx.in_size))
-        matrix[kept, picked[kept]] = 1.0
+        # a sparse selection: an image condition beside feature maps would be a huge dense matrix
+        matrix = sp.csr_array((np.ones(kept.size), (kept, picked[kept])), shape=(picked.size, ctx.in_size))
         return Step("affine", matrix=matrix, offset=np.where(picked >= 0, 0.0, rows[0]))
 
 
@@ -298,8 +301,7 @@ class TransposeHandler(Handler):
             return f"perm={perm} moves the batch axis"
         sample_shape = x_shape[1:] if ctx.has_batch else x_shape
         sample_perm = [p - 1 for p in perm[1:]] if ctx.has_batch else perm
-        order = np.arange(ctx.in_size).reshape(sample_shape).transpose(sample_perm).reshape(-1)
-        return Step("affine", matrix=np.eye(ctx.in_size)[order])
+        return Step("affine", matrix=permutation_matrix(sample_shape, sample_perm))
 
 
 class ShapeNoOpHandler(Handler):
@@ -428,13 +430,18 @@ HANDLERS: tuple[Handler, ...] = (
     PReluHandler(),
     ClipAsReluHandler(),
     ShapeNoOpHandler(),
+    conv_handlers.ConvHandler(),
+    conv_handlers.ConvTransposeHandler(),
+    conv_handlers.ResizeNearestHandler(),
+    conv_handlers.UpsampleNearestHandler(),
+    conv_handlers.PadHandler(),
+    conv_handlers.SliceHandler(),
     refusals.RefusedOpHandler(),
 )
 
 # Why an op nobody handles is refused, and what to try.
 REFUSAL_HINTS = {
-    "Conv": "convolutional layers are not supported yet; onnxinv inverts dense (fully connected) generators",
-    "ConvTranspose": "transposed convolutions are not supported yet; onnxinv inverts dense generators",
+    **conv_handlers.REFUSAL_HINTS,
     "Softmax": "Softmax is not injective (it drops one degree of freedom per sample); a generator "
     "should not end in it",
     "LogSoftmax": "LogSoftmax is not injective; a generator should not end in it",

@@ -9,6 +9,8 @@ the pattern handlers in ``HANDLERS``; their steps are composed into layers: affi
 until an activation closes a layer, and any affine steps after the last activation become a final
 identity layer. Everything the handlers need to know about an op (shape operands, the shape probe's
 stand-in for a non-standard op, the subgraph a composite claims) comes from the handlers themselves.
+How affine steps are multiplied out (dense or sparse, and when two factors stay apart) is decided in
+:mod:`onnxinv.parser.composition`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import onnx
 
 from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
+from onnxinv.parser.composition import PendingAffine
 from onnxinv.parser.context import Handler, Link, NodeContext, Step
 from onnxinv.parser.graph import GraphView, Problem, standard_domain
 from onnxinv.parser.handlers import HANDLERS, REFUSAL_HINTS, SUPPORTED_OPS
@@ -28,9 +31,6 @@ from onnxinv.parser.probe import probe_shapes
 from onnxinv.safe_load import LoadedModel
 
 __all__ = ["NodeContext", "Step", "parse_model"]
-
-# A layer matrix larger than this (in float64 elements) is refused before it is built.
-MAX_LAYER_ELEMENTS = 1 << 27
 
 
 def _registry() -> tuple[dict, dict, dict, dict]:
@@ -88,7 +88,7 @@ def parse_model(
     shapes = probe_shapes(view, input_info.name, feed_shape, input_info.dtype, wanted, _SUBSTITUTES)
 
     layers, problems = _build_layers(
-        view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch
+        view, chain, input_info.name, shapes, probe_batch if has_batch else 1, has_batch, notes
     )
     if problems:
         raise _unsupported(where, problems)
@@ -225,28 +225,19 @@ def _build_layers(
     shapes: dict[str, tuple],
     batch: int,
     has_batch: bool,
+    notes: list[str] | None = None,
 ) -> tuple[list[Layer], list[Problem]]:
     layers: list[Layer] = []
     problems: list[Problem] = []
-    matrix: np.ndarray | None = None  # pending affine map since the last activation (None: identity)
-    offset: np.ndarray | None = None
-    sources: list[str] = []
     size = int(np.prod(shapes[input_name])) // batch
+    pending = PendingAffine(size)  # the affine steps since the last activation
     tensor = input_name
 
     def close(activation: Activation, slope: float | np.ndarray, label: str | None) -> None:
-        nonlocal matrix, offset, sources
-        weight = np.eye(size) if matrix is None else matrix
-        bias = np.zeros(size) if offset is None else offset
-        names = [*sources, label] if label else sources
-        try:
-            layers.append(Layer(weight, bias, activation, slope, tuple(names)))
-        except ValueError as exc:  # shapes that do not fit together (a damaged or inconsistent graph)
-            where = ", ".join(f"'{n}'" for n in names) or "the graph"
-            problems.append(
-                Problem(where, "", view.opset, (f"the layer built from {where} is inconsistent: {exc}",))
-            )
-        matrix, offset, sources = None, None, []
+        closed, note = pending.close(activation, slope, label)
+        layers.extend(closed)
+        if note and notes is not None:
+            notes.append(note)
 
     for link in chain:
         node = link.node
@@ -270,37 +261,63 @@ def _build_layers(
                 )
             )
             break
-        if out_size * size > MAX_LAYER_ELEMENTS:
-            problems.append(
-                Problem(
-                    label,
-                    node.op_type,
-                    ctx.opset,
-                    (
-                        f"a {out_size} x {size} layer ({out_size * size * 8:,} bytes in float64) is over the limit",
-                    ),
-                )
-            )
-            break
+        # no out x in size check here: handlers refuse matrices over the cap on stored entries
+        # (composition.MAX_LAYER_ELEMENTS) before building them, and elementwise steps stay diagonal
         steps, reasons = _match(ctx, link)
         if steps is None:
             hint = REFUSAL_HINTS.get(node.op_type, "") or (link.handler.hint if link.handler else "")
             problems.append(Problem(label, node.op_type, ctx.opset, tuple(reasons), hint))
             tensor, size = node.output[0], out_size
-            matrix = offset = None  # keep walking to report every refused node
+            pending = PendingAffine(size)  # keep walking to report every refused node
             continue
+        mismatch = _steps_mismatch(steps, size, out_size)
+        if mismatch:
+            problems.append(
+                Problem(
+                    label,
+                    node.op_type,
+                    ctx.opset,
+                    (mismatch,),
+                    "the file's shapes contradict its weights; check that it runs in onnxruntime",
+                )
+            )
+            break
         for step in steps:
             if step.kind == "affine":
-                matrix, offset = _compose(matrix, offset, step, size, out_size)
-                if not sources or sources[-1] != label:
-                    sources.append(label)
+                pending.push(label, out_size, matrix=step.matrix, scale=step.scale, offset=step.offset)
             elif step.kind == "activation":
-                close(step.activation, step.slope, None if sources and sources[-1] == label else label)
+                close(step.activation, step.slope, None if pending.last_label == label else label)
             size = out_size  # a multi-step node is affine first, then elementwise on its output
+            pending.size = size
         tensor, size = node.output[0], out_size
-    if not problems and (matrix is not None or offset is not None or not layers):
+    if not problems and (not pending.empty or not layers):
         close(Activation.IDENTITY, 0.0, None)
     return layers, problems
+
+
+def _steps_mismatch(steps: tuple[Step, ...], size: int, out_size: int) -> str | None:
+    """Why the steps do not map ``size`` values to ``out_size`` (the probed shapes), or None.
+
+    A file whose declared shapes contradict its weights (a damaged attribute, say) can get shapes from
+    shape inference that no weight fits; this catches it before a layer is built.
+    """
+    current = size
+    for step in steps:
+        if step.matrix is not None and tuple(step.matrix.shape) != (out_size, current):
+            return (
+                f"its weights map {step.matrix.shape[1]} values to {step.matrix.shape[0]}, but the node reads "
+                f"{current} and writes {out_size} values per sample"
+            )
+        if step.scale is not None and np.size(step.scale) != out_size:
+            return f"its scale has {np.size(step.scale)} values for {out_size} outputs per sample"
+        if step.offset is not None and np.size(step.offset) != out_size:
+            return f"its offset has {np.size(step.offset)} values for {out_size} outputs per sample"
+        if step.kind == "activation" and np.size(step.slope) not in (1, out_size):
+            return f"its slopes have {np.size(step.slope)} values for {out_size} units"
+        if step.kind == "affine" and step.matrix is None and step.scale is None and current != out_size:
+            return f"it adds an offset but changes the size from {current} to {out_size}"
+        current = out_size
+    return None
 
 
 def _match(ctx: NodeContext, link: Link) -> tuple[tuple[Step, ...] | None, list[str]]:
@@ -316,23 +333,6 @@ def _match(ctx: NodeContext, link: Link) -> tuple[tuple[Step, ...] | None, list[
             return result, []
         reasons.append(f"{handler.name}: {result}" if handler.name else result)
     return None, reasons
-
-
-def _compose(
-    matrix: np.ndarray | None, offset: np.ndarray | None, step: Step, size: int, out_size: int
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``step ∘ (matrix, offset)``: apply the step after the pending affine map."""
-    if step.matrix is not None:
-        new_matrix = step.matrix if matrix is None else step.matrix @ matrix
-        new_offset = None if offset is None else step.matrix @ offset
-    elif step.scale is not None:
-        new_matrix = np.diag(step.scale) if matrix is None else step.scale[:, None] * matrix
-        new_offset = None if offset is None else step.scale * offset
-    else:
-        new_matrix, new_offset = matrix, offset
-    if step.offset is not None:
-        new_offset = step.offset if new_offset is None else new_offset + step.offset
-    return new_matrix, new_offset
 
 
 def _without_dead_nodes(view: GraphView, where: str) -> tuple[onnx.ModelProto, bytes]:

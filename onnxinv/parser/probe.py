@@ -28,7 +28,13 @@ from onnxinv.parser.graph import GraphView, standard_domain
 MAX_PROBE_ELEMENTS = 1 << 27
 # Integer constants up to this size reach shape inference as values (shapes, axes, indices).
 _SMALL_INT = 4096
+# Float constants up to this size do too: Resize's scales, Pad's constant value (never weights).
+_SMALL_FLOAT = 16
+_FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 _INT_TYPES = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8}
+
+# Ops not evaluated once their output shapes are inferred (float data, slow in the reference evaluator).
+_SHAPED_BY_INFERENCE = {"Conv", "ConvTranspose"}
 
 Substitutes = Mapping[tuple[str, str], Callable[[onnx.NodeProto], onnx.NodeProto]]
 
@@ -86,7 +92,17 @@ def _opsets(view: GraphView) -> list[onnx.OperatorSetIdProto]:
 
 
 def _small_int(tensor: TensorProto) -> bool:
-    return tensor.data_type in _INT_TYPES and math.prod(tensor.dims) <= _SMALL_INT
+    """A constant shape inference gets as a value: a small integer tensor, or a tiny float one."""
+    size = math.prod(tensor.dims)
+    if tensor.data_type in _FLOAT_TYPES:
+        return size <= _SMALL_FLOAT
+    return tensor.data_type in _INT_TYPES and size <= _SMALL_INT
+
+
+def _small_array(array: np.ndarray) -> bool:
+    return (array.dtype.kind in "iu" and array.size <= _SMALL_INT) or (
+        array.dtype.kind == "f" and array.size <= _SMALL_FLOAT
+    )
 
 
 def _infer(
@@ -104,7 +120,7 @@ def _infer(
         inputs.append(helper.make_tensor_value_info(name, sparse.values.data_type, list(sparse.dims)))
     for name, fixed_value in view.fixed.items():
         array = np.asarray(fixed_value)
-        if array.dtype.kind in "iu" and array.size <= _SMALL_INT:
+        if _small_array(array):
             initializers.append(numpy_helper.from_array(array, name))
         else:
             inputs.append(helper.make_tensor_value_info(name, _elem_of(array), list(array.shape)))
@@ -209,8 +225,12 @@ def _evaluate(
             _check_size(view, label, node, out, known[out])
         try:
             present = {k: v for k, v in feeds.items() if v is not None}
-            single = _one_node_model(view, node, present)
-            results = ReferenceEvaluator(single).run(None, present)
+            if node.op_type in _SHAPED_BY_INFERENCE and not standard_domain(node.domain):
+                # the reference evaluator's convolutions are pure-Python loops (seconds on a 64x64
+                # DCGAN); their shapes are known by now and their values only ever reach a Shape node
+                results = [np.zeros(known[o], dtype=dtype) if o else None for o in node.output]
+            else:
+                results = ReferenceEvaluator(_one_node_model(view, node, present)).run(None, present)
         except Exception as exc:
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise UnsupportedModelError(
@@ -252,7 +272,7 @@ def _infer_one(
         if value is None:
             continue
         array = np.asarray(value)
-        if array.dtype.kind in "iu" and array.size <= _SMALL_INT:
+        if _small_array(array):
             initializers.append(numpy_helper.from_array(array, name))
         else:
             inputs.append(helper.make_tensor_value_info(name, _elem_of(array), list(array.shape)))

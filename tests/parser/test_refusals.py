@@ -44,11 +44,14 @@ def test_unsupported_activation_named(tmp_path, op, extra, words):
     assert [p.node for p in error.problems] == ["the_act"]
 
 
-def test_conv_named(tmp_path):
-    nodes = [node("Conv", ["z", "Wc"], ["x"], name="conv1")]
-    m = model(nodes, [init("Wc", rng_weights(1, 2, 1, 3, 3))], input_shape=("N", 1, 5, 5))
+def test_ambiguous_conv_transpose_named(tmp_path):
+    # output_shape 6 from a natural size of 7 needs one padding element, which onnxruntime and the ONNX
+    # specification put on opposite sides
+    nodes = [node("ConvTranspose", ["z", "Wc"], ["x"], name="deconv1", strides=[2, 2], output_shape=[6, 6])]
+    m = model(nodes, [init("Wc", rng_weights(1, 1, 2, 3, 3))], input_shape=("N", 1, 3, 3))
     text = str(_load_error(tmp_path, m))
-    assert "node 'conv1' (Conv, opset 17)" in text and "convolutional" in text
+    assert "node 'deconv1' (ConvTranspose, opset 17)" in text
+    assert "total padding of [1, 1]" in text and "opposite sides" in text and "explicit pads" in text
 
 
 def test_matmul_of_two_variables(tmp_path):
