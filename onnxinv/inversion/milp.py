@@ -73,7 +73,7 @@ Uses
 Every point a solver returns is re-checked through the layer list in float64
 (:meth:`PreimageSpec.misfit`). A point that misses by a little (solver tolerances, relaxed units) is
 **repaired**: with the activation pattern at that point fixed, ``G`` is affine on a polytope, and an LP
-over ``z`` with the observation band shrunk to ``REPAIR_FRACTION · s`` finds a point of that piece
+over ``z`` with the observation band shrunk to ``ε + REPAIR_FRACTION · tol`` finds a point of that piece
 (the repair LP also maximises the witness's distance from ``ẑ``). A point that still misses is not
 returned.
 
@@ -120,13 +120,29 @@ RELAX_FRACTION = 0.1
 """Units whose ``min(u, -l)`` is below this share of the smallest slack (over the gain to the output)
 keep their LP relaxation instead of a binary."""
 REPAIR_FRACTION = 0.5
-"""The repair LP asks for ``|G(z) - y| <= REPAIR_FRACTION · s``, leaving room for LP tolerances (HiGHS
+"""The repair LP asks for ``|G(z) - y| <= ε + REPAIR_FRACTION · tol``: room for LP tolerances (HiGHS
 struggles with the tiny feasibility tolerances a band closer to ``s`` would need)."""
 BOUND_MARGIN = 1e-7
 """Bounds found by LPs are rounded outward by ``BOUND_MARGIN · (1 + |value|)``."""
 OBBT_FRACTION = 1e-3
 """Units ambiguous by less than this share of their stage's typical bound get no OBBT LPs (they are
 ambiguous at the scale of the tolerance, which no LP resolves)."""
+WALK_STEPS = 40
+WALK_STARTS = 50
+"""Starting points :meth:`MilpEngine.find` walks from at most, before the MILP."""
+WALK_SHARE = 0.5
+"""Share of :meth:`MilpEngine.find`'s time the walks may take before the MILP."""
+"""Pieces one :meth:`MilpEngine.walk` visits at most."""
+PATTERN_MAX_FLOPS = 2e9
+"""Largest factorisation (rows × columns²) :func:`_pattern_box` attempts."""
+PATTERN_ROUNDS = 4
+"""Rounds of composed bounds and interval arithmetic in :func:`tighten`."""
+OBBT_MAX_NNZ = 400_000
+"""Largest LP relaxation (rows × columns) that bound tightening by LPs is tried on."""
+SYMBOLIC_MAX_ENTRIES = 5_000_000
+"""Largest coefficient matrix (rows × terms) :func:`_symbolic` keeps."""
+PATTERN_LP_TERMS = 300
+"""Error terms up to which :func:`_pattern_box` refines its least-squares bounds by LPs."""
 MAX_UNITS = 4000
 """Hidden units above which :func:`applicability` calls a network too large for the MILP."""
 MAX_NNZ = 2_000_000
@@ -184,9 +200,9 @@ class LatentBox:
     def touches(self, z: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
         """(k,) bool: ``z`` lies on a side of the box that the assumed box (not the model) sets."""
         z = np.asarray(z, dtype=np.float64)
-        span = rtol * (1.0 + np.abs(self.upper - self.lower))
-        low = self.assumed & (self.lower >= self.assumed_lower) & (z <= self.lower + span)
-        high = self.assumed & (self.upper <= self.assumed_upper) & (z >= self.upper - span)
+        span = rtol * (1.0 + np.abs(self.assumed_upper - self.assumed_lower))
+        low = self.assumed & (z <= self.assumed_lower + span)
+        high = self.assumed & (z >= self.assumed_upper - span)
         return low | high
 
     def describe(self) -> str:
@@ -1185,6 +1201,11 @@ class _Work:
     relax: tuple[lp.MilpSession, _Layout] | None = None  # the LP relaxation, kept warm
     piece: bool = False  # every hidden unit is fixed, or open only at the tolerance's scale
 
+    def model_size(self) -> int:
+        """Entries of the (dense) condensed model: rows times columns."""
+        open_units = sum(int(np.count_nonzero(st >= _AMBIGUOUS)) for st in self.bounds.state[:-1])
+        return (sum(st.n for st in self.stages) + 3 * open_units) * (self.stages[0].n_in + 2 * open_units)
+
     @property
     def exact_relaxation(self) -> bool:
         """No unit is open: the LP relaxation is the exact problem."""
@@ -1342,28 +1363,58 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
         stages, fixed, bounds, (obs_lo, obs_hi), box_lo, box_hi, theta, ftol, _obbt_thresholds(bounds)
     )
     status = SolverStatus.OPTIMAL
-    note = ""
-    if obbt and any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise):
-        status, note = _obbt(work, deadline)
-        counter.lps = bounds.lps
-        if status is SolverStatus.INFEASIBLE:
-            return finish(
-                SolverStatus.INFEASIBLE,
-                "LP relaxation",
-                box.implied,
-                box,
-                implied,
-                bounds,
-                "the LP relaxation of the whole network, constrained by the observation, is infeasible: no "
-                f"latent in {('the box' if not box.implied else 'the implied box')} reproduces the observation",
-            ), work
-    else:
-        counter.lps = bounds.lps
-    if status is not SolverStatus.INFEASIBLE:
-        tight = _pattern_box(work, deadline, counter)
-        if tight is not None:
+    notes = []
+
+    def rounds() -> str:
+        """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain."""
+        nonlocal box
+        for _ in range(PATTERN_ROUNDS):
+            if time.perf_counter() >= deadline:
+                return ""
+            tight = _pattern_box(work, deadline, counter)
+            if tight is None:
+                return ""
             lo, hi, bad = tight
             if bad or np.any(lo > hi):
+                return "pattern"
+            before = float(np.max(work.box_hi - work.box_lo))
+            work.box_lo, work.box_hi = np.maximum(work.box_lo, lo), np.minimum(work.box_hi, hi)
+            box = LatentBox(work.box_lo, work.box_hi, spec.box_lower, spec.box_upper, assumed)
+            work.relax = None
+            if _symbolic(stages, bounds, work.box_lo, work.box_hi, theta) is not None:
+                return "interval"
+            if float(np.max(work.box_hi - work.box_lo)) > 0.95 * before:
+                return ""
+        return ""
+
+    def refuted(how: str) -> Tightening:
+        if how == "pattern":
+            text = (
+                "no latent of the box reproduces the observation: the network's outputs, written as one affine "
+                "map of the latent plus bounded terms for the units whose sign is open, cannot meet it"
+            )
+            return finish(SolverStatus.INFEASIBLE, "LP relaxation", box.implied, box, implied, bounds, text)
+        text = (
+            "interval arithmetic from the tightened box contradicts the bounds the observation implies: no "
+            "latent in the box reproduces the observation"
+        )
+        return finish(SolverStatus.INFEASIBLE, "interval arithmetic", box.implied, box, implied, bounds, text)
+
+    if _symbolic(stages, bounds, work.box_lo, work.box_hi, theta) is not None:
+        return refuted("interval"), work
+    how = rounds()
+    if how:
+        return refuted(how), work
+    if obbt and any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise):
+        size = work.model_size()
+        if size > OBBT_MAX_NNZ:
+            notes.append(f"bound tightening by LPs skipped (an LP relaxation of ~{size:.2g} entries)")
+        else:
+            status, note = _obbt(work, deadline)
+            if note:
+                notes.append(note)
+            counter.lps = bounds.lps
+            if status is SolverStatus.INFEASIBLE:
                 return finish(
                     SolverStatus.INFEASIBLE,
                     "LP relaxation",
@@ -1371,26 +1422,15 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
                     box,
                     implied,
                     bounds,
-                    "with every hidden unit's sign fixed by the bounds, the network is affine on the box and "
-                    "no latent of that piece reproduces the observation",
+                    "the LP relaxation of the whole network, constrained by the observation, is infeasible: no "
+                    f"latent in {('the box' if not box.implied else 'the implied box')} reproduces the observation",
                 ), work
-            work.box_lo, work.box_hi = np.maximum(work.box_lo, lo), np.minimum(work.box_hi, hi)
-            box = LatentBox(work.box_lo, work.box_hi, spec.box_lower, spec.box_upper, assumed)
-            work.piece = True
-            # the tighter box tightens every later bound too
-            bad_stage = _propagate(stages, bounds, work.box_lo, work.box_hi, 0, theta)
-            work.relax = None
-            if bad_stage is not None:
-                return finish(
-                    SolverStatus.INFEASIBLE,
-                    "interval arithmetic",
-                    box.implied,
-                    box,
-                    implied,
-                    bounds,
-                    f"interval arithmetic from the tightened box contradicts the bounds on layer {bad_stage}: no "
-                    "latent in the box reproduces the observation",
-                ), work
+            how = rounds()
+            if how:
+                return refuted(how), work
+    counter.lps = bounds.lps
+    work.piece = not any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise)
+    note = "; ".join(notes)
     result = finish(status, "", box.implied, box, implied, bounds, "")
     message = (
         f"{result.fixed_active} hidden units fixed active, {result.fixed_inactive} fixed inactive, "
@@ -1403,43 +1443,66 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
     )
 
 
+def _linearize(
+    st: _Stage, lo: np.ndarray, hi: np.ndarray, state: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``h = d·a + o + e`` with ``|e| <= w`` for every unit of a piecewise-linear stage over ``l <= a <= u``.
+
+    Fixed units are exact (``d = 1`` active, ``d = c`` inactive, ``o = w = 0``). An open unit
+    (``l < 0 < u``) uses the zonotope relaxation of ``relu`` (Singh et al., DeepZ, NeurIPS 2018):
+    ``relu(a) = λ a + μ + ε`` with ``λ = u / (u - l)``, ``μ = -λ l / 2`` and ``|ε| <= μ`` on ``[l, u]``, so
+    ``h = c a + (1 - c) relu(a)`` gives ``d = c + (1 - c) λ``, ``o = (1 - c) μ``, ``w = |1 - c| μ``.
+    """
+    c = st.slopes
+    open_ = (state == _AMBIGUOUS) | (state == _RELAXED)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(open_, hi / np.where(open_, hi - lo, 1.0), 0.0)
+    mu = np.where(open_, -lam * lo / 2.0, 0.0)
+    d = np.where(open_, c + (1.0 - c) * lam, np.where(state == _INACTIVE, c, 1.0))
+    return d, (1.0 - c) * mu, np.abs(1.0 - c) * mu
+
+
 def _pattern_box(
     work: _Work, deadline: float, counter: _Bounds
 ) -> tuple[np.ndarray, np.ndarray, bool] | None:
-    """Bounds on ``z`` through the network's affine piece when every hidden unit's sign is fixed, or
-    ambiguous only at the scale of the tolerance (``min(u, -l) <= theta_obbt``).
+    """Bounds on ``z`` through one affine piece of the network, valid on the whole box.
 
-    On that piece ``a_last = M z + m + Σ_s F_s e_s``: a unit ambiguous by ``d = min(u, -l)`` is taken on its
-    nearer side (inactive ``h = c a`` when ``u <= -l``, else active ``h = a``) and its error
-    ``e = h - (that) ∈ [0, (1 - c) d]`` enters through ``F_s``, the linear map from stage ``s``'s output
-    to the observed stage. The observed rows bound ``(z, e)`` (:func:`_input_bounds`, with ``0 <= e <=
-    (1 - c) d`` as rows of their own): far tighter than the layer-by-layer bounds, since ``M`` is never
-    split into layers. None when some unit is ambiguous by more.
+    Every unit whose sign is open (``l < 0 < u``) is linearised (:func:`_linearize`, ``h = d a + o + e``)
+    and its error ``|e| <= w`` becomes an unknown of its own. Then ``a_last = M z + m + Σ_s F_s e_s``
+    exactly, with ``F_s`` the linear map
+    from stage ``s``'s output to the observed stage, and the observed rows bound ``(z, e)``
+    (:func:`_input_bounds`, with the bounds of ``e`` as rows of their own): least squares weighs each
+    ``e`` against the data, and ``M`` is never split into layers, which makes these bounds far tighter
+    than the layer-by-layer ones. With error terms (up to ``PATTERN_LP_TERMS``) the least-squares
+    bounds are then refined by ``min`` / ``max z_i`` LPs over the same rows. None when the system would be
+    too large to factor.
     """
     stages, bounds = work.stages, work.bounds
     last = len(stages) - 1
     k = stages[0].n_in
-    diag, emax = [], []
+    diag, shift, e_lo, e_hi = [], [], [], []
     for s in range(last):
         st = stages[s]
         if not st.piecewise:
             diag.append(np.ones(st.n))
-            emax.append(np.zeros(st.n))
+            shift.append(np.zeros(st.n))
+            e_lo.append(np.zeros(st.n))
+            e_hi.append(np.zeros(st.n))
             continue
-        lo, hi, state = bounds.lo[s], bounds.hi[s], bounds.state[s]
-        open_ = (state == _AMBIGUOUS) | (state == _RELAXED)
-        d = np.where(open_, np.minimum(hi, -lo), 0.0)
-        if np.any(d > work.theta_obbt[s]):
-            return None
-        near_off = open_ & (hi <= -lo)
-        diag.append(np.where((state == _INACTIVE) | near_off, st.slopes, 1.0))
-        emax.append(np.maximum((1.0 - st.slopes) * d, 0.0))
+        d, o, w = _linearize(st, bounds.lo[s], bounds.hi[s], bounds.state[s])
+        diag.append(d)
+        shift.append(o)
+        e_lo.append(-w)
+        e_hi.append(w)
+    ne = sum(int(np.count_nonzero(hi_e > lo_e)) for lo_e, hi_e in zip(e_lo, e_hi))
+    if (stages[last].n + ne) * (k + ne) ** 2 > PATTERN_MAX_FLOPS:
+        return None
     m_mat, m_off = np.eye(k), np.zeros(k)
     for s in range(last):
         st = stages[s]
         m_a = np.asarray(st.weight @ m_mat)
         off = np.asarray(st.weight @ m_off).reshape(-1) + st.bias
-        m_mat, m_off = m_a * diag[s][:, None], off * diag[s]
+        m_mat, m_off = m_a * diag[s][:, None], off * diag[s] + shift[s]
     st = stages[last]
     composed = _Stage(
         np.asarray(st.weight @ m_mat),
@@ -1447,14 +1510,14 @@ def _pattern_box(
         Activation.IDENTITY,
         np.ones(st.n),
     )
-    # the errors become unknowns of their own, bounded by [0, emax]: least squares then weighs them
-    # against the data instead of widening every row by their worst case
+    # the errors become unknowns of their own, bounded by ±w: least squares then weighs them against
+    # the data instead of widening every row by their worst case
     f = st.dense()
     cols = []
     for s in range(last - 1, -1, -1):
-        open_units = np.flatnonzero(emax[s] > 0)
+        open_units = np.flatnonzero(e_hi[s] > e_lo[s])
         if open_units.size:
-            cols.append((f[:, open_units], emax[s][open_units]))
+            cols.append((f[:, open_units], e_lo[s][open_units], e_hi[s][open_units]))
         if s > 0:
             f = np.asarray((f * diag[s][None, :]) @ stages[s].dense())
     a_lo = np.maximum(bounds.lo[last], work.obs[0])
@@ -1462,18 +1525,52 @@ def _pattern_box(
     dom_lo, dom_hi = work.box_lo.copy(), work.box_hi.copy()
     if cols:
         f_all = np.hstack([c[0] for c in cols])
-        e_max = np.concatenate([c[1] for c in cols])
+        e_min = np.concatenate([c[1] for c in cols])
+        e_max = np.concatenate([c[2] for c in cols])
         ne = e_max.size
         weight = np.block([[composed.dense(), f_all], [np.zeros((ne, k)), np.eye(ne)]])
         composed = _Stage(
             weight, np.concatenate([composed.bias, np.zeros(ne)]), Activation.IDENTITY, np.ones(st.n + ne)
         )
-        a_lo = np.concatenate([a_lo, np.zeros(ne)])
+        a_lo = np.concatenate([a_lo, e_min])
         a_hi = np.concatenate([a_hi, e_max])
-        dom_lo = np.concatenate([dom_lo, np.zeros(ne)])
+        dom_lo = np.concatenate([dom_lo, e_min])
         dom_hi = np.concatenate([dom_hi, e_max])
     lo, hi, bad = _input_bounds(composed, a_lo, a_hi, (dom_lo, dom_hi), deadline, counter)
-    return lo[:k], hi[:k], bad
+    if bad or not cols or cols and sum(c[0].shape[1] for c in cols) > PATTERN_LP_TERMS:
+        return lo[:k], hi[:k], bad
+    # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation
+    dom_lo[:k], dom_hi[:k] = np.maximum(dom_lo[:k], lo[:k]), np.minimum(dom_hi[:k], hi[:k])
+    w = composed.dense()
+    up, dn = np.isfinite(a_hi), np.isfinite(a_lo)
+    lazy = _LazyLP(
+        np.vstack([w[up], -w[dn]]),
+        np.concatenate([a_hi[up] - composed.bias[up], composed.bias[dn] - a_lo[dn]]),
+        dom_lo,
+        dom_hi,
+        0.5 * (dom_lo + dom_hi),
+    )
+    z_lo, z_hi = dom_lo[:k].copy(), dom_hi[:k].copy()
+    for j in range(k):
+        for sign in (1.0, -1.0):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return z_lo, z_hi, False
+            c = np.zeros(w.shape[1])
+            c[j] = sign
+            res = lazy.minimize(c, remaining)
+            counter.lps += 1
+            if res.status is SolverStatus.INFEASIBLE:
+                return z_lo, z_hi, True
+            if res.status is not SolverStatus.OPTIMAL:
+                continue
+            value = sign * res.objective
+            out_lo, out_hi = _outward(np.array([value]), np.array([value]))
+            if sign > 0:
+                z_lo[j] = max(z_lo[j], float(out_lo[0]))
+            else:
+                z_hi[j] = min(z_hi[j], float(out_hi[0]))
+    return z_lo, z_hi, False
 
 
 def _obbt_thresholds(bounds: _Bounds) -> np.ndarray:
@@ -1519,6 +1616,55 @@ def _propagate(
             else (np.full(stages[s].n, _LINEAR, dtype=np.int8))
         )
         h_lo, h_hi = _act_range(stages[s], lo, hi)
+    return None
+
+
+def _symbolic(
+    stages: Sequence[_Stage], bounds: _Bounds, box_lo: np.ndarray, box_hi: np.ndarray, theta: np.ndarray
+) -> int | None:
+    """Symbolic interval propagation from the box (intersecting, then re-classifying), like
+    :func:`_propagate` but without the wrapping of interval arithmetic: each stage's pre-activations are
+    kept as ``A [z; e] + a_0`` over the latent and one bounded term ``e_j`` per open unit so far (the
+    zonotope relaxation of :func:`_linearize`), and bounded only at the end. Returns the stage
+    where an interval became empty, or None. Stops early when the terms would make it too large."""
+    k = stages[0].n_in
+    var_lo, var_hi = box_lo.copy(), box_hi.copy()
+    coef = np.eye(k)
+    const = np.zeros(k)
+    for s, st in enumerate(stages):
+        a_mat = np.asarray(st.weight @ coef)
+        a_off = np.asarray(st.weight @ const).reshape(-1) + st.bias
+        mid, rad = 0.5 * (var_lo + var_hi), 0.5 * (var_hi - var_lo)
+        centre = a_mat @ mid + a_off
+        spread = np.abs(a_mat) @ rad
+        fuzz = 1e-12 * (np.abs(a_mat) @ np.abs(mid) + spread + np.abs(a_off) + 1.0)
+        lo = np.maximum(bounds.lo[s], centre - spread - fuzz)
+        hi = np.minimum(bounds.hi[s], centre + spread + fuzz)
+        gap = lo - hi
+        if np.any(gap > 1e-9 * (1.0 + np.abs(lo) + np.abs(hi))):
+            return s
+        cross = gap > 0
+        mid_b = 0.5 * (lo + hi)
+        lo, hi = np.where(cross, mid_b, lo), np.where(cross, mid_b, hi)
+        bounds.lo[s], bounds.hi[s] = lo, hi
+        if s == len(stages) - 1:
+            bounds.state[s] = np.full(st.n, _LINEAR, dtype=np.int8)
+            return None
+        bounds.state[s] = _classify(st, lo, hi, float(theta[s]))
+        if not st.piecewise:
+            coef, const = a_mat, a_off
+            continue
+        d, o, w = _linearize(st, lo, hi, bounds.state[s])
+        coef, const = a_mat * d[:, None], a_off * d + o
+        units = np.flatnonzero(w > 0)
+        if units.size:
+            if stages[-1].n * (coef.shape[1] + units.size) > SYMBOLIC_MAX_ENTRIES:
+                return None
+            extra = np.zeros((st.n, units.size))
+            extra[units, np.arange(units.size)] = 1.0
+            coef = np.hstack([coef, extra])
+            var_lo = np.concatenate([var_lo, -w[units]])
+            var_hi = np.concatenate([var_hi, w[units]])
     return None
 
 
@@ -1585,6 +1731,50 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
 # ----------------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------------
+
+
+class _LazyLP:
+    """``min cᵀx`` s.t. ``a_ub x <= b_ub``, ``lower <= x <= upper`` for many objectives ``c``, by row
+    generation on one HiGHS session: the working rows start as the ``2 n + 10`` nearest to binding at
+    ``x0`` and grow by the rows a solution violates (checked in numpy), so the answer is that of the
+    full LP; the rows and the basis carry over from one objective to the next."""
+
+    def __init__(
+        self, a_ub: np.ndarray, b_ub: np.ndarray, lower: np.ndarray, upper: np.ndarray, x0: np.ndarray
+    ) -> None:
+        self.a_ub, self.b_ub = a_ub, b_ub
+        n = a_ub.shape[1]
+        margin = b_ub - a_ub @ np.clip(np.nan_to_num(x0), lower, upper)
+        first = np.argsort(margin)[: min(b_ub.size, 2 * n + 10)]
+        self.work = np.zeros(b_ub.size, dtype=bool)
+        self.work[first] = True
+        program = lp.MixedIntegerProgram.build(
+            np.zeros(n), a_ub[self.work], None, b_ub[self.work], lower, upper
+        )
+        self.session = lp.MilpSession(program)
+        self.tol = 1e-9 * (1.0 + np.abs(b_ub))
+
+    def minimize(self, c: np.ndarray, time_limit: float) -> lp.MilpResult:
+        begin = time.perf_counter()
+        self.session.set_objective(c)
+        while True:
+            remaining = time_limit - (time.perf_counter() - begin)
+            res = self.session.solve(time_limit=max(remaining, 0.0))
+            if res.status is not SolverStatus.OPTIMAL or res.x is None:
+                # unbounded or stopped: the full LP is at least as constrained, nothing more is known
+                if res.status is SolverStatus.UNBOUNDED and not self.work.all():
+                    self._add(np.flatnonzero(~self.work))
+                    continue
+                return res
+            viol = self.a_ub @ res.x - self.b_ub
+            bad = np.flatnonzero((viol > self.tol) & ~self.work)
+            if not bad.size:
+                return res
+            self._add(bad[np.argsort(-viol[bad])[: max(10, self.a_ub.shape[1])]])
+
+    def _add(self, rows: np.ndarray) -> None:
+        self.session.add_rows(self.a_ub[rows], -np.inf, self.b_ub[rows])
+        self.work[rows] = True
 
 
 def _row_generation_lp(
@@ -1658,7 +1848,7 @@ class MilpEngine:
         self._work = work
         self._session: lp.MilpSession | None = None
         self._layout: _Layout | None = None
-        self._best: np.ndarray | None = None  # a full vector of a re-checked latent, for warm starts
+        self._best: np.ndarray | None = None  # the last re-checked latent, for warm starts
 
     @property
     def box(self) -> LatentBox:
@@ -1689,6 +1879,76 @@ class MilpEngine:
         misfit = self.spec.misfit(z)
         return (z if misfit <= 1.0 else None), misfit
 
+    def _pattern(self, z0: np.ndarray, use_bounds: bool) -> list[np.ndarray | None]:
+        """Per stage, the active mask of the piece of ``z0`` (None for linear stages and the observed one).
+
+        With ``use_bounds``, units whose sign the bounds fix keep it, and units ambiguous only at the
+        tolerance's scale take their nearer side (active when ``-l < u``).
+        """
+        assert self._work is not None
+        stages, bounds = self._work.stages, self._work.bounds
+        out: list[np.ndarray | None] = []
+        h = np.asarray(z0, dtype=np.float64).reshape(-1)
+        for s, st in enumerate(stages[:-1]):
+            a = st.pre(h)
+            if not st.piecewise:
+                out.append(None)
+            else:
+                active = a >= 0.0
+                if use_bounds:
+                    lo_b, hi_b, state = bounds.lo[s], bounds.hi[s], bounds.state[s]
+                    small = np.minimum(hi_b, -lo_b) <= self._work.theta_obbt[s]
+                    active = np.where(small, hi_b > -lo_b, active)
+                    active = np.where(state == _ACTIVE, True, np.where(state == _INACTIVE, False, active))
+                out.append(active)
+            h = st.act(a)
+        return out
+
+    def _band(self) -> np.ndarray:
+        """The band the repair LPs aim for: the noise plus ``REPAIR_FRACTION`` of the tolerance."""
+        return self.spec.slack - (1.0 - REPAIR_FRACTION) * self.spec.tol
+
+    def _piece(
+        self, pattern: list[np.ndarray | None], band: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]], np.ndarray, np.ndarray] | None:
+        """The piece ``pattern`` as rows over ``z``: sign rows ``S z <= t`` (and which unit each row is),
+        observed rows ``O z <= o`` for ``band``; None when the band is empty."""
+        assert self._work is not None
+        stages = self._work.stages
+        k = self.spec.latent_dim
+        m_mat, m_off = np.eye(k), np.zeros(k)
+        sign_a, sign_b, which = [], [], []
+        for s, st in enumerate(stages[:-1]):
+            m_a = np.asarray(st.weight @ m_mat)
+            off = np.asarray(st.weight @ m_off).reshape(-1) + st.bias
+            active = pattern[s]
+            if active is None:
+                d = np.ones(st.n)
+            else:
+                # active rows a >= 0, inactive rows a <= 0
+                sign_a.append(np.where(active[:, None], -m_a, m_a))
+                sign_b.append(np.where(active, off, -off))
+                which.append((s, np.arange(st.n)))
+                d = np.where(active, 1.0, st.slopes)
+            m_mat, m_off = m_a * d[:, None], off * d
+        st = stages[-1]
+        m_a = np.asarray(st.weight @ m_mat)
+        off = np.asarray(st.weight @ m_off).reshape(-1) + st.bias
+        lo, hi, empty = _observed_interval(st, self.spec.observed, band)
+        if np.any(empty):
+            return None
+        up, dn = np.isfinite(hi), np.isfinite(lo)
+        obs_a = np.vstack([m_a[up], -m_a[dn]])
+        obs_b = np.concatenate([hi[up] - off[up], off[dn] - lo[dn]])
+        s_a = np.vstack(sign_a) if sign_a else np.zeros((0, k))
+        s_b = np.concatenate(sign_b) if sign_b else np.zeros(0)
+        return s_a, s_b, which, obs_a, obs_b
+
+    def _z_box(self, z_lower: np.ndarray | None, z_upper: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        lo_z = self.box.lower if z_lower is None else np.maximum(self.box.lower, z_lower)
+        hi_z = self.box.upper if z_upper is None else np.minimum(self.box.upper, z_upper)
+        return lo_z, hi_z
+
     def repair(
         self,
         z0: np.ndarray,
@@ -1700,67 +1960,106 @@ class MilpEngine:
         use_bounds: bool = True,
     ) -> np.ndarray | None:
         """A latent on one affine piece of ``G`` that reproduces the observation within
-        ``REPAIR_FRACTION·s`` (LP over ``z``; ``objective``: minimise ``objectiveᵀz``; ``z_lower`` /
+        ``ε + REPAIR_FRACTION·tol`` (LP over ``z``; ``objective``: minimise ``objectiveᵀz``; ``z_lower`` /
         ``z_upper`` narrow the box), re-checked; None if that piece has none.
 
-        The piece: every unit's sign at ``z0``, except (``use_bounds``) units whose sign the bounds fix
-        and units ambiguous only at the tolerance's scale, which take their nearer side (inactive when
-        ``u <= -l``): the piece the observation points to, whatever the relaxation made of them.
+        The piece is that of ``z0`` (:meth:`_pattern`; with ``use_bounds`` the one the bounds point to
+        where they fix a sign or leave it open only at the tolerance's scale).
         """
         assert self._work is not None
-        stages = self._work.stages
-        bounds = self._work.bounds
         z0 = np.asarray(z0, dtype=np.float64).reshape(-1)
         k = z0.size
-        m_mat = np.eye(k)
-        m_off = np.zeros(k)
-        h = z0
-        rows_a, rows_b = [], []
-        last = len(stages) - 1
-        for s, st in enumerate(stages):
-            a = st.pre(h)
-            w = st.weight
-            m_a = np.asarray(w @ m_mat)
-            off_a = np.asarray(w @ m_off).reshape(-1) + st.bias
-            if s == last:
-                lo, hi, empty = _observed_interval(st, self.spec.observed, REPAIR_FRACTION * self.spec.slack)
-                if np.any(empty):
-                    return None
-                up = np.isfinite(hi)
-                dn = np.isfinite(lo)
-                rows_a += [m_a[up], -m_a[dn]]
-                rows_b += [hi[up] - off_a[up], off_a[dn] - lo[dn]]
-                break
-            if st.piecewise:
-                active = a >= 0.0
-                if use_bounds:
-                    lo_b, hi_b, state = bounds.lo[s], bounds.hi[s], bounds.state[s]
-                    small = np.minimum(hi_b, -lo_b) <= self._work.theta_obbt[s]
-                    active = np.where(small, hi_b > -lo_b, active)
-                    active = np.where(state == _ACTIVE, True, np.where(state == _INACTIVE, False, active))
-                # keep the sign of every unit: active rows a >= 0, inactive rows a <= 0
-                rows_a += [-m_a[active], m_a[~active]]
-                rows_b += [off_a[active], -off_a[~active]]
-                d = np.where(active, 1.0, st.slopes)
-            else:
-                d = np.ones(st.n)
-            m_mat = m_a * d[:, None]
-            m_off = off_a * d
-            h = st.act(a)
-        a_ub = np.vstack(rows_a)
-        b_ub = np.concatenate(rows_b)
-        lo_z = self.box.lower if z_lower is None else np.maximum(self.box.lower, z_lower)
-        hi_z = self.box.upper if z_upper is None else np.minimum(self.box.upper, z_upper)
+        piece = self._piece(self._pattern(z0, use_bounds), self._band())
+        if piece is None:
+            return None
+        s_a, s_b, _, obs_a, obs_b = piece
+        lo_z, hi_z = self._z_box(z_lower, z_upper)
         if np.any(lo_z > hi_z):
             return None
         c = np.zeros(k) if objective is None else np.asarray(objective, dtype=np.float64)
         x = _row_generation_lp(
-            c, a_ub, b_ub, lo_z, hi_z, np.clip(z0, lo_z, hi_z), self._work.ftol, time_limit
+            c,
+            np.vstack([s_a, obs_a]),
+            np.concatenate([s_b, obs_b]),
+            lo_z,
+            hi_z,
+            np.clip(z0, lo_z, hi_z),
+            self._work.ftol,
+            time_limit,
         )
         if x is None:
             return None
         z, _ = self._accept(x)
         return z
+
+    def walk(
+        self,
+        z0: np.ndarray,
+        *,
+        z_lower: np.ndarray | None = None,
+        z_upper: np.ndarray | None = None,
+        time_limit: float = 5.0,
+        max_steps: int = WALK_STEPS,
+    ) -> np.ndarray | None:
+        """Descend the misfit over the pieces of ``G`` from ``z0`` (a primal heuristic, proves nothing).
+
+        On the current piece an LP minimises ``t`` with every observed row within ``ε + REPAIR_FRACTION·tol +
+        t``; ``t <= 0`` gives a latent (re-checked). Otherwise the units whose sign rows are tight at the
+        optimum block the descent: they flip, and the walk moves to that neighbouring piece, until it
+        repeats a piece, finds no blocking unit (a local minimum of the misfit) or runs out of steps.
+        """
+        assert self._work is not None
+        begin = time.perf_counter()
+        k = self.spec.latent_dim
+        lo_z, hi_z = self._z_box(z_lower, z_upper)
+        if np.any(lo_z > hi_z):
+            return None
+        pattern = self._pattern(np.clip(z0, lo_z, hi_z), True)
+        states = self._work.bounds.state
+        seen: set[bytes] = set()
+        x = np.append(np.clip(z0, lo_z, hi_z), 0.0)
+        for _ in range(max_steps):
+            remaining = time_limit - (time.perf_counter() - begin)
+            if remaining <= 0:
+                return None
+            key = b"".join(p.tobytes() for p in pattern if p is not None)
+            if key in seen:
+                return None
+            seen.add(key)
+            piece = self._piece(pattern, self._band())
+            if piece is None:
+                return None
+            s_a, s_b, which, obs_a, obs_b = piece
+            a_ub = np.block([[s_a, np.zeros((s_a.shape[0], 1))], [obs_a, -np.ones((obs_a.shape[0], 1))]])
+            b_ub = np.concatenate([s_b, obs_b])
+            c = np.zeros(k + 1)
+            c[-1] = 1.0
+            x0 = np.append(x[:k], max(float(np.max(obs_a @ x[:k] - obs_b)), 0.0))
+            x = _row_generation_lp(
+                c, a_ub, b_ub, np.append(lo_z, 0.0), np.append(hi_z, np.inf), x0, self._work.ftol, remaining
+            )
+            if x is None:
+                return None
+            if x[-1] <= 1e-12 * (1.0 + float(np.max(np.abs(obs_b)))):
+                z, _ = self._accept(x[:k])
+                return z
+            slack = s_b - s_a @ x[:k]
+            tight = slack <= 1e-9 * (1.0 + np.abs(s_b))
+            if not np.any(tight):
+                return None
+            offset = 0
+            flipped = False
+            for s, units in which:
+                part = tight[offset : offset + units.size] & (states[s] != _ACTIVE) & (states[s] != _INACTIVE)
+                offset += units.size
+                if np.any(part):
+                    p = pattern[s]
+                    assert p is not None
+                    pattern[s] = np.where(part, ~p, p)
+                    flipped = True
+            if not flipped:
+                return None
+        return None
 
     def _point_from(
         self,
@@ -1798,8 +2097,7 @@ class MilpEngine:
         return (z, False) if inside else (None, False)
 
     def _remember(self, z: np.ndarray) -> None:
-        if self._work is not None and self._layout is not None:
-            self._best = _full_vector(self._work.stages, self._layout, z)
+        self._best = np.array(z, dtype=np.float64)
 
     def _direction(self, i: int, sign: float, zh: np.ndarray, delta: float, time_limit: float) -> _Direction:
         """Is there a latent of the set with ``sign·(z_i - ẑ_i) >= δ``?
@@ -1852,6 +2150,18 @@ class MilpEngine:
             )
             if cand is not None and float(np.max(np.abs(cand - zh))) >= delta:
                 return _Direction(False, cand, "witness", SolverStatus.OPTIMAL, nodes, solves)
+            if label == "LP relaxation" and self.binaries:
+                seeds = [zh] if res.x is None else [res.x[:k], zh]
+                walk_end = begin + min(time_limit, (time.perf_counter() - begin) + WALK_SHARE * remaining)
+                cand = self._walks(seeds, walk_end, z_lo, z_hi)
+                if cand is not None:
+                    # push it as far as its piece allows in this direction
+                    far = self.repair(
+                        cand, objective=objective, z_lower=z_lo, z_upper=z_hi, time_limit=remaining
+                    )
+                    cand = far if far is not None else cand
+                if cand is not None and float(np.max(np.abs(cand - zh))) >= delta:
+                    return _Direction(False, cand, "witness", SolverStatus.OPTIMAL, nodes, solves)
         if status is SolverStatus.OPTIMAL:
             return _Direction(
                 False, None, f"{label}: unrepaired point", SolverStatus.NUMERICAL, nodes, solves
@@ -1881,7 +2191,16 @@ class MilpEngine:
             z = self.repair(z0, time_limit=max(deadline - time.perf_counter(), 0.1))
             if z is not None:
                 return self._found(z, SolverStatus.OPTIMAL, "pattern LP", False, 0, begin, "")
+            z = self.walk(z0, time_limit=max(WALK_SHARE * (deadline - time.perf_counter()), 0.1))
+            if z is not None:
+                return self._found(z, SolverStatus.OPTIMAL, "piece walk", False, 0, begin, "")
         assert self._work is not None
+        if self._work.model_size() > OBBT_MAX_NNZ:
+            # too large for LPs over the whole network within seconds: walk over its pieces only
+            seeds = [] if start is None else [np.asarray(start, dtype=np.float64).reshape(-1)]
+            z = self._walks(seeds, begin + WALK_SHARE * (deadline - begin))
+            if z is not None:
+                return self._found(z, SolverStatus.OPTIMAL, "piece walk", False, 0, begin, "")
         if self._work.piece and not self._work.exact_relaxation:
             # every open unit is open only at the tolerance's scale: the piece the bounds point to
             z = self.repair(
@@ -1907,6 +2226,13 @@ class MilpEngine:
             if z is not None:
                 how = f"{what} + repair" if repaired else what
                 return self._found(z, SolverStatus.OPTIMAL, how, False, nodes, begin, "")
+            if what == "LP relaxation" and self.binaries:
+                seeds = [] if res.x is None else [res.x[: self.spec.latent_dim]]
+                if start is not None:
+                    seeds.append(np.asarray(start, dtype=np.float64).reshape(-1))
+                z = self._walks(seeds, begin + WALK_SHARE * (deadline - begin))
+                if z is not None:
+                    return self._found(z, SolverStatus.OPTIMAL, "piece walk", False, nodes, begin, "")
         assert res is not None
         status = res.status if res.status is not SolverStatus.OPTIMAL else SolverStatus.NUMERICAL
         note = res.message
@@ -1916,6 +2242,27 @@ class MilpEngine:
                 "times the tolerance in float64 and the repair LP found no point on its pattern"
             )
         return self._found(None, status, what, False, nodes, begin, note)
+
+    def _walks(
+        self,
+        seeds: list[np.ndarray],
+        deadline: float,
+        z_lower: np.ndarray | None = None,
+        z_upper: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """:meth:`walk` from ``seeds``, the box centre, then random points of the box (fixed seed), until
+        one reaches a latent or the deadline passes."""
+        lo_z, hi_z = self._z_box(z_lower, z_upper)
+        starts = [*seeds, 0.5 * (lo_z + hi_z)]
+        rng = np.random.default_rng(0)
+        n = 0
+        while time.perf_counter() < deadline and n < WALK_STARTS:
+            z0 = starts[n] if n < len(starts) else rng.uniform(lo_z, hi_z)
+            n += 1
+            z = self.walk(z0, z_lower=z_lower, z_upper=z_upper, time_limit=deadline - time.perf_counter())
+            if z is not None:
+                return z
+        return None
 
     def _found(
         self,
@@ -1930,8 +2277,7 @@ class MilpEngine:
         if z is not None:
             finding = Finding.FOUND
             misfit, linf = self.spec.misfit(z), self.spec.residual_linf(z)
-            if self._session is not None:
-                self._remember(z)
+            self._remember(z)
             message = (
                 f"found a latent reproducing the observation within its tolerance (misfit {misfit:.3g} of the "
                 f"band, max error {linf:.3g}) by {how}"
@@ -2153,8 +2499,13 @@ class MilpEngine:
     def bound(self, *, time_limit: float = 30.0, start: np.ndarray | None = None) -> BoundResult:
         """``[min z_i, max z_i]`` over the set for every ``i`` (proved bounds, and the values reached).
 
-        ``start``: a latent of the set (e.g. from :meth:`find`) handed to every MILP as its first
-        incumbent. A solve stopped by the time limit still contributes its dual bound.
+        The tightened box is already a proved bound; each side is then solved: the LP relaxation when
+        the model has no binary (exact then), else the MILP, whose dual bound counts even when it stops
+        at its time limit. A model too large for LPs within seconds (``OBBT_MAX_NNZ``) keeps the
+        tightened box. The values reached come from re-checked latents: the solvers' points, and the
+        piece of ``start`` (or of the last latent found) pushed to each side by one LP.
+
+        ``start``: a latent of the set (e.g. from :meth:`find`), also the MILPs' first incumbent.
         """
         begin = time.perf_counter()
         deadline = begin + max(float(time_limit), 0.0)
@@ -2167,23 +2518,33 @@ class MilpEngine:
             return self._bounded(
                 Finding.NO_PREIMAGE, SolverStatus.INFEASIBLE, lower, upper, reached, exact, 0, 0, begin
             )
-        session, layout = self._model()
-        warm = self._best
+        assert self._work is not None
+        best = None
         if start is not None:
-            z0, _ = self._accept(start)
-            if z0 is not None:
-                warm = _full_vector(self._work.stages, layout, z0)  # type: ignore[union-attr]
+            best, _ = self._accept(start)
         nodes = solves = 0
         status = SolverStatus.OPTIMAL
         jobs = [(i, col) for i in range(k) for col in (0, 1)]
         scale = float(np.max(np.abs(box.upper - box.lower))) or 1.0
+        if self._work.model_size() > OBBT_MAX_NNZ:
+            session = None
+            status = SolverStatus.TIME_LIMIT
+        elif self.binaries:
+            session, layout = self._model()
+        else:
+            session, layout = self._work.relaxation()
         for n_done, (i, col) in enumerate(jobs):
+            if session is None:
+                break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 status = SolverStatus.TIME_LIMIT
                 break
             sign = 1.0 if col == 0 else -1.0  # minimise z_i, then minimise -z_i
             session.set_objective({i: sign})
+            warm = (
+                None if best is None or not self.binaries else _full_vector(self._work.stages, layout, best)
+            )
             res = session.solve(
                 time_limit=min(remaining, 2.0 * remaining / (len(jobs) - n_done)),
                 start=warm,
@@ -2219,12 +2580,26 @@ class MilpEngine:
                 z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
                 if z is not None:
                     reached[i, col] = z[i]
-                    warm = _full_vector(self._work.stages, layout, z)  # type: ignore[union-attr]
+                    best = z
+        if best is None and self._best is not None:
+            best, _ = self._accept(self._best)
+        if best is not None:
+            # values reached on the piece of a known latent, for the sides still without one
+            for i, col in jobs:
+                if not np.isnan(reached[i, col]) or time.perf_counter() >= deadline:
+                    continue
+                objective = np.zeros(k)
+                objective[i] = 1.0 if col == 0 else -1.0
+                z = self.repair(
+                    best, objective=objective, time_limit=max(deadline - time.perf_counter(), 0.05)
+                )
+                if z is not None:
+                    reached[i, col] = z[i]
+            reached[:, 0] = np.fmin(reached[:, 0], best)
+            reached[:, 1] = np.fmax(reached[:, 1], best)
         lower = np.minimum(lower, np.where(np.isnan(reached[:, 0]), lower, reached[:, 0]))
         upper = np.maximum(upper, np.where(np.isnan(reached[:, 1]), upper, reached[:, 1]))
-        proved_any = exact.any() or bool(np.any(lower > box.lower) or np.any(upper < box.upper))
-        finding = Finding.BOUNDED if (status is SolverStatus.OPTIMAL or proved_any) else Finding.UNDECIDED
-        return self._bounded(finding, status, lower, upper, reached, exact, nodes, solves, begin)
+        return self._bounded(Finding.BOUNDED, status, lower, upper, reached, exact, nodes, solves, begin)
 
     def _bounded(
         self,
@@ -2239,14 +2614,16 @@ class MilpEngine:
         begin: float,
     ) -> BoundResult:
         box = self.box
-        span = 1e-6 * (1.0 + np.abs(box.upper - box.lower))
+        span = 1e-6 * (1.0 + np.abs(box.assumed_upper - box.assumed_lower))
         at_box = np.stack(
             [
-                box.assumed & (box.lower >= box.assumed_lower) & (lower <= box.lower + span),
-                box.assumed & (box.upper <= box.assumed_upper) & (upper >= box.upper - span),
+                box.assumed & (lower <= box.assumed_lower + span),
+                box.assumed & (upper >= box.assumed_upper - span),
             ],
             axis=1,
         )
+        if finding is Finding.BOUNDED and at_box.all():
+            finding = Finding.UNDECIDED
         if finding is Finding.BOUNDED:
             width = float(np.max(upper - lower))
             message = (
@@ -2258,7 +2635,7 @@ class MilpEngine:
         elif finding is Finding.NO_PREIMAGE:
             message = "no latent in the box reproduces the observation within the band"
         else:
-            message = f"undecided: stopped ({status.value}) before any bound tighter than the box was proved"
+            message = f"undecided: stopped ({status.value}) before any bound tighter than the assumed box was proved"
         return BoundResult(
             finding=finding,
             status=status,
