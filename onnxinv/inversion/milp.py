@@ -212,6 +212,8 @@ class LatentBox:
         idx = np.flatnonzero(self.assumed)
         listed = ", ".join(str(i) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
         lo, hi = float(np.min(self.assumed_lower)), float(np.max(self.assumed_upper))
+        if idx.size == self.lower.size:
+            return f"latents inside the assumed box [{lo:g}, {hi:g}] (the observation does not bound them)"
         return (
             f"latents inside the assumed box [{lo:g}, {hi:g}] on {idx.size} of {self.lower.size} "
             f"coordinates ({listed}); the observation bounds the others"
@@ -1827,11 +1829,16 @@ class _Direction:
     solves: int
 
 
-def build(spec: PreimageSpec, *, time_limit: float = 10.0, obbt: bool = True) -> MilpEngine:
-    """Tighten the bounds (:func:`tighten`, within ``time_limit``) and return an engine for the uses."""
+def build(
+    spec: PreimageSpec, *, time_limit: float = 10.0, obbt: bool = True, heuristics: bool = True
+) -> MilpEngine:
+    """Tighten the bounds (:func:`tighten`, within ``time_limit``) and return an engine for the uses.
+
+    ``heuristics=False`` turns off the piece walks (:meth:`MilpEngine.walk`), leaving the LP
+    relaxation, the repair LP and the MILP."""
     deadline = time.perf_counter() + max(float(time_limit), 0.0)
     tightening, work = _tighten(spec, deadline, obbt)
-    return MilpEngine(spec, tightening, work)
+    return MilpEngine(spec, tightening, work, heuristics=heuristics)
 
 
 class MilpEngine:
@@ -1842,8 +1849,11 @@ class MilpEngine:
     bounds of the latent columns. Every point it returns has been re-checked through the layer list.
     """
 
-    def __init__(self, spec: PreimageSpec, tightening: Tightening, work: _Work | None) -> None:
+    def __init__(
+        self, spec: PreimageSpec, tightening: Tightening, work: _Work | None, *, heuristics: bool = True
+    ) -> None:
         self.spec = spec
+        self.heuristics = heuristics  # piece walks before the MILP (False: relaxation, repair, MILP only)
         self.tightening = tightening
         self._work = work
         self._session: lp.MilpSession | None = None
@@ -2009,6 +2019,8 @@ class MilpEngine:
         repeats a piece, finds no blocking unit (a local minimum of the misfit) or runs out of steps.
         """
         assert self._work is not None
+        if not self.heuristics:
+            return None
         begin = time.perf_counter()
         k = self.spec.latent_dim
         lo_z, hi_z = self._z_box(z_lower, z_upper)
