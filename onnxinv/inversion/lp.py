@@ -517,6 +517,13 @@ MILP_RECHECK_TOL = 1e-5
 tolerance is ``1e-6`` absolute, ``primal_feasibility_tolerance`` ``1e-7``)."""
 INTEGRALITY_TOL = 1e-5
 """Largest distance of an integer column's value from an integer accepted by the re-check."""
+SESSION_STALL_MINIMUM = 1000
+SESSION_STALL_FACTOR = 5
+"""A :class:`MilpSession` LP stops after ``max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR·(variables +
+rows))`` simplex iterations and is retried from scratch (``SESSION_RETRIES``)."""
+SESSION_RETRIES = ("interior point", "primal simplex")
+"""Algorithms an unconverged session LP is retried with, in order (narrow two-sided rows make both
+simplex variants cycle; the interior point method with crossover does not)."""
 MIP_REL_GAP = 1e-4
 MIP_ABS_GAP = 1e-6
 
@@ -845,22 +852,23 @@ class MilpSession:
             as its first incumbent when it is feasible and ignores it otherwise
         mip_rel_gap, mip_abs_gap : HiGHS stops when the incumbent is within these of the dual bound
         node_limit : branch-and-bound node limit (None: none); stopping there ends ``UNKNOWN``
-        iteration_limit : simplex iteration limit of an LP (None: the stall cap of :func:`solve`,
-            ``max(STALL_MINIMUM, STALL_FACTOR·(variables + rows))``; an LP that reaches the cap, or ends
-            unconverged, is solved again from scratch with primal simplex, then with the interior point
-            method, within the same time limit)
+        iteration_limit : simplex iteration limit of an LP (None: a stall cap,
+            ``max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR·(variables + rows))``; an LP that reaches the
+            cap, or ends unconverged, is solved again from scratch with ``SESSION_RETRIES`` in turn, within
+            the same time limit)
         tol : tolerance of the numpy re-check (scaled violation; integrality uses ``INTEGRALITY_TOL``)
         """
         begin = time.perf_counter()
         lp_model = self.num_integer == 0
         cap = iteration_limit
         if cap is None and lp_model:
-            cap = max(STALL_MINIMUM, STALL_FACTOR * (self.num_vars + self.num_rows))
+            # warm re-solves of small degenerate LPs can cycle: stop early and retry from scratch
+            cap = max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR * (self.num_vars + self.num_rows))
         res = self._solve_once(time_limit, start, mip_rel_gap, mip_abs_gap, node_limit, cap, tol)
         if not lp_model or iteration_limit is not None:
             return res
         notes = []
-        for strategy in RETRY_STRATEGIES:
+        for strategy in SESSION_RETRIES:
             if res.status not in (*_UNCONVERGED, SolverStatus.ITERATION_LIMIT):
                 break
             left = None if time_limit is None else time_limit - (time.perf_counter() - begin)

@@ -143,6 +143,9 @@ SYMBOLIC_MAX_ENTRIES = 5_000_000
 """Largest coefficient matrix (rows × terms) :func:`_symbolic` keeps."""
 PATTERN_LP_TERMS = 300
 """Error terms up to which :func:`_pattern_box` refines its least-squares bounds by LPs."""
+CLOSE_RTOL = 1e-3
+"""A side of :meth:`MilpEngine.bound` counts as solved when a re-checked latent comes within this share
+of the coordinate's proved width of the proved bound."""
 MAX_UNITS = 4000
 """Hidden units above which :func:`applicability` calls a network too large for the MILP."""
 MAX_NNZ = 2_000_000
@@ -212,10 +215,16 @@ class LatentBox:
         idx = np.flatnonzero(self.assumed)
         listed = ", ".join(str(i) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
         lo, hi = float(np.min(self.assumed_lower)), float(np.max(self.assumed_upper))
+        half = 0.5 * (self.assumed_upper - self.assumed_lower)
+        centre = 0.5 * (self.assumed_upper + self.assumed_lower)
+        if np.allclose(half, half[0]) and np.any(centre != 0):
+            shape = f"the assumed box of half-width {float(half[0]):g} around its centre"
+        else:
+            shape = f"the assumed box [{lo:g}, {hi:g}]"
         if idx.size == self.lower.size:
-            return f"latents inside the assumed box [{lo:g}, {hi:g}] (the observation does not bound them)"
+            return f"latents inside {shape} (the observation does not bound them)"
         return (
-            f"latents inside the assumed box [{lo:g}, {hi:g}] on {idx.size} of {self.lower.size} "
+            f"latents inside {shape} on {idx.size} of {self.lower.size} "
             f"coordinates ({listed}); the observation bounds the others"
         )
 
@@ -709,7 +718,8 @@ class BoundResult:
         dual bounds rounded outward; the box where nothing better was proved)
     lower_reached, upper_reached : (k,) ``z_i`` of re-checked latents of the set (nan where none was
         found); the true extremes lie between these and the proved bounds
-    exact : (k, 2) bool, the MILP for that side finished within its gap
+    exact : (k, 2) bool, that side is solved: the MILP finished within its gap, or the LP relaxation's
+        bound is within ``CLOSE_RTOL`` of the width of a re-checked latent
     at_box : (k, 2) bool, the proved bound is a side of the assumed box: a property of the box, not of
         the model
     slack : (observed,) the band ``s`` the set is defined with
@@ -1370,10 +1380,11 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
     def rounds() -> str:
         """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain."""
         nonlocal box
-        for _ in range(PATTERN_ROUNDS):
+        for n_round in range(PATTERN_ROUNDS):
             if time.perf_counter() >= deadline:
                 return ""
-            tight = _pattern_box(work, deadline, counter)
+            # LPs in the first round only: they fix most open units, least squares then suffices
+            tight = _pattern_box(work, deadline, counter, refine=n_round == 0)
             if tight is None:
                 return ""
             lo, hi, bad = tight
@@ -1465,7 +1476,7 @@ def _linearize(
 
 
 def _pattern_box(
-    work: _Work, deadline: float, counter: _Bounds
+    work: _Work, deadline: float, counter: _Bounds, *, refine: bool = True
 ) -> tuple[np.ndarray, np.ndarray, bool] | None:
     """Bounds on ``z`` through one affine piece of the network, valid on the whole box.
 
@@ -1475,8 +1486,9 @@ def _pattern_box(
     from stage ``s``'s output to the observed stage, and the observed rows bound ``(z, e)``
     (:func:`_input_bounds`, with the bounds of ``e`` as rows of their own): least squares weighs each
     ``e`` against the data, and ``M`` is never split into layers, which makes these bounds far tighter
-    than the layer-by-layer ones. With error terms (up to ``PATTERN_LP_TERMS``) the least-squares
-    bounds are then refined by ``min`` / ``max z_i`` LPs over the same rows. None when the system would be
+    than the layer-by-layer ones. When some unit is open by more than the tolerance's scale (and there
+    are at most ``PATTERN_LP_TERMS`` error terms) the least-squares bounds are then refined by ``min`` /
+    ``max z_i`` LPs over the same rows. None when the system would be
     too large to factor.
     """
     stages, bounds = work.stages, work.bounds
@@ -1539,7 +1551,10 @@ def _pattern_box(
         dom_lo = np.concatenate([dom_lo, e_min])
         dom_hi = np.concatenate([dom_hi, e_max])
     lo, hi, bad = _input_bounds(composed, a_lo, a_hi, (dom_lo, dom_hi), deadline, counter)
-    if bad or not cols or cols and sum(c[0].shape[1] for c in cols) > PATTERN_LP_TERMS:
+    # LPs only pay when some unit is open by more than the tolerance's scale (least squares is then
+    # loose); with units open only at that scale it is within a small factor of them already
+    wide = any(work.candidates(s).size for s in range(last) if stages[s].piecewise)
+    if bad or not refine or not cols or not wide or sum(c[0].shape[1] for c in cols) > PATTERN_LP_TERMS:
         return lo[:k], hi[:k], bad
     # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation
     dom_lo[:k], dom_hi[:k] = np.maximum(dom_lo[:k], lo[:k]), np.minimum(dom_hi[:k], hi[:k])
@@ -2105,6 +2120,8 @@ class MilpEngine:
                 use_bounds=use_bounds,
             )
             if fixed is not None:
+                if inside and objective is not None and float(objective @ z) < float(objective @ fixed):
+                    return z, False  # the solver's own point is the better one
                 return fixed, True
         return (z, False) if inside else (None, False)
 
@@ -2213,8 +2230,8 @@ class MilpEngine:
             z = self._walks(seeds, begin + WALK_SHARE * (deadline - begin))
             if z is not None:
                 return self._found(z, SolverStatus.OPTIMAL, "piece walk", False, 0, begin, "")
-        if self._work.piece and not self._work.exact_relaxation:
-            # every open unit is open only at the tolerance's scale: the piece the bounds point to
+        if self._work.piece:
+            # every unit is fixed, or open only at the tolerance's scale: the piece the bounds point to
             z = self.repair(
                 0.5 * (self.box.lower + self.box.upper), time_limit=max(deadline - time.perf_counter(), 0.1)
             )
@@ -2538,61 +2555,72 @@ class MilpEngine:
         status = SolverStatus.OPTIMAL
         jobs = [(i, col) for i in range(k) for col in (0, 1)]
         scale = float(np.max(np.abs(box.upper - box.lower))) or 1.0
-        if self._work.model_size() > OBBT_MAX_NNZ:
-            session = None
+        huge = self._work.model_size() > OBBT_MAX_NNZ
+        if huge:
             status = SolverStatus.TIME_LIMIT
-        elif self.binaries:
-            session, layout = self._model()
-        else:
-            session, layout = self._work.relaxation()
+        gap_tol = 1e-6 * scale
         for n_done, (i, col) in enumerate(jobs):
-            if session is None:
+            if huge:
                 break
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 status = SolverStatus.TIME_LIMIT
                 break
+            share = min(remaining, 2.0 * remaining / (len(jobs) - n_done))
+            side_start = time.perf_counter()
             sign = 1.0 if col == 0 else -1.0  # minimise z_i, then minimise -z_i
-            session.set_objective({i: sign})
-            warm = (
-                None if best is None or not self.binaries else _full_vector(self._work.stages, layout, best)
-            )
-            res = session.solve(
-                time_limit=min(remaining, 2.0 * remaining / (len(jobs) - n_done)),
-                start=warm,
-                mip_abs_gap=1e-6 * scale,
-            )
-            nodes += res.nodes
-            solves += 1
-            if res.status is SolverStatus.INFEASIBLE:
-                return self._bounded(
-                    Finding.NO_PREIMAGE,
-                    SolverStatus.INFEASIBLE,
-                    lower,
-                    upper,
-                    reached,
-                    exact,
-                    nodes,
-                    solves,
-                    begin,
+            objective = np.zeros(k)
+            objective[i] = sign
+            # the LP relaxation first: its optimum is a proved bound, and closes the side when a
+            # re-checked latent reaches it; the MILP only for the sides it leaves open
+            models = [("LP", self._work.relaxation())]
+            if self.binaries:
+                models.append(("MILP", self._model()))
+            for what, (session, layout) in models:
+                left = share - (time.perf_counter() - side_start)
+                if left <= 0:
+                    status = SolverStatus.TIME_LIMIT
+                    break
+                session.set_objective({i: sign})
+                warm = None if best is None or what == "LP" else _full_vector(self._work.stages, layout, best)
+                res = session.solve(time_limit=left, start=warm, mip_abs_gap=gap_tol)
+                nodes += res.nodes
+                solves += 1
+                if res.status is SolverStatus.INFEASIBLE:
+                    return self._bounded(
+                        Finding.NO_PREIMAGE,
+                        SolverStatus.INFEASIBLE,
+                        lower,
+                        upper,
+                        reached,
+                        exact,
+                        nodes,
+                        solves,
+                        begin,
+                    )
+                if math.isfinite(res.bound):
+                    value = sign * res.bound
+                    lo_v, hi_v = _outward(np.array([value]), np.array([value]))
+                    if col == 0:
+                        lower[i] = max(lower[i], float(lo_v[0]))
+                    else:
+                        upper[i] = min(upper[i], float(hi_v[0]))
+                if res.x is not None:
+                    z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
+                    if z is not None:
+                        better = reached[i, col] if not np.isnan(reached[i, col]) else z[i]
+                        reached[i, col] = min(better, z[i]) if col == 0 else max(better, z[i])
+                        best = z
+                solved = res.status is SolverStatus.OPTIMAL and math.isfinite(res.bound)
+                width = float(upper[i] - lower[i])
+                closed = not np.isnan(reached[i, col]) and abs(reached[i, col] - sign * res.bound) <= (
+                    CLOSE_RTOL * width + 1e-12
                 )
-            if math.isfinite(res.bound):
-                value = sign * res.bound
-                lo_v, hi_v = _outward(np.array([value]), np.array([value]))
-                if col == 0:
-                    lower[i] = max(lower[i], float(lo_v[0]))
-                else:
-                    upper[i] = min(upper[i], float(hi_v[0]))
-            exact[i, col] = res.status is SolverStatus.OPTIMAL
-            if res.status is not SolverStatus.OPTIMAL:
-                status = res.status if res.status is not SolverStatus.UNKNOWN else SolverStatus.NUMERICAL
-            if res.x is not None:
-                objective = np.zeros(k)
-                objective[i] = sign
-                z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
-                if z is not None:
-                    reached[i, col] = z[i]
-                    best = z
+                if solved and (what == "MILP" or closed or not self.binaries):
+                    exact[i, col] = True
+                    break
+                if what == "MILP" and res.status is not SolverStatus.OPTIMAL:
+                    status = res.status if res.status is not SolverStatus.UNKNOWN else SolverStatus.NUMERICAL
         if best is None and self._best is not None:
             best, _ = self._accept(self._best)
         if best is not None:
