@@ -17,65 +17,78 @@ observation's own scale). Every claim this module makes is about ``P``.
 
 Formulation (big-M, Tjeng et al. [1]_; OMLT's ``bigm`` ReLU [2]_)
 -----------------------------------------------------------------
-Variables: ``z``, every pre-activation ``a`` (one column per unit), and for each hidden unit whose
-sign is not certain a column ``r = relu(a)`` and a binary ``δ``. A leaky ReLU with slope ``c`` (one
-per unit) is ``h = c·a + (1 - c)·r``, so every piecewise-linear unit needs only the ReLU constraints
+Each hidden unit whose sign is not certain gets a column ``r = relu(a)`` and a binary ``δ``. A leaky
+ReLU with slope ``c`` (one per unit) is ``h = c·a + (1 - c)·r``, so every piecewise-linear unit needs
+only the ReLU constraints
 
 .. math::
 
     r \\ge a,\\quad r \\ge 0,\\quad r \\le a - l(1-\\delta),\\quad r \\le u\\,\\delta,\\quad
     \\delta \\in \\{0, 1\\}
 
-with ``l <= a <= u`` valid bounds. A unit with ``l >= 0`` is **fixed active** (``h = a``), one with
-``u <= 0`` **fixed inactive** (``h = c·a``): neither gets a column or a binary. The next layer's rows
-are ``a_i = W_i (diag(α) a_{i-1} + (1 - c) r_{i-1}) + b_i`` (equality rows).
+with ``l <= a <= u`` valid bounds. A unit with ``l >= 0`` is **fixed active** (``h = a``, one row
+``a >= 0``), one with ``u <= 0`` **fixed inactive** (``h = c·a``, ``a <= 0``): neither gets a column or
+a binary. The model is *condensed*: its only columns are ``z``, the ``r`` and the ``δ``; every
+pre-activation is an affine expression of them, composed through the fixed units (:func:`_assemble`).
+Few columns keep HiGHS's basis small, which makes the many LPs below cheap. The LP relaxation replaces
+each open unit by its triangle ``r <= u (a - l) / (u - l)``.
 
 The observation fixes the last layer's pattern (*ours*, section 1 of issue 11): for a monotone output
 map ``f`` (identity, ReLU, leaky ReLU with ``c >= 0``, tanh, sigmoid) the set ``{a : |f(a) - y| <= s}``
 is the interval ``[f⁻¹(y - s), f⁻¹(y + s)]`` (a side beyond the range of ``f`` is dropped: saturated
 tanh / sigmoid pixels and ReLU zeros are one-sided; ``y + s`` below the range is "no preimage"), so the
-last layer needs only column bounds. ``tol`` is therefore exact through ``atanh`` / ``logit``: the
-interval is the exact preimage of the tolerance band, not a linearisation. With a measurement matrix
-(section 3) the output layer becomes a hidden layer (binaries as above) and ``y - s <= A h_d <= y + s``
-are rows; a tanh / sigmoid output is then not piecewise linear and the engine does not apply.
+last layer needs no binary. ``tol`` is therefore exact through ``atanh`` / ``logit``: the interval is
+the exact preimage of the tolerance band, not a linearisation. With a measurement matrix (section 3)
+the output layer becomes a hidden layer (binaries as above) and ``y - s <= A h_d <= y + s`` are rows; a
+tanh / sigmoid output is then not piecewise linear and the engine does not apply.
 
-Bounds (:func:`tighten`)
-------------------------
+Bounds (:func:`tighten`), in this order
+---------------------------------------
 1. **Implied by the observation** (valid for *every* latent, no box): from the last layer down, the
-   bounds on a layer's pre-activations bound its input, by least squares on the rows with two-sided
-   bounds when they have full column rank (``|u - W_E⁺ c| <= |W_E⁺| w`` for every ``u`` with
-   ``|W_E u - c| <= w``), else by one LP per bound over that layer's rows; input bounds become
-   pre-activation bounds of the layer below through the inverse of its activation. An infeasible
-   layer LP proves "no preimage" for every latent. The bounds on ``z`` found this way make the
-   **implied box**.
-2. **Interval arithmetic** forward from the box ``B = assumed box ∩ implied box``.
-3. **Optimisation-based bound tightening** (OBBT; [1]_, section 4): ``min`` / ``max a_j`` over the LP
-   relaxation of the whole network *constrained by the observation*, one HiGHS object re-used with only
-   the objective (and the triangle row of a unit whose bounds moved) changed, from the last basis.
-   An infeasible relaxation proves "no preimage in ``B``".
+   bounds on a layer's pre-activations bound its input, by weighted least squares on the rows with
+   two-sided bounds (``|u - P c| <= |P| w`` for every ``u`` with ``|W_E u - c| <= w``, ``P`` a weighted
+   pseudo-inverse) and small LPs over the directions those rows leave free (:func:`_input_bounds`);
+   input bounds become pre-activation bounds of the layer below through the inverse of its
+   activation. An infeasible layer LP proves "no preimage" for every latent. The bounds on ``z`` found
+   this way make the **implied box**; the box searched is ``B = assumed box ∩ implied box``.
+2. **Interval arithmetic**, then **symbolic propagation** forward from ``B`` (:func:`_symbolic`: the
+   pre-activations as affine forms of ``z`` and one bounded term per open unit, the zonotope
+   relaxation of Singh et al. [3]_).
+3. **Composed bounds** (:func:`_pattern_box`): the observed rows as ``M z + Σ F e`` through the same
+   relaxation, bounding ``z`` by least squares (and in the first round by LPs over ``(z, e)``), in
+   rounds with step 2 while the box shrinks.
+4. **Optimisation-based bound tightening** (OBBT; [1]_): ``min`` / ``max a_j`` over the LP relaxation of
+   the whole network *constrained by the observation*, one HiGHS object re-used with only the
+   objective changed, from its last basis, stage by stage; skipped for units open only at the
+   tolerance's scale (``OBBT_FRACTION``) and for relaxations above ``OBBT_MAX_NNZ`` entries. An
+   infeasible relaxation proves "no preimage in ``B``".
 
 A unit whose ``min(u, -l)`` is below ``θ = RELAX_FRACTION · min_i s_i / gain`` (``gain`` bounds how far a
 unit's change moves the output: the product of the later layers' ``‖W‖_∞``) keeps its LP relaxation
-(the triangle ``r <= u (a - l)/(u - l)``) instead of a binary: the relaxation is a superset of the
-exact set, so certificates and refutations stay sound, and a point the relaxed model returns is
-re-checked (and repaired, below) like any other.
+instead of a binary: the relaxation is a superset of the exact set, so certificates and refutations
+stay sound, and a point the relaxed model returns is re-checked (and repaired, below) like any other.
 
 Uses
 ----
-* :meth:`MilpEngine.find`: a feasibility MILP (objective 0), warm-started from a given latent.
+* :meth:`MilpEngine.find`: the start point (re-checked, repaired, walked from), the piece the bounds
+  point to, the LP relaxation (+ repair), piece walks, then the feasibility MILP (objective 0).
 * :meth:`MilpEngine.certify`: for every coordinate and sign, is there a ``z ∈ P`` with
-  ``±(z_i - ẑ_i) >= δ``? (a column bound on ``z_i``, objective 0). All infeasible: every latent of
-  ``P`` is within ``δ`` of ``ẑ`` in ``l_∞``, *unique up to δ*. The first feasible one is a witness.
+  ``±(z_i - ẑ_i) >= δ``? First the box (a side within ``δ`` settles it), then the LP relaxation with a
+  column bound on ``z_i`` (infeasible proves it; a point, repaired, is a witness), then the MILP. All
+  proved: every latent of ``P`` is within ``δ`` of ``ẑ`` in ``l_∞``, *unique up to δ*. The first witness
+  ends it: *not unique*.
 * refute: :meth:`find` (or :func:`tighten`) proving ``P`` empty.
-* :meth:`MilpEngine.bound`: ``min`` and ``max z_i`` over ``P`` for every ``i``; the MILP's dual bounds are
-  valid even when a solve stops at its time limit.
+* :meth:`MilpEngine.bound`: ``min`` and ``max z_i`` over ``P`` for every ``i``, by the LP relaxation and
+  the MILP; dual bounds are valid even when a solve stops at its time limit.
 
 Every point a solver returns is re-checked through the layer list in float64
 (:meth:`PreimageSpec.misfit`). A point that misses by a little (solver tolerances, relaxed units) is
 **repaired**: with the activation pattern at that point fixed, ``G`` is affine on a polytope, and an LP
 over ``z`` with the observation band shrunk to ``ε + REPAIR_FRACTION · tol`` finds a point of that piece
 (the repair LP also maximises the witness's distance from ``ẑ``). A point that still misses is not
-returned.
+returned. The **piece walk** (:meth:`MilpEngine.walk`) is a primal heuristic of the same kind: it
+descends the misfit over neighbouring pieces; it proves nothing, and finds points the MILP's
+branch-and-bound takes long to reach (small latents, weak big-M bounds).
 
 What is assumed, and what a result proves
 -----------------------------------------
@@ -92,6 +105,8 @@ References
 .. [1] V. Tjeng, K. Xiao, R. Tedrake, "Evaluating Robustness of Neural Networks with Mixed Integer
    Programming", ICLR 2019 (MIPVerify).
 .. [2] F. Ceccon et al., "OMLT: Optimization & Machine Learning Toolkit", JMLR 23, 2022.
+.. [3] G. Singh, T. Gehr, M. Mirman, M. Püschel, M. Vechev, "Fast and Effective Robustness
+   Certification", NeurIPS 2018 (DeepZ).
 """
 
 from __future__ import annotations
@@ -128,11 +143,11 @@ OBBT_FRACTION = 1e-3
 """Units ambiguous by less than this share of their stage's typical bound get no OBBT LPs (they are
 ambiguous at the scale of the tolerance, which no LP resolves)."""
 WALK_STEPS = 40
+"""Pieces one :meth:`MilpEngine.walk` visits at most."""
 WALK_STARTS = 50
 """Starting points :meth:`MilpEngine.find` walks from at most, before the MILP."""
 WALK_SHARE = 0.5
 """Share of :meth:`MilpEngine.find`'s time the walks may take before the MILP."""
-"""Pieces one :meth:`MilpEngine.walk` visits at most."""
 PATTERN_MAX_FLOPS = 2e9
 """Largest factorisation (rows × columns²) :func:`_pattern_box` attempts."""
 PATTERN_ROUNDS = 4
@@ -628,8 +643,9 @@ class FindResult:
     z : (k,) the latent found, re-checked (``misfit <= 1``); None otherwise
     misfit : ``max_i |G(z)_i - y_i| / s_i`` of ``z`` (nan without a point)
     residual_linf : ``max_i |G(z)_i - y_i|`` of ``z`` (nan without a point)
-    proved_by : which step decided: ``"start point"``, ``"pattern LP"``, ``"MILP"``, ``"MILP + repair"``,
-        or for ``NO_PREIMAGE`` one of :attr:`Tightening.proved_by` or ``"MILP"``
+    proved_by : which step decided: ``"start point"``, ``"pattern LP"`` (the repair LP on one piece),
+        ``"piece walk"``, ``"LP relaxation"`` / ``"MILP"`` (``+ repair`` when its point was repaired),
+        or for ``NO_PREIMAGE`` one of :attr:`Tightening.proved_by`, ``"LP relaxation"`` or ``"MILP"``
     global_claim : for ``NO_PREIMAGE``: it holds for every latent, not only inside the box
     box : the box searched
     nodes, seconds, binaries : branch-and-bound nodes, wall time (this call), binaries in the model
@@ -667,8 +683,9 @@ class CertifyResult:
         "not unique within the box"; it still reproduces the data)
     certified : (k, 2) bool; ``[i, 0]``: no latent of the set has ``z_i <= ẑ_i - δ``, ``[i, 1]``: none
         has ``z_i >= ẑ_i + δ``
-    how : (k, 2) str per direction: ``"box"`` (the tightened box already excludes it), ``"MILP"``
-        (infeasible), ``"witness"``, ``"time limit"``, ``"not tried"``, or a solver status
+    how : (k, 2) str per direction: ``"box"`` (the tightened box already excludes it), ``"LP
+        relaxation"`` or ``"MILP"`` (proved infeasible), ``"witness"``, ``"time limit"``, ``"not tried"``
+        (stopped at the first witness), or ``"<model>: <why>"`` for an undecided direction
     global_claim : ``UNIQUE`` / ``NO_PREIMAGE`` hold for every latent, not only inside the box
     box : the box searched
     nodes, seconds, solves : totals over the MILPs of this call
