@@ -158,7 +158,7 @@ SYMBOLIC_MAX_ENTRIES = 5_000_000
 """Largest coefficient matrix (rows × terms) :func:`_symbolic` keeps."""
 PATTERN_LP_TERMS = 300
 """Error terms up to which :func:`_pattern_box` refines its least-squares bounds by LPs."""
-CLOSE_RTOL = 1e-3
+CLOSE_RTOL = 0.02
 """A side of :meth:`MilpEngine.bound` counts as solved when a re-checked latent comes within this share
 of the coordinate's proved width of the proved bound."""
 MAX_UNITS = 4000

@@ -209,6 +209,20 @@ def test_measurement_matrix_recovery() -> None:
     np.testing.assert_allclose(spec.predict(found.z), y, atol=float(np.max(spec.slack)) * 1.01)
 
 
+def test_masked_observation() -> None:
+    layers = _net([3, 12, 24], seed=10)
+    z_star = _latent(3, 10)
+    x = _onnx(layers).forward(z_star)
+    mask = np.zeros(24, dtype=bool)
+    mask[::2] = True
+    x[~mask] = np.nan  # unobserved entries are never read
+    spec = milp.PreimageSpec.create(layers, x, mask=mask, precision=F64)
+    assert spec.rows.tolist() == list(range(0, 24, 2))
+    found = milp.find(spec)
+    assert found.finding is milp.Finding.FOUND
+    _assert_reproduces(spec, layers, found.z)
+
+
 def test_measurement_matrix_shape_is_checked() -> None:
     layers = _net([3, 12, 16])
     with pytest.raises(ObservationError, match=r"must have shape \(m, 16\)"):
