@@ -46,6 +46,7 @@ References
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
@@ -548,3 +549,630 @@ def _rows(
     if mat.nnz and not np.all(np.isfinite(mat.data)):
         raise ValueError(f"{a_name} must be finite")
     return mat, rhs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mixed-integer programs, and sessions that re-solve one model many times
+# ----------------------------------------------------------------------------------------------------
+
+MILP_RECHECK_TOL = 1e-5
+"""Scaled constraint violation accepted by the numpy re-check of a MILP point (HiGHS's MIP feasibility
+tolerance is ``1e-6`` absolute, ``primal_feasibility_tolerance`` ``1e-7``)."""
+INTEGRALITY_TOL = 1e-5
+"""Largest distance of an integer column's value from an integer accepted by the re-check."""
+SESSION_STALL_MINIMUM = 1000
+SESSION_STALL_FACTOR = 5
+"""A :class:`MilpSession` LP stops after ``max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR·(variables +
+rows))`` simplex iterations and is retried from scratch (``SESSION_RETRIES``)."""
+SESSION_RETRIES = ("interior point", "primal simplex")
+"""Algorithms an unconverged session LP is retried with, in order (narrow two-sided rows make both
+simplex variants cycle; the interior point method with crossover does not)."""
+MIP_REL_GAP = 1e-4
+MIP_ABS_GAP = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class MixedIntegerProgram:
+    """``min cᵀx + offset`` s.t. ``row_lower <= A x <= row_upper``, ``lower <= x <= upper``, ``x_j``
+    integer where ``integer[j]`` (validated, float64; ``±inf`` for a missing side).
+
+    With no integer column this is an LP, solved by simplex; :class:`MilpSession` handles both.
+    """
+
+    c: np.ndarray
+    a: sp.csr_matrix
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    integer: np.ndarray
+    offset: float = 0.0
+
+    @property
+    def num_vars(self) -> int:
+        return int(self.c.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.row_lower.shape[0])
+
+    @property
+    def num_integer(self) -> int:
+        return int(np.count_nonzero(self.integer))
+
+    @classmethod
+    def build(
+        cls,
+        c: np.ndarray,
+        A: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+        row_lower: np.ndarray | None = None,
+        row_upper: np.ndarray | None = None,
+        lower: np.ndarray | float | None = None,
+        upper: np.ndarray | float | None = None,
+        integer: np.ndarray | None = None,
+        offset: float = 0.0,
+    ) -> MixedIntegerProgram:
+        """Validate and convert; ``lower``/``upper`` None means free, ``integer`` None means none."""
+        c = np.asarray(c, dtype=np.float64).reshape(-1)
+        n = c.shape[0]
+        if A is None:
+            a = sp.csr_matrix((0, n))
+        else:
+            a = sp.csr_matrix(A, dtype=np.float64)
+            if a.shape[1] != n:
+                raise ValueError(f"A has shape {a.shape}; expected (rows, {n})")
+        m = a.shape[0]
+        rl = np.full(m, -np.inf) if row_lower is None else np.asarray(row_lower, dtype=np.float64).reshape(-1)
+        ru = np.full(m, np.inf) if row_upper is None else np.asarray(row_upper, dtype=np.float64).reshape(-1)
+        if rl.shape != (m,) or ru.shape != (m,):
+            raise ValueError(f"row_lower and row_upper must have {m} entries, one per row of A")
+        lo = np.broadcast_to(np.asarray(-np.inf if lower is None else lower, dtype=np.float64), (n,)).copy()
+        hi = np.broadcast_to(np.asarray(np.inf if upper is None else upper, dtype=np.float64), (n,)).copy()
+        ints = np.zeros(n, dtype=bool) if integer is None else np.asarray(integer, dtype=bool).reshape(-1)
+        if ints.shape != (n,):
+            raise ValueError(f"integer must have {n} entries, one per variable")
+        if not np.all(np.isfinite(c)) or (a.nnz and not np.all(np.isfinite(a.data))):
+            raise ValueError("MILP data must be finite (c, A)")
+        if np.any(np.isnan(rl)) or np.any(np.isnan(ru)) or np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+            raise ValueError("MILP bounds must not be NaN")
+        return cls(c, a, rl, ru, lo, hi, ints, float(offset))
+
+    def violation(self, x: np.ndarray) -> float:
+        """Largest violation of a row or column bound by ``x``, each scaled by ``1 + |bound|``."""
+        return _violation(self.a, self.row_lower, self.row_upper, self.lower, self.upper, x)
+
+    def integrality_violation(self, x: np.ndarray) -> float:
+        """Largest distance of an integer column of ``x`` from the nearest integer."""
+        return _integrality(self.integer, x)
+
+
+@dataclass(frozen=True, eq=False)
+class MilpResult:
+    """Outcome of one MILP (or LP) solve.
+
+    Attributes
+    ----------
+    status : ``OPTIMAL`` only if HiGHS proved optimality (within the gap) and the numpy re-check of
+        ``x`` passed; ``INFEASIBLE`` means no point satisfies the constraints (HiGHS's proof, within its
+        feasibility tolerance); ``TIME_LIMIT`` decides nothing (``x`` may hold the incumbent)
+    x : the best point found, re-checked in numpy (None when there is none or it failed the re-check)
+    objective : ``cᵀx + offset`` of ``x`` (nan without ``x``)
+    bound : the proved lower bound on the optimum (HiGHS's dual bound; the objective of an optimal
+        LP; ``+inf`` when infeasible; ``-inf`` when nothing was proved)
+    gap : relative MIP gap as HiGHS reports it (0 for an optimal LP, inf without a point)
+    nodes : branch-and-bound nodes (0 for an LP)
+    iterations : simplex iterations
+    seconds : wall time of the solve
+    violation : scaled constraint violation of ``x`` (:meth:`MixedIntegerProgram.violation`)
+    integrality : largest distance of an integer column of ``x`` from an integer
+    message : one sentence for people
+    highs_status : HiGHS's own name for the model status
+    """
+
+    status: SolverStatus
+    x: np.ndarray | None
+    objective: float
+    bound: float
+    gap: float
+    nodes: int
+    iterations: int
+    seconds: float
+    violation: float
+    integrality: float
+    message: str
+    highs_status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SolverStatus.OPTIMAL
+
+
+class MilpSession:
+    """One HiGHS object holding one model, changed in place and re-solved.
+
+    Build once from a :class:`MixedIntegerProgram`; then change the objective, column bounds, row
+    bounds or single coefficients, add rows, and solve again. HiGHS keeps its simplex basis between
+    LP solves (presolve is off for models without integer columns, so the basis survives), which
+    makes a sequence of LPs that differ only in their objective (bound tightening) cheap. The
+    session keeps a numpy copy of the current model for the re-check of every returned point.
+
+    Parameters
+    ----------
+    program : the initial model
+    presolve : HiGHS presolve for MILPs (default on); LPs always run without it, from the last basis
+    feasibility_tolerance : HiGHS's ``primal_feasibility_tolerance`` (None: HiGHS's default, 1e-7)
+    mip_feasibility_tolerance : HiGHS's ``mip_feasibility_tolerance`` (None: HiGHS's default, 1e-6)
+    """
+
+    def __init__(
+        self,
+        program: MixedIntegerProgram,
+        *,
+        presolve: bool = True,
+        feasibility_tolerance: float | None = None,
+        mip_feasibility_tolerance: float | None = None,
+    ) -> None:
+        self._c = program.c.copy()
+        self._offset = program.offset
+        self._a = sp.csr_matrix(program.a, copy=True)
+        self._row_lower = program.row_lower.copy()
+        self._row_upper = program.row_upper.copy()
+        self._lower = program.lower.copy()
+        self._upper = program.upper.copy()
+        self._integer = program.integer.copy()
+        self._presolve = presolve
+        self._options: dict[str, object] = {}
+        self._highs = _new_highs(None)
+        if feasibility_tolerance is not None:
+            self._highs.setOptionValue("primal_feasibility_tolerance", float(feasibility_tolerance))
+        if mip_feasibility_tolerance is not None:
+            self._highs.setOptionValue("mip_feasibility_tolerance", float(mip_feasibility_tolerance))
+        self._pass_model()
+        self.solves = 0
+
+    # -- the current model ------------------------------------------------------------------------
+    @property
+    def num_vars(self) -> int:
+        return int(self._c.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._row_lower.shape[0])
+
+    @property
+    def num_integer(self) -> int:
+        return int(np.count_nonzero(self._integer))
+
+    def program(self) -> MixedIntegerProgram:
+        """A copy of the model as it is now."""
+        return MixedIntegerProgram(
+            self._c.copy(),
+            self._a.copy(),
+            self._row_lower.copy(),
+            self._row_upper.copy(),
+            self._lower.copy(),
+            self._upper.copy(),
+            self._integer.copy(),
+            self._offset,
+        )
+
+    def col_bounds(self, cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Current ``(lower, upper)`` of the columns ``cols`` (all by default), copies."""
+        if cols is None:
+            return self._lower.copy(), self._upper.copy()
+        idx = np.asarray(cols, dtype=np.intp)
+        return self._lower[idx].copy(), self._upper[idx].copy()
+
+    # -- changes ----------------------------------------------------------------------------------
+    def set_objective(self, c: np.ndarray | sp.sparray | dict[int, float], offset: float = 0.0) -> None:
+        """Replace the objective by ``cᵀx + offset`` (``c`` dense of length ``num_vars``, or a
+        ``{column: cost}`` dict with every other cost 0)."""
+        if isinstance(c, dict):
+            new = np.zeros(self.num_vars)
+            for col, value in c.items():
+                new[int(col)] = float(value)
+        else:
+            new = np.asarray(c, dtype=np.float64).reshape(-1)
+        if new.shape != (self.num_vars,) or not np.all(np.isfinite(new)):
+            raise ValueError(f"objective must be {self.num_vars} finite values")
+        changed = np.flatnonzero(new != self._c)
+        if changed.size:
+            self._highs.changeColsCost(int(changed.size), changed.astype(np.int32), new[changed])
+            self._c = new
+        if float(offset) != self._offset:
+            self._highs.changeObjectiveOffset(float(offset))
+            self._offset = float(offset)
+
+    def set_col_bounds(self, cols: np.ndarray, lower: np.ndarray | float, upper: np.ndarray | float) -> None:
+        """Set the bounds of the columns ``cols`` (``±inf`` for none)."""
+        idx = np.atleast_1d(np.asarray(cols, dtype=np.intp))
+        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), idx.shape).copy()
+        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), idx.shape).copy()
+        if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+            raise ValueError("column bounds must not be NaN")
+        if idx.size:
+            self._highs.changeColsBounds(
+                int(idx.size), idx.astype(np.int32), _to_highs_inf(lo), _to_highs_inf(hi)
+            )
+            self._lower[idx] = lo
+            self._upper[idx] = hi
+
+    def set_row_bounds(self, rows: np.ndarray, lower: np.ndarray | float, upper: np.ndarray | float) -> None:
+        """Set the bounds of the rows ``rows`` (``±inf`` for none)."""
+        idx = np.atleast_1d(np.asarray(rows, dtype=np.intp))
+        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), idx.shape).copy()
+        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), idx.shape).copy()
+        if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+            raise ValueError("row bounds must not be NaN")
+        if idx.size:
+            self._highs.changeRowsBounds(
+                int(idx.size), idx.astype(np.int32), _to_highs_inf(lo), _to_highs_inf(hi)
+            )
+            self._row_lower[idx] = lo
+            self._row_upper[idx] = hi
+
+    def change_coefficients(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray) -> None:
+        """Set ``A[rows[t], cols[t]] = values[t]`` (entries may be new)."""
+        r = np.atleast_1d(np.asarray(rows, dtype=np.intp))
+        c = np.atleast_1d(np.asarray(cols, dtype=np.intp))
+        v = np.broadcast_to(np.asarray(values, dtype=np.float64), r.shape)
+        if r.shape != c.shape:
+            raise ValueError("rows and cols must have the same length")
+        if not np.all(np.isfinite(v)):
+            raise ValueError("coefficients must be finite")
+        missing = []
+        a = self._a
+        for row, col, value in zip(r.tolist(), c.tolist(), v.tolist()):
+            self._highs.changeCoeff(int(row), int(col), float(value))
+            start, end = a.indptr[row], a.indptr[row + 1]
+            hit = np.flatnonzero(a.indices[start:end] == col)
+            if hit.size:
+                a.data[start + hit[0]] = value
+            else:
+                missing.append((row, col, value))
+        if missing:
+            mr, mc, mv = (np.array(t) for t in zip(*missing))
+            self._a = (a + sp.csr_matrix((mv, (mr, mc)), shape=a.shape)).tocsr()
+
+    def add_rows(
+        self, a: np.ndarray | sp.spmatrix | sp.sparray, lower: np.ndarray | float, upper: np.ndarray | float
+    ) -> np.ndarray:
+        """Append rows ``lower <= a x <= upper``; returns their indices."""
+        block = sp.csr_matrix(a, dtype=np.float64)
+        if block.shape[1] != self.num_vars:
+            raise ValueError(f"new rows have {block.shape[1]} columns; the model has {self.num_vars}")
+        m = block.shape[0]
+        lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), (m,)).copy()
+        hi = np.broadcast_to(np.asarray(upper, dtype=np.float64), (m,)).copy()
+        first = self.num_rows
+        if m:
+            self._highs.addRows(
+                int(m),
+                _to_highs_inf(lo),
+                _to_highs_inf(hi),
+                int(block.nnz),
+                block.indptr[:-1].astype(np.int32),
+                block.indices.astype(np.int32),
+                block.data.astype(np.float64),
+            )
+            self._a = sp.vstack([self._a, block], format="csr")
+            self._row_lower = np.concatenate([self._row_lower, lo])
+            self._row_upper = np.concatenate([self._row_upper, hi])
+        return np.arange(first, first + m)
+
+    def set_integer(self, cols: np.ndarray, integer: bool | np.ndarray) -> None:
+        """Mark the columns ``cols`` integer (True) or continuous (False)."""
+        idx = np.atleast_1d(np.asarray(cols, dtype=np.intp))
+        flags = np.broadcast_to(np.asarray(integer, dtype=bool), idx.shape)
+        if idx.size:
+            kinds = np.where(flags, int(highspy.HighsVarType.kInteger), int(highspy.HighsVarType.kContinuous))
+            self._highs.changeColsIntegrality(int(idx.size), idx.astype(np.int32), kinds.astype(np.uint8))
+            self._integer[idx] = flags
+            self._apply_presolve()
+
+    # -- solving ----------------------------------------------------------------------------------
+    def violation(self, x: np.ndarray) -> float:
+        """Scaled constraint violation of ``x`` against the current model."""
+        return _violation(self._a, self._row_lower, self._row_upper, self._lower, self._upper, x)
+
+    def solve(
+        self,
+        *,
+        time_limit: float | None = None,
+        start: np.ndarray | None = None,
+        mip_rel_gap: float = MIP_REL_GAP,
+        mip_abs_gap: float = MIP_ABS_GAP,
+        node_limit: int | None = None,
+        iteration_limit: int | None = None,
+        tol: float = MILP_RECHECK_TOL,
+    ) -> MilpResult:
+        """Solve the current model.
+
+        Parameters
+        ----------
+        time_limit : seconds for this solve (None: no limit); a MILP stopped by it decides nothing
+        start : a full point handed to HiGHS as a starting solution (``setSolution``); HiGHS uses it
+            as its first incumbent when it is feasible and ignores it otherwise
+        mip_rel_gap, mip_abs_gap : HiGHS stops when the incumbent is within these of the dual bound
+        node_limit : branch-and-bound node limit (None: none); stopping there ends ``UNKNOWN``
+        iteration_limit : simplex iteration limit of an LP (None: a stall cap,
+            ``max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR·(variables + rows))``; an LP that reaches the
+            cap, or ends unconverged, is solved again from scratch with ``SESSION_RETRIES`` in turn, within
+            the same time limit)
+        tol : tolerance of the numpy re-check (scaled violation; integrality uses ``INTEGRALITY_TOL``)
+        """
+        begin = time.perf_counter()
+        lp_model = self.num_integer == 0
+        cap = iteration_limit
+        if cap is None and lp_model:
+            # warm re-solves of small degenerate LPs can cycle: stop early and retry from scratch
+            cap = max(SESSION_STALL_MINIMUM, SESSION_STALL_FACTOR * (self.num_vars + self.num_rows))
+        res = self._solve_once(time_limit, start, mip_rel_gap, mip_abs_gap, node_limit, cap, tol)
+        if not lp_model or iteration_limit is not None:
+            return res
+        notes = []
+        for strategy in SESSION_RETRIES:
+            if res.status not in (*_UNCONVERGED, SolverStatus.ITERATION_LIMIT):
+                break
+            left = None if time_limit is None else time_limit - (time.perf_counter() - begin)
+            if left is not None and left <= 0:
+                break
+            notes.append(f"'{res.status.value}', retried from scratch with {strategy}")
+            if strategy == "primal simplex":
+                self._option("simplex_strategy", 4)
+            else:
+                self._option("solver", "ipm")
+                self._option("run_crossover", "on")
+            self._highs.clearSolver()
+            res = self._solve_once(left, None, mip_rel_gap, mip_abs_gap, node_limit, cap, tol)
+            self._option("simplex_strategy", 1)
+            self._option("solver", "choose")
+        if notes:
+            res = dataclasses.replace(
+                res,
+                seconds=time.perf_counter() - begin,
+                message=f"{res.message}; earlier: {'; '.join(notes)}",
+            )
+        return res
+
+    def _solve_once(
+        self,
+        time_limit: float | None,
+        start: np.ndarray | None,
+        mip_rel_gap: float,
+        mip_abs_gap: float,
+        node_limit: int | None,
+        iteration_limit: int | None,
+        tol: float,
+    ) -> MilpResult:
+        begin = time.perf_counter()
+        h = self._highs
+        self.solves += 1
+        if time_limit is not None and time_limit <= 0:
+            return self._result(SolverStatus.TIME_LIMIT, None, float("-inf"), float("inf"), 0, 0, begin, "")
+        self._option(
+            "simplex_iteration_limit", int(iteration_limit) if iteration_limit is not None else 2**31 - 1
+        )
+        # HiGHS's time limit counts the object's total run time over all runs.
+        self._option("time_limit", _INF if time_limit is None else float(h.getRunTime()) + float(time_limit))
+        if self.num_integer:
+            self._option("mip_rel_gap", float(mip_rel_gap))
+            self._option("mip_abs_gap", float(mip_abs_gap))
+            self._option("mip_max_nodes", int(node_limit) if node_limit is not None else 2**31 - 1)
+        if start is not None:
+            x0 = np.asarray(start, dtype=np.float64).reshape(-1)
+            if x0.shape != (self.num_vars,):
+                raise ValueError(f"start must have {self.num_vars} entries, got {x0.shape}")
+            if np.all(np.isfinite(x0)):
+                sol = highspy.HighsSolution()
+                sol.col_value = x0
+                sol.value_valid = True
+                h.setSolution(sol)
+        retried = False
+        while True:
+            run_status = h.run()
+            model_status = h.getModelStatus()
+            if model_status in (_MS.kModelError, _MS.kLoadError) or (
+                run_status == highspy.HighsStatus.kError and model_status == _MS.kNotset
+            ):
+                raise SolverError(
+                    f"HiGHS could not take the model ({self.num_vars} variables, {self.num_integer} "
+                    f"integer, {self.num_rows} rows): {h.modelStatusToString(model_status)}. This is a "
+                    "bug in onnxinv's MILP assembly; please report it with the model."
+                )
+            status = map_status(model_status)
+            if status is SolverStatus.INFEASIBLE_OR_UNBOUNDED and not retried:
+                if np.all(np.isfinite(self._lower)) and np.all(np.isfinite(self._upper)):
+                    # every column is bounded, so the model cannot be unbounded
+                    status = SolverStatus.INFEASIBLE
+                    break
+                # settle it from scratch without presolve, with primal simplex, which tells the two apart
+                retried = True
+                self._option("presolve", "off")
+                self._option("simplex_strategy", 4)
+                h.clearSolver()
+                continue
+            break
+        if retried:
+            self._option("simplex_strategy", 1)
+        self._apply_presolve()
+        info = h.getInfo()
+        text = h.modelStatusToString(model_status)
+        x = None
+        sol = h.getSolution()
+        if sol.value_valid and int(info.primal_solution_status) == int(highspy.kSolutionStatusFeasible):
+            x = np.asarray(sol.col_value, dtype=np.float64)
+        mip = self.num_integer > 0
+        iterations = int(info.simplex_iteration_count)
+        nodes = max(int(info.mip_node_count), 0) if mip else 0
+        if status is SolverStatus.INFEASIBLE:
+            bound, gap, x = float("inf"), float("inf"), None
+        elif mip:
+            bound = float(info.mip_dual_bound)
+            gap = float(info.mip_gap) if x is not None else float("inf")
+        elif status is SolverStatus.OPTIMAL:
+            bound, gap = float(info.objective_function_value), 0.0
+        else:
+            bound, gap = float("-inf"), float("inf")
+        if not math.isfinite(bound) and status is not SolverStatus.INFEASIBLE:
+            bound = float("-inf")
+        if status is SolverStatus.UNKNOWN and model_status == _MS.kSolutionLimit:
+            text = "node limit reached"
+        return self._result(status, x, bound, gap, nodes, iterations, begin, text, tol)
+
+    def _result(
+        self,
+        status: SolverStatus,
+        x: np.ndarray | None,
+        bound: float,
+        gap: float,
+        nodes: int,
+        iterations: int,
+        begin: float,
+        highs_text: str,
+        tol: float = MILP_RECHECK_TOL,
+    ) -> MilpResult:
+        viol, integ, note = float("nan"), float("nan"), ""
+        if x is not None:
+            viol = self.violation(x)
+            integ = _integrality(self._integer, x)
+            if viol > tol or integ > INTEGRALITY_TOL:
+                note = (
+                    f"HiGHS's point violates a constraint by {viol:.3g} (scaled; tolerance {tol:.1g}) or "
+                    f"integrality by {integ:.3g} (tolerance {INTEGRALITY_TOL:.1g}), so it is not accepted"
+                )
+                x = None
+                if status is SolverStatus.OPTIMAL:
+                    status = SolverStatus.NUMERICAL
+        elif status is SolverStatus.OPTIMAL:
+            status, note = SolverStatus.NUMERICAL, "HiGHS reported optimal but gave no point"
+        objective = float(self._c @ x + self._offset) if x is not None else float("nan")
+        what = "MILP" if self.num_integer else "LP"
+        message = note or {
+            SolverStatus.OPTIMAL: f"{what} solved to optimality",
+            SolverStatus.INFEASIBLE: f"the {what} is infeasible",
+            SolverStatus.UNBOUNDED: f"the {what} is unbounded",
+            SolverStatus.INFEASIBLE_OR_UNBOUNDED: f"the {what} is infeasible or unbounded",
+            SolverStatus.TIME_LIMIT: f"HiGHS stopped the {what} at the time limit"
+            + (" with an incumbent" if x is not None else " without a point"),
+            SolverStatus.ITERATION_LIMIT: f"HiGHS stopped the {what} at the iteration limit",
+        }.get(status, f"HiGHS ended the {what} with status {highs_text!r}")
+        return MilpResult(
+            status=status,
+            x=x,
+            objective=objective,
+            bound=bound,
+            gap=gap,
+            nodes=nodes,
+            iterations=iterations,
+            seconds=time.perf_counter() - begin,
+            violation=viol,
+            integrality=integ,
+            message=message,
+            highs_status=highs_text,
+        )
+
+    def _option(self, name: str, value: object) -> None:
+        # each option costs a call into HiGHS; skip the ones that did not change
+        if self._options.get(name) != value:
+            self._highs.setOptionValue(name, value)
+            self._options[name] = value
+
+    def _apply_presolve(self) -> None:
+        on = self._presolve and self.num_integer > 0
+        self._option("presolve", "choose" if on else "off")
+
+    def _pass_model(self) -> None:
+        n = self.num_vars
+        a = self._a.tocsc()
+        model = highspy.HighsLp()
+        model.num_col_ = n
+        model.num_row_ = a.shape[0]
+        model.col_cost_ = self._c
+        model.offset_ = self._offset
+        model.col_lower_ = _to_highs_inf(self._lower)
+        model.col_upper_ = _to_highs_inf(self._upper)
+        model.row_lower_ = _to_highs_inf(self._row_lower)
+        model.row_upper_ = _to_highs_inf(self._row_upper)
+        model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        model.a_matrix_.num_col_ = n
+        model.a_matrix_.num_row_ = a.shape[0]
+        model.a_matrix_.start_ = a.indptr.astype(np.int32)
+        model.a_matrix_.index_ = a.indices.astype(np.int32)
+        model.a_matrix_.value_ = a.data.astype(np.float64)
+        if self.num_integer:
+            model.integrality_ = [
+                highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
+                for flag in self._integer
+            ]
+        if self._highs.passModel(model) == highspy.HighsStatus.kError:
+            raise SolverError(
+                f"HiGHS refused a model with {n} variables and {a.shape[0]} rows; this is a bug in "
+                "onnxinv's MILP assembly, please report it"
+            )
+        self._apply_presolve()
+
+
+def solve_milp(
+    c: np.ndarray,
+    A: np.ndarray | sp.spmatrix | sp.sparray | None = None,
+    row_lower: np.ndarray | None = None,
+    row_upper: np.ndarray | None = None,
+    lower: np.ndarray | float | None = None,
+    upper: np.ndarray | float | None = None,
+    integer: np.ndarray | None = None,
+    *,
+    time_limit: float | None = None,
+    start: np.ndarray | None = None,
+    mip_rel_gap: float = MIP_REL_GAP,
+    mip_abs_gap: float = MIP_ABS_GAP,
+    tol: float = MILP_RECHECK_TOL,
+) -> MilpResult:
+    """Solve ``min cᵀx`` s.t. ``row_lower <= A x <= row_upper``, ``lower <= x <= upper``, ``x_j``
+    integer where ``integer[j]``, once (a :class:`MilpSession` for re-solves).
+
+    Variables are free unless bounded (like :func:`solve_lp`). Returns a :class:`MilpResult`.
+
+    Raises
+    ------
+    SolverError
+        HiGHS refused the model.
+    ValueError
+        Inconsistent shapes or non-finite data.
+    """
+    program = MixedIntegerProgram.build(c, A, row_lower, row_upper, lower, upper, integer)
+    return MilpSession(program).solve(
+        time_limit=time_limit, start=start, mip_rel_gap=mip_rel_gap, mip_abs_gap=mip_abs_gap, tol=tol
+    )
+
+
+def _violation(
+    a: sp.csr_matrix,
+    row_lower: np.ndarray,
+    row_upper: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    x: np.ndarray,
+) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape != (a.shape[1],) or not np.all(np.isfinite(x)):
+        return float("inf")
+    worst = 0.0
+    with np.errstate(invalid="ignore"):
+        if a.shape[0]:
+            ax = a @ x
+            below = np.where(np.isfinite(row_lower), (row_lower - ax) / (1.0 + np.abs(row_lower)), 0.0)
+            above = np.where(np.isfinite(row_upper), (ax - row_upper) / (1.0 + np.abs(row_upper)), 0.0)
+            worst = max(worst, float(np.max(below)), float(np.max(above)))
+        if x.size:
+            lo = np.where(np.isfinite(lower), (lower - x) / (1.0 + np.abs(lower)), 0.0)
+            hi = np.where(np.isfinite(upper), (x - upper) / (1.0 + np.abs(upper)), 0.0)
+            worst = max(worst, float(np.max(lo)), float(np.max(hi)))
+    return max(worst, 0.0)
+
+
+def _integrality(integer: np.ndarray, x: np.ndarray) -> float:
+    if not np.any(integer):
+        return 0.0
+    v = np.asarray(x, dtype=np.float64)[integer]
+    return float(np.max(np.abs(v - np.round(v)))) if v.size else 0.0

@@ -185,3 +185,85 @@ def test_unknown_status_at_an_identifiable_layer_is_not_taken_as_success(monkeyp
     r = invert(g, x, method="exact", settings=plain)
     assert r.steps[0].status is SolverStatus.UNKNOWN and not r.steps[0].identifiable
     assert not r.verdict.success and "ended 'unknown'" in r.message
+
+
+# -- mixed-integer programs and sessions ----------------------------------------------------------------
+
+
+def _knapsack():
+    # max 5a + 4b + 3c  s.t.  2a + 3b + c <= 5, 4a + b + 2c <= 11, 3a + 4b + 2c <= 8, integers in [0, 3]
+    c = -np.array([5.0, 4.0, 3.0])
+    a = np.array([[2.0, 3.0, 1.0], [4.0, 1.0, 2.0], [3.0, 4.0, 2.0]])
+    return c, a, np.array([5.0, 11.0, 8.0])
+
+
+def test_milp_known_answer_and_integrality() -> None:
+    c, a, b = _knapsack()
+    res = lp.solve_milp(c, a, None, b, 0.0, 3.0, [True, True, True])
+    assert res.status is SolverStatus.OPTIMAL and res.ok
+    np.testing.assert_allclose(res.x, [2.0, 0.0, 1.0], atol=1e-9)
+    assert res.objective == pytest.approx(-13.0) and res.bound == pytest.approx(-13.0)
+    assert res.integrality <= 1e-9 and res.violation <= 1e-9 and res.gap == pytest.approx(0.0)
+    # the LP relaxation is better than the integer optimum
+    relaxed = lp.solve_milp(c, a, None, b, 0.0, 3.0)
+    assert relaxed.ok and relaxed.objective < -13.0 + 1e-9 and relaxed.nodes == 0
+
+
+def test_milp_infeasible_and_sparse_rows() -> None:
+    # x + y = 1.5 with x, y integer in [0, 1]: no integer point
+    res = lp.solve_milp([0.0, 0.0], sp.csr_array([[1.0, 1.0]]), [1.5], [1.5], 0.0, 1.0, [True, True])
+    assert res.status is SolverStatus.INFEASIBLE and res.x is None and res.bound == float("inf")
+
+
+def test_session_changes_and_resolves() -> None:
+    c, a, b = _knapsack()
+    session = lp.MilpSession(lp.MixedIntegerProgram.build(c, a, None, b, 0.0, 3.0, [True, True, True]))
+    assert session.solve().objective == pytest.approx(-13.0)
+    # a new objective: maximise b only -> b = 1 (row 3: 4b <= 8, row 1: 3b <= 5)
+    session.set_objective({1: -1.0})
+    res = session.solve()
+    assert res.ok and res.x[1] == pytest.approx(1.0)
+    # column bounds, then a new row, then a coefficient
+    session.set_col_bounds([1], 0.0, 0.0)
+    assert session.solve().objective == pytest.approx(0.0)
+    session.set_col_bounds([1], 0.0, 3.0)
+    rows = session.add_rows(np.array([[0.0, 1.0, 0.0]]), -np.inf, 0.0)
+    assert rows.tolist() == [3] and session.num_rows == 4
+    assert session.solve().objective == pytest.approx(0.0)
+    session.change_coefficients([3], [1], [0.0])
+    session.set_row_bounds([3], -np.inf, 5.0)
+    assert session.solve().x[1] == pytest.approx(1.0)
+    # the numpy copy of the model follows every change
+    program = session.program()
+    assert program.a.toarray()[3, 1] == 0.0 and program.row_upper[3] == 5.0
+
+
+def test_session_start_point_and_lp_basis_reuse() -> None:
+    c, a, b = _knapsack()
+    session = lp.MilpSession(lp.MixedIntegerProgram.build(c, a, None, b, 0.0, 3.0, [True, True, True]))
+    res = session.solve(start=np.array([2.0, 0.0, 1.0]))
+    assert res.ok and res.objective == pytest.approx(-13.0)
+    with pytest.raises(ValueError, match="start must have 3 entries"):
+        session.solve(start=np.zeros(2))
+    # an LP re-solved with a new objective goes on from its basis: few iterations
+    lp_session = lp.MilpSession(lp.MixedIntegerProgram.build(c, a, None, b, 0.0, 3.0))
+    first = lp_session.solve()
+    lp_session.set_objective(-np.array([5.0, 4.0, 3.01]))
+    again = lp_session.solve()
+    assert first.ok and again.ok and again.iterations <= first.iterations
+
+
+def test_session_time_limit_decides_nothing() -> None:
+    c, a, b = _largish_lp(2)
+    program = lp.MixedIntegerProgram.build(c, a, None, b, -1.0, 1.0, np.ones(c.size, dtype=bool))
+    res = lp.MilpSession(program).solve(time_limit=0.0)
+    assert res.status is SolverStatus.TIME_LIMIT and not res.ok and res.x is None
+
+
+def test_milp_recheck_rejects_a_bad_point() -> None:
+    program = lp.MixedIntegerProgram.build([1.0, 1.0], [[1.0, 1.0]], [1.0], [1.0], 0.0, 1.0, [True, False])
+    assert program.violation(np.array([0.5, 0.5])) == 0.0
+    assert program.integrality_violation(np.array([0.5, 0.5])) == pytest.approx(0.5)
+    assert program.violation(np.array([1.0, 1.0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="integer must have 2 entries"):
+        lp.MixedIntegerProgram.build([1.0, 1.0], integer=[True])
