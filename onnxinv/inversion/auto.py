@@ -14,8 +14,10 @@ Clean observations:
    leave the layer-wise latent just outside the tolerance.
 4. ``linf`` (Algorithm 1 of [1]_ from ``ε = 1e-6·max|y|`` upwards), refined: observations that are not
    exactly realizable (rounded, slightly off the range).
-5. ``lsq``: whole-network least squares from the zero latent and random restarts.
-6. ``gd`` (gradient descent with restarts), refined: where everything else fails.
+5. ``milp``: the exact whole-network search (:mod:`onnxinv.inversion.search`) where the engine
+   applies (piecewise-linear hidden layers, small enough).
+6. ``lsq``: whole-network least squares from the zero latent and random restarts.
+7. ``gd`` (gradient descent with restarts), refined: where everything else fails.
 
 Bounded noise: ``linf``, ``l1``, ``relaxed``, then ``gd``, each refined. Gaussian noise
 (``noise_model="gaussian"``): ``lsq``, the MAP fit from Algorithm 1's estimate, the zero latent and
@@ -40,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from onnxinv.inversion import exact, gd, l1, linf, lsq, refine, relaxed, sparse
+from onnxinv.inversion import exact, gd, l1, linf, lsq, refine, relaxed, search, sparse, wholenet
 from onnxinv.inversion.framework import Draft, Method, Problem, Settings, accepts
 from onnxinv.inversion.result import Attempt
 
@@ -91,6 +93,8 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
 
     if problem.measure is not None or (problem.noise is not None and problem.noise_model == "gaussian"):
         fallbacks: tuple[tuple[Solver, str], ...] = ((lsq.solve, "lsq"), (gd.solve, "gd"))
+        if problem.measure is not None and wholenet.applies(problem, settings) is None:
+            fallbacks = ((lsq.solve, "lsq"), (search.solve, "milp"), (gd.solve, "gd"))
     elif problem.noise is None:
         first, ok = run(exact.solve, "exact")
         if ok:
@@ -109,6 +113,8 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
             if ok:
                 return finish(better)
         fallbacks = ((linf.solve, "linf"), (lsq.solve, "lsq"), (gd.solve, "gd"))
+        if wholenet.applies(problem, settings) is None:
+            fallbacks = ((search.solve, "milp"), *fallbacks)
     else:
         fallbacks = ((linf.solve, "linf"), (l1.solve, "l1"), (relaxed.solve, "relaxed"), (gd.solve, "gd"))
     for module_solve, name in fallbacks:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxinv.inversion import exact, linear, linf
+from onnxinv.inversion import exact, linear, linf, wholenet
 from onnxinv.inversion.framework import (
     Draft,
     LayerContext,
@@ -88,11 +88,17 @@ def gather(
                     EvidenceKind.NONE, "no refutation is attempted under Gaussian noise (unbounded errors)"
                 ),
             ), ()
-        return (refutation(problem, settings, fit, deadline),), ()
+        first = refutation(problem, settings, fit, deadline)
+        if first.kind is not EvidenceKind.NONE:
+            return (first,), ()
+        return (first, *_whole_network_refutation(problem, settings, deadline, oracle)), ()
     if problem.noise is not None:
         if problem.noise_model != "bounded":
             return (Evidence(EvidenceKind.NONE, "no radius under Gaussian noise (unbounded errors)"),), ()
-        return (_radius(problem, z, fit, deadline),), ()
+        radius = _radius(problem, z, fit, deadline)
+        if radius.kind is not EvidenceKind.NONE:
+            return (radius,), ()
+        return (radius, wholenet.bound_radius(problem, settings, z, fit, deadline)), ()
 
     if certifies and not draft.refined:
         cert = layerwise_certificate(draft.steps, "from the observation down")
@@ -105,7 +111,70 @@ def gather(
     found: list[Evidence] = []
     if settings.witness_search:
         found.append(_witness(problem, settings, z, steps, deadline, oracle))
+        if found[-1].kind is not EvidenceKind.NONE:
+            return tuple(found), steps
+    found.extend(_whole_network_certificate(problem, settings, z, deadline, oracle))
     return tuple(found), steps
+
+
+def _whole_network_certificate(
+    problem: Problem,
+    settings: Settings,
+    z: np.ndarray,
+    deadline: float,
+    oracle: Oracle,
+    judge: Problem | None = None,
+) -> tuple[Evidence, ...]:
+    """The MILP's certificate, or its witness once onnxruntime confirms it (``judge``: the problem the
+    witness must reproduce, default ``problem``)."""
+    judge = judge or problem
+    delta = witness_distance(settings, z)
+    evidence, candidate = wholenet.certify(judge, settings, z, delta, deadline)
+    if candidate is None:
+        return (evidence,)
+    ev = _check(judge, settings, z, candidate, delta, oracle)
+    if ev is None:
+        return (
+            Evidence(
+                EvidenceKind.NONE,
+                "the MILP's second latent did not reproduce the observation through onnxruntime",
+            ),
+        )
+    return (
+        Evidence(
+            EvidenceKind.WITNESS,
+            f"the whole-network MILP found a second latent z' that reproduces the observation (relative l2 "
+            f"{ev[0]:.3g} through onnxruntime) at max-abs distance {ev[1]:.3g} >= δ = {delta:.3g} from z.",
+            {**evidence.numbers, "delta": delta},
+            witness=candidate,
+            witness_residual=ev[0],
+            distance=float(np.linalg.norm(candidate - z)),
+        ),
+    )
+
+
+def _whole_network_refutation(
+    problem: Problem, settings: Settings, deadline: float, oracle: Oracle
+) -> tuple[Evidence, ...]:
+    """The MILP's proof of no preimage, or what it found instead."""
+    evidence, candidate = wholenet.refute(problem, settings, deadline)
+    if candidate is None:
+        return (evidence,)
+    output = oracle(candidate[None, :])[0]
+    check = fit_check(problem, settings, output)
+    if check.reproduces:
+        return (
+            Evidence(
+                EvidenceKind.NONE,
+                f"the whole-network MILP found a latent that does reproduce the observation (relative l2 "
+                f"{check.rel_l2:.3g} through onnxruntime); method='milp' or 'auto' returns it",
+            ),
+        )
+    return (
+        Evidence(
+            EvidenceKind.NONE, "the MILP's latent did not reproduce the observation through onnxruntime"
+        ),
+    )
 
 
 def _through_measurements(
@@ -114,19 +183,22 @@ def _through_measurements(
     """Observations ``y = A·G(z)``: the layer-wise certificate and refutation need ``G(z)`` itself, so
     neither applies; a second latent with the same output ``G(z)`` (found as for a clean observation
     of ``G(z)``) also gives the same measurements, so the witness search does."""
-    if not fit.reproduces:
-        return (Evidence(EvidenceKind.NONE, "no layer-wise refutation through a measurement matrix"),), ()
     note = Evidence(
         EvidenceKind.NONE,
         "through a measurement matrix the layer-wise certificate does not apply (other outputs may give "
         "the same measurements)",
     )
+    if not fit.reproduces:
+        note = Evidence(EvidenceKind.NONE, "no layer-wise refutation through a measurement matrix")
+        return (note, *_whole_network_refutation(problem, settings, deadline, oracle)), ()
     if problem.noise is not None or not settings.witness_search:
         return (note,), ()
     proxy = Problem(problem.generator, problem.generator.forward(z), None, None, problem.precision)
     steps = analyse_latent(proxy, settings, z, deadline)
     witness = _witness(proxy, settings, z, steps, deadline, oracle, judge=problem)
-    return (witness, note), steps
+    if witness.kind is not EvidenceKind.NONE:
+        return (witness, note), steps
+    return (witness, *_whole_network_certificate(problem, settings, z, deadline, oracle)), steps
 
 
 def layerwise_certificate(steps: tuple[LayerStep, ...], where: str) -> Evidence | None:

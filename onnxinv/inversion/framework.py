@@ -98,6 +98,11 @@ class Settings:
         refine stage)
     witness_search : look for a second preimage when ``z`` reproduces a clean observation but no
         certificate holds
+    milp : use the whole-network MILP where the layer-wise argument runs out (networks of piecewise-linear
+        hidden layers small enough for it): to find, certify, refute and bound
+    milp_time : seconds the MILP may take per use and observation (within ``time_limit``)
+    latent_box : a stated assumption ``max |z_i| <= latent_box`` on the latents: whole-network claims
+        that hold only inside that box then count, and say so; None: they must hold for every latent
     """
 
     tol: float = 1e-5
@@ -122,6 +127,7 @@ class Settings:
             "active_rtol",
             "default_eps_rtol",
             "distance",
+            "milp_time",
         ):
             value = getattr(self, name)
             if (
@@ -134,15 +140,25 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidArgumentError(f"Settings.{name} must be a non-negative integer, got {value!r}")
+        box = self.latent_box
+        if box is not None and (
+            isinstance(box, bool) or not isinstance(box, (int, float)) or not (math.isfinite(box) and box > 0)
+        ):
+            raise InvalidArgumentError(
+                f"Settings.latent_box must be a positive finite number or None, got {box!r}"
+            )
         if self.gd_optimizer not in ("adam", "gd"):
             raise InvalidArgumentError(
                 f"Settings.gd_optimizer must be 'adam' or 'gd', got {self.gd_optimizer!r}"
             )
 
     seed: int = 0
-    distance: float = 1e-3
+    distance: float = 1e-2
     refine: bool = True
     witness_search: bool = True
+    milp: bool = True
+    milp_time: float = 20.0
+    latent_box: float | None = None
 
 
 NOISE_MODELS = ("bounded", "gaussian")

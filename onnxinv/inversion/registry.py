@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from onnxinv.errors import InvalidArgumentError
-from onnxinv.inversion import auto, exact, gd, l1, linf, lsq, relaxed, sparse
+from onnxinv.inversion import auto, exact, gd, l1, linf, lsq, relaxed, search, sparse
 from onnxinv.inversion.framework import Method
 
 __all__ = ["METHODS", "get_method"]
@@ -26,6 +26,7 @@ METHODS: Mapping[str, Method] = MappingProxyType(
             l1.METHOD,
             relaxed.METHOD,
             lsq.METHOD,
+            search.METHOD,
             gd.METHOD,
         )
     }
