@@ -164,6 +164,23 @@ def _cholesky_solve(gram, rhs, apply, apply_t, tw, m) -> LeastSquares | None:
     return LeastSquares(u, n, cond, _maxabs(resid), err, "cholesky", _spread(factor), rw / np.sqrt(m), factor)
 
 
+def gram_full_rank(gram: np.ndarray) -> bool:
+    """True when the Cholesky route of :func:`solve_active` accepts the Gram matrix ``AᵀA``: it
+    factors and its condition estimate is within ``COND_LIMIT`` (then ``A`` has full column rank by
+    any threshold near ``RANK_RTOL``). False means "not shown": use :func:`numerical_rank`. ``gram``
+    is left untouched."""
+    n = gram.shape[0]
+    if n == 0:
+        return True
+    work = np.array(gram, dtype=np.float64, order="F")
+    anorm = float(_lange("1", work))
+    factor, info = _potrf(work, lower=0, clean=1, overwrite_a=1)
+    if info != 0 or not (np.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
+        return False
+    rcond, info = _pocon(factor, anorm, uplo="U")
+    return info == 0 and float(rcond) > 0 and float(np.sqrt(1.0 / float(rcond))) <= COND_LIMIT
+
+
 def row_reach(factor: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``||R^{-T} g||_2`` for each row ``g`` of ``rows``: with ``RᵀR = AᵀA``, the largest ``|gᵀd|`` over
     the directions with ``||A d||_2 <= 1`` (``gᵀd = (R^{-T}g)ᵀ(R d)`` and ``||R d|| = ||A d||``)."""
@@ -239,10 +256,18 @@ def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
     gram = aw.T @ aw
     if not np.all(np.isfinite(gram)):
         return float("inf")
-    # trace(G⁻¹) = ||R⁻¹||_F² for G = RᵀR: one triangular inverse
     factor, info = _potrf(gram.T, lower=0, clean=1, overwrite_a=1)
     if info != 0:
         return float("inf")
+    return factor_error_scale(factor)
+
+
+def factor_error_scale(factor: np.ndarray) -> float:
+    """:func:`error_scale` from the upper Cholesky factor ``R`` of ``AᵀS⁻²A``: ``trace(G⁻¹) =
+    ||R⁻¹||_F²``, one triangular inverse."""
+    n = factor.shape[0]
+    if n == 0:
+        return 0.0
     inv, info = _trtri(factor, lower=0)
     if info != 0:
         return float("inf")

@@ -38,7 +38,9 @@ Notes
 * Without a noise level, ε starts at ``1e-6·max|y|`` and the ε the last layer ends at is reported as
   the noise estimate (``noise_estimate``).
 * Few rows bind at an l_inf optimum, so the LP is solved by row generation (:mod:`onnxinv.inversion.lp`)
-  from the rows a least-squares start violates most.
+  from the rows a least-squares start violates most. For ReLU and identity layers the LPs of all ε
+  are one HiGHS model whose right-hand sides change (:class:`_Family`): every solve after the
+  first is a warm start from the previous basis.
 
 References
 ----------

@@ -328,6 +328,7 @@ class LPSession:
         initial_rows: np.ndarray | None = None,
         tol: float = RECHECK_TOL,
         algorithm: str | None = None,
+        b_lb: np.ndarray | None = None,
     ) -> None:
         if algorithm is not None and algorithm not in RETRY_STRATEGIES:
             raise ValueError(
@@ -341,6 +342,15 @@ class LPSession:
         self._a = base.a_ub
         self._c, self._lower, self._upper = base.c, base.lower, base.upper
         self._b = b
+        self._lb = (
+            np.full(b.size, -np.inf) if b_lb is None else np.asarray(b_lb, dtype=np.float64).reshape(-1)
+        )
+        if self._lb.shape != b.shape or np.any(np.isnan(self._lb)) or np.any(self._lb == np.inf):
+            raise ValueError(f"b_lb must have {b.size} entries, each finite or -inf")
+        if row_generation and np.any(np.isfinite(self._lb)):
+            raise ValueError("row generation works with upper row bounds only")
+        self.row_dual: np.ndarray | None = None  # HiGHS's row duals of the last optimum (None: none)
+        self._sliced: tuple[tuple[bytes, bytes], sp.csr_matrix] | None = None
         self._tol = tol
         self._algorithm = algorithm
         self._row_generation = row_generation
@@ -355,12 +365,24 @@ class LPSession:
         return int(self._c.shape[0])
 
     def problem(self) -> LinearProgram:
-        """The current LP, with the rows that are switched off left out."""
+        """The current LP, with the rows that are switched off left out (a row's lower bound as a
+        second, negated row)."""
         on = np.isfinite(self._b)
+        low = np.isfinite(self._lb)
+        key = (on.tobytes(), low.tobytes())
+        if self._sliced is None or self._sliced[0] != key:
+            a = self._a if on.all() else self._a[on]
+            if low.any():
+                a = _stack_rows(a, _as_csr(-self._a[low]))
+            self._sliced = (key, a)  # the rows taking part change rarely; slicing is the cost
+        a = self._sliced[1]
+        b = self._b[on]
+        if low.any():
+            b = np.concatenate([b, -self._lb[low]])
         return LinearProgram(
             self._c,
-            self._a[on],
-            self._b[on],
+            a,
+            b,
             sp.csr_matrix((0, self.num_vars)),
             np.zeros(0),
             self._lower,
@@ -378,7 +400,7 @@ class LPSession:
                 self._highs.changeRowsBounds(
                     int(changed.size),
                     changed.astype(np.int32),
-                    np.full(changed.size, -_INF),
+                    _to_highs_inf(self._lb[self._order[changed]]),
                     _to_highs_inf(b[self._order[changed]]),
                 )
         self._b = b
@@ -411,7 +433,8 @@ class LPSession:
         start = time.perf_counter()
         deadline = None if time_limit is None else start + max(float(time_limit), 0.0)
         self.solves += 1
-        on = np.isfinite(self._b)
+        self.row_dual = None
+        on = np.isfinite(self._b) | np.isfinite(self._lb)
         n_on = int(on.sum())
         cap = max(STALL_MINIMUM, STALL_FACTOR * (self.num_vars + n_on))
         warm = self._highs is not None
@@ -435,6 +458,10 @@ class LPSession:
                 limit = max(1000, 5 * (self.num_vars + int(self._order.size)))
                 highs.setOptionValue("simplex_iteration_limit", min(limit, cap))
             highs.run()
+            if self._algorithm == "interior point":
+                # the interior point method (with crossover) for the cold solve only: every later
+                # solve of the session starts from its basis with the simplex method
+                highs.setOptionValue("solver", "simplex")
             model_status = highs.getModelStatus()
             info = highs.getInfo()
             iterations += int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
@@ -476,6 +503,10 @@ class LPSession:
                 )
                 result = self._result(status, x, objective, iterations, start, text)
                 if result.status is SolverStatus.OPTIMAL or status is not SolverStatus.OPTIMAL:
+                    if result.status is SolverStatus.OPTIMAL:
+                        dual = np.full(self._b.size, np.nan)
+                        dual[self._order] = np.asarray(highs.getSolution().row_dual, dtype=np.float64)
+                        self.row_dual = dual
                     return result
             # not final (unconverged, stalled warm start, infeasible-or-unbounded, or an optimum that
             # fails the re-check): the current problem from scratch, with solve()'s retries
@@ -506,7 +537,7 @@ class LPSession:
             self._c,
             self._lower,
             self._upper,
-            np.full(rows.size, -_INF),
+            self._lb[rows],
             self._b[rows],
         )
         self._highs, self._order, self._work = highs, rows, work
