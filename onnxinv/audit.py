@@ -477,7 +477,7 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
             )
         nnz_prev = _nnz(h_prev)
         growth.append(_nnz(h) >= 2 * nnz_prev)
-        mu = _coherence_from_gram(gram) if count else 1.0
+        mu = _coherence_from_gram(gram) if gram is not None else 1.0
         mus.append(mu)
         coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
     counts = np.array(active_counts)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from onnxinv.inversion import lp
 from onnxinv.inversion.targets import Targets
@@ -58,8 +58,8 @@ def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
     """Least squares ``min ||diag(w)(A u - t)||`` with rank and conditioning (see module Notes)."""
     m, n = a.shape
     unit = weights is None or _all_ones(weights)
-    aw = a if unit else a * weights[:, None]
-    tw = t if unit else t * weights
+    aw = a if unit or weights is None else a * weights[:, None]
+    tw = t if unit or weights is None else t * weights
     if m >= n and n > 0:
         gram = aw.T @ aw
         out = _cholesky_solve(gram, aw.T @ tw, lambda u: aw @ u, lambda r: aw.T @ r, tw, m)
@@ -74,46 +74,51 @@ def solve_rows(
 ) -> LeastSquares:
     """:func:`solve_active` on the rows ``select`` (bool mask or indices) of ``w``.
 
-    The rows are gathered once; for a large system (more than ``BLOCK_ENTRIES`` entries) the Gram
-    matrix and the products are accumulated block by block instead, so no copy of the rows is made
-    (the working set stays at the Gram matrix plus one block). Unweighted ReLU rows skip the
-    weighting.
+    The rows are gathered once. For a large system (more than ``BLOCK_ENTRIES`` entries) no copy of
+    them is made: the Gram matrix is accumulated in place by BLAS ``syrk`` one gathered block at a
+    time, and the products with ``A`` go through the whole ``w`` (``(w u)[select]``, ``wᵀ r`` with
+    ``r`` zero off the rows), so the working set stays at the Gram matrix plus one block. Unweighted
+    ReLU rows skip the weighting.
     """
     idx = np.flatnonzero(select) if select.dtype == bool else np.asarray(select, dtype=np.intp)
     m, n = idx.size, w.shape[1]
     if sp.issparse(w):  # gathered rows of a sparse weight are solved densely (small layers only)
-        return solve_active(w[idx].toarray(), t, weights)
+        return solve_active(np.asarray(w[idx].toarray()), t, weights)
     if m * n <= BLOCK_ENTRIES or m < n or n == 0:
         return solve_active(w[idx], t, weights)
     unit = weights is None or _all_ones(weights)
-    tw = t if unit else t * weights
+    scale = np.ones(m) if weights is None or unit else weights
+    tw = t * scale if not unit else t
     step = max(1, BLOCK_ENTRIES // n)
-    blocks = [slice(i, min(i + step, m)) for i in range(0, m, step)]
-
-    def rows(block: slice) -> np.ndarray:
-        part = w[idx[block]]
-        return part if unit else part * weights[block, None]
-
-    gram = np.zeros((n, n))
+    # G = Σ_blocks A_bᵀA_b accumulated in place by BLAS syrk (upper triangle, Fortran order), one
+    # block of gathered rows at a time
+    gram_f = np.zeros((n, n), order="F")
     rhs = np.zeros(n)
-    for block in blocks:
-        part = rows(block)
-        gram += part.T @ part
-        rhs += part.T @ tw[block]
+    for i in range(0, m, step):
+        part = w[idx[i : i + step]]
+        if not unit:
+            part *= scale[i : i + step, None]
+        gram_f = _syrk(1.0, part.T, beta=1.0, c=gram_f, trans=0, lower=0, overwrite_c=1)
+        rhs += part.T @ tw[i : i + step]
+    rows_of = np.zeros(w.shape[0])
 
+    # products with A = diag(weights) W[idx] through the whole W: no gathered copy
     def apply(u: np.ndarray) -> np.ndarray:
-        return np.concatenate([rows(block) @ u for block in blocks])
+        return (w @ u)[idx] * scale
 
     def apply_t(r: np.ndarray) -> np.ndarray:
-        total = np.zeros(n)
-        for block in blocks:
-            total += rows(block).T @ r[block]
-        return total
+        rows_of[:] = 0.0
+        rows_of[idx] = r * scale
+        return w.T @ rows_of
 
-    out = _cholesky_solve(gram, rhs, apply, apply_t, tw, m)
+    # the 1-norm of the symmetric G from its upper triangle (syrk leaves the lower one at zero)
+    magnitude = np.abs(gram_f)
+    anorm = float(np.max(magnitude.sum(axis=0) + magnitude.sum(axis=1) - np.abs(np.diag(gram_f))))
+    del magnitude
+    out = _cholesky_solve(gram_f, rhs, apply, apply_t, tw, m, fortran=True, anorm=anorm)
     if out is not None:
         if not unit:
-            out = dataclasses.replace(out, residual=_maxabs(apply(out.u) / weights - t))
+            out = dataclasses.replace(out, residual=_maxabs(apply(out.u) / scale - t))
         return out
     return solve_active(w[idx], t, weights)
 
@@ -126,7 +131,9 @@ def _all_ones(v: np.ndarray) -> bool:
     return bool(v.size == 0 or (v.min() == 1.0 and v.max() == 1.0))
 
 
-def _cholesky_solve(gram, rhs, apply, apply_t, tw, m) -> LeastSquares | None:
+def _cholesky_solve(
+    gram, rhs, apply, apply_t, tw, m, *, fortran: bool = False, anorm: float | None = None
+) -> LeastSquares | None:
     """The Cholesky route of :func:`solve_active` from the Gram matrix (overwritten), ``Aᵀt`` and the
     products ``u -> A u``, ``r -> Aᵀ r``; None when the factorisation fails or the system is worse
     conditioned than ``COND_LIMIT`` (the caller then uses pivoted QR).
@@ -138,9 +145,11 @@ def _cholesky_solve(gram, rhs, apply, apply_t, tw, m) -> LeastSquares | None:
     """
     n = gram.shape[0]
     # the Gram matrix is symmetric: its transpose is the same matrix in Fortran order, which LAPACK
-    # factors in place (a non-finite entry makes potrf fail or leaves a non-finite diagonal)
-    gram_f = gram.T
-    anorm = float(_lange("1", gram_f))
+    # factors in place (a non-finite entry makes potrf fail or leaves a non-finite diagonal);
+    # ``fortran``: it is already in Fortran order, its upper triangle filled, with its 1-norm given
+    gram_f = gram if fortran else gram.T
+    if anorm is None:
+        anorm = float(_lange("1", gram_f))
     factor, info = _potrf(gram_f, lower=0, clean=1, overwrite_a=1)
     if info != 0 or not (np.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
         return None
@@ -195,6 +204,7 @@ def row_reach(factor: np.ndarray, rows: np.ndarray) -> np.ndarray:
 _potrf, _pocon, _potrs, _trtrs, _trtri, _lange = lapack.get_lapack_funcs(
     ("potrf", "pocon", "potrs", "trtrs", "trtri", "lange"), dtype=np.float64
 )
+(_syrk,) = blas.get_blas_funcs(("syrk",), dtype=np.float64)
 
 _PROBES = 8
 

@@ -351,6 +351,7 @@ class LPSession:
             raise ValueError("row generation works with upper row bounds only")
         self.row_dual: np.ndarray | None = None  # HiGHS's row duals of the last optimum (None: none)
         self._sliced: tuple[tuple[bytes, bytes], sp.csr_matrix] | None = None
+        self._cold: str | None = None  # the algorithm of the model's first solve
         self._tol = tol
         self._algorithm = algorithm
         self._row_generation = row_generation
@@ -397,7 +398,7 @@ class LPSession:
         if self._highs is not None and self._order.size:
             changed = np.flatnonzero(b[self._order] != self._b[self._order])
             if changed.size:
-                self._highs.changeRowsBounds(
+                self._highs.changeRowsBounds(  # type: ignore[attr-defined]
                     int(changed.size),
                     changed.astype(np.int32),
                     _to_highs_inf(self._lb[self._order[changed]]),
@@ -458,10 +459,11 @@ class LPSession:
                 limit = max(1000, 5 * (self.num_vars + int(self._order.size)))
                 highs.setOptionValue("simplex_iteration_limit", min(limit, cap))
             highs.run()
-            if self._algorithm == "interior point":
+            if self._cold == "interior point":
                 # the interior point method (with crossover) for the cold solve only: every later
                 # solve of the session starts from its basis with the simplex method
                 highs.setOptionValue("solver", "simplex")
+                self._cold = None
             model_status = highs.getModelStatus()
             info = highs.getInfo()
             iterations += int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
@@ -513,14 +515,13 @@ class LPSession:
             self._highs = None
             self._order = np.zeros(0, dtype=np.intp)
             self._work[:] = False
-            remaining = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
-            fresh = solve(self.problem(), time_limit=remaining, tol=self._tol, algorithm=self._algorithm)
+            left = None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+            fresh = solve(self.problem(), time_limit=left, tol=self._tol, algorithm=self._algorithm)
             return dataclasses.replace(
                 fresh, iterations=fresh.iterations + iterations, seconds=time.perf_counter() - start
             )
 
     def _build(self, on: np.ndarray, cap: int) -> None:
-        highs = _new_highs(cap, self._algorithm)
         work = on.copy()
         if self._row_generation and on.any():
             first = self._initial
@@ -530,6 +531,10 @@ class LPSession:
             work[first] = True
             work &= on
         rows = np.flatnonzero(work)
+        self._cold = (
+            self._algorithm if self._algorithm is not None else by_size(int(self._a[rows].nnz), self.num_vars)
+        )
+        highs = _new_highs(cap, self._cold)
         _pass_arrays(
             highs,
             self.num_vars,
@@ -591,7 +596,9 @@ def _solve_once(
         work = np.ones(n_ub, dtype=bool)
 
     cap = iteration_limit if iteration_limit is not None else _default_cap(problem)
-    highs = _new_highs(cap, strategy)
+    nonzeros = int(problem.a_ub[work].nnz) + int(problem.a_eq.nnz) if not work.all() else _nonzeros(problem)
+    first = strategy if strategy is not None else by_size(nonzeros, problem.num_vars)
+    highs = _new_highs(cap, first)
     _pass(highs, problem, work)
     iterations = 0
     retry = True
@@ -608,6 +615,8 @@ def _solve_once(
             # HiGHS's time limit counts the object's total run time over all runs.
             highs.setOptionValue("time_limit", float(highs.getRunTime()) + remaining)
         run_status = highs.run()
+        if first != strategy and rounds == 1:
+            highs.setOptionValue("solver", "simplex")  # later rounds start from its basis
         model_status = highs.getModelStatus()
         info = highs.getInfo()
         iterations += int(info.simplex_iteration_count) + int(info.ipm_iteration_count)
@@ -640,7 +649,9 @@ def _solve_once(
                 x = np.asarray(sol.col_value, dtype=np.float64)
         if generating and iteration_limit is None and status is SolverStatus.ITERATION_LIMIT and rounds > 1:
             # A warm re-solve stalled (degenerate optimum): solve the full problem from scratch.
-            highs = _new_highs(cap, strategy)
+            highs = _new_highs(
+                cap, strategy if strategy is not None else by_size(_nonzeros(problem), problem.num_vars)
+            )
             work[:] = True
             _pass(highs, problem, work)
             generating = False
@@ -692,6 +703,26 @@ def _finish(
         message=message,
         highs_status=highs_text,
     )
+
+
+# LPs with at least IPM_NONZEROS nonzeros and IPM_COLUMNS variables are solved cold by the interior
+# point method (with crossover): on wide dense layer LPs HiGHS's simplex needs about one iteration per
+# column at a cost that grows with the whole matrix (measured on 2 cores: the 4096 x 1025 l_inf LP of
+# 128-1024-4096, 146-203 s by dual simplex, 48-75 s by IPM). Narrow ones stay with the simplex (the
+# 8192 x 129 whole-network l_inf LP of the same net: 21 s by simplex, 34 s by IPM), and so do small
+# ones (20-250-600's l_inf LP with row generation: 0.38 s against 0.56 s).
+IPM_NONZEROS = 1_000_000
+IPM_COLUMNS = 500
+
+
+def by_size(nonzeros: int, columns: int) -> str | None:
+    """The algorithm of a cold solve when the caller named none: ``"interior point"`` for LPs with at
+    least ``IPM_NONZEROS`` nonzeros and ``IPM_COLUMNS`` variables, else None (HiGHS's dual simplex)."""
+    return "interior point" if nonzeros >= IPM_NONZEROS and columns >= IPM_COLUMNS else None
+
+
+def _nonzeros(problem: LinearProgram) -> int:
+    return int(problem.a_ub.nnz) + int(problem.a_eq.nnz)
 
 
 def _default_cap(problem: LinearProgram) -> int:
