@@ -28,7 +28,13 @@ Notes
   of a layer LP, :func:`onnxinv.inversion.linear.min_widening`), and the cap turns that into a retry
   instead of a wait for the time limit.
 * HiGHS runs with one thread, no output and no presolve (it finds nothing to remove in dense layer
-  LPs and costs time). ``time_limit`` bounds the wall time of the whole call.
+  LPs and costs time). ``time_limit`` bounds the wall time of the whole call. Models go to HiGHS as
+  numpy arrays (rows' bounds, then the columns in CSC form), one copy each.
+* Large wide LPs (``IPM_NONZEROS`` nonzeros and ``IPM_COLUMNS`` variables, :func:`by_size`) are
+  solved cold by the interior point method with crossover, others by dual simplex, unless the
+  caller names an algorithm; later rounds (row generation, warm re-solves) use the simplex.
+* :class:`LPSession` keeps one HiGHS model for a family of LPs that differ only in right-hand
+  sides, the objective or variable bounds, and re-solves warm from the last basis.
 * ``row_generation=True`` solves with a working subset of the ``A_ub`` rows, adds the rows the
   current solution violates (checked in numpy) and re-solves from the previous basis until none is
   violated. The answer is that of the full problem: the subset problem is a relaxation, so its
