@@ -449,11 +449,11 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
     so "identifiable" here and in an inversion's layer steps mean the same thing.
     """
-    from onnxinv.inversion.identifiability import mutual_coherence
-    from onnxinv.inversion.linear import numerical_rank
+    from onnxinv.inversion.linear import gram_full_rank, numerical_rank
 
     n_in = layer.in_features
-    rank = numerical_rank(layer.weight)
+    weight = layer.dense_weight()
+    rank = numerical_rank(weight)
     relu = _is_relu(layer)
     active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
     for h_prev, h in zip(h_in, h_out):
@@ -462,16 +462,22 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
             active = h > tau
         else:
             active = np.ones(h.shape[0], dtype=bool)
-        w_active = layer.weight[active]
+        w_active = weight[active]
         count = int(active.sum())
         active_counts.append(count)
+        # one Gram matrix of the active rows serves the rank test and the coherence
+        gram = w_active.T @ w_active if count else None
         if not relu:
             identifiable.append(rank == n_in)
         else:
-            identifiable.append(count >= n_in and numerical_rank(w_active) == n_in)
+            identifiable.append(
+                count >= n_in
+                and gram is not None
+                and (gram_full_rank(gram) or numerical_rank(w_active) == n_in)
+            )
         nnz_prev = _nnz(h_prev)
         growth.append(_nnz(h) >= 2 * nnz_prev)
-        mu = mutual_coherence(w_active) if count else 1.0
+        mu = _coherence_from_gram(gram) if gram is not None else 1.0
         mus.append(mu)
         coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
     counts = np.array(active_counts)
@@ -490,6 +496,20 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
         coherence_share=float(np.mean(coherence_ok)),
         coherence_median=float(np.median(mus)),
     )
+
+
+def _coherence_from_gram(gram: np.ndarray) -> float:
+    """:func:`onnxinv.inversion.identifiability.mutual_coherence` of ``A`` from its Gram matrix
+    ``AᵀA``: the largest ``|g_ij| / sqrt(g_ii g_jj)`` over ``i != j`` (1.0 if a column is zero)."""
+    if gram.shape[0] < 2:
+        return 0.0
+    diag = np.diag(gram)
+    if np.any(diag <= 0):
+        return 1.0
+    norms = np.sqrt(diag)
+    cos = np.abs(gram) / norms[:, None] / norms[None, :]
+    np.fill_diagonal(cos, 0.0)
+    return float(cos.max())
 
 
 def _nnz(h: np.ndarray) -> int:

@@ -1,21 +1,31 @@
-"""Benchmark onnxinv's inversion methods against gradient descent, per observation and for a batch.
+"""Benchmark onnxinv's inversions against their floors, side by side in one process (issue "Speed at
+every size").
 
 Usage::
 
-    python scripts/bench_invert.py            # 20 observations per setting, 1000-observation batch
-    python scripts/bench_invert.py --quick    # 5 observations per setting, 200-observation batch
-    python scripts/bench_invert.py --seed 3 --count 50 --batch 2000
+    python scripts/bench_invert.py                 # every row except the 50000-output layer
+    python scripts/bench_invert.py --quick         # fewer observations, a 1000-observation batch
+    python scripts/bench_invert.py --huge          # also 256-2048-50000 (800 MB of weights; needs ~4 GB)
+    python scripts/bench_invert.py --rows exact,linf --count 30
 
-Every time is the wall time of a whole ``invert`` call on one observation (validation, solve, and the
-verification of ``G(z)`` through onnxruntime), median over the observations. Per-observation runs
-use one core: BLAS is limited to one thread before numpy is imported. ``gd/method`` is how many times
-faster the method is than the gradient-descent baseline (4 restarts, 1000 iterations) on the same
-observations; ``max err|uniq`` is the largest relative latent error among the observations whose
-verdict is "unique" (the honesty check: it must be small). Models are built
-in code (random N(0, 1/n_out) weights, float32 ONNX models, as exported generators are).
+Every onnxinv time is the wall time of a whole ``invert`` (or ``audit``) call: validation, solve,
+refinement, the onnxruntime check and the evidence stage. Each floor is the least work that gives the
+same answer, run on the same observations in the same process, alternating with onnxinv:
 
-Targets (2-core machine): exact on 20-250-600 <= 5 ms; linf on 20-100-500 at noise 1e-3 <= 50 ms;
-1000 observations of 20-60-784 in <= 5 s with both cores, onnxruntime verification included.
+* exact: per layer, the active rows gathered, one Gram matrix and one Cholesky factorisation
+  (LAPACK ``potrf`` / ``potrs``); nothing else (no checks, no onnxruntime).
+* l_inf: a plain port of Algorithm 1 of Lei et al. to HiGHS (``scipy.optimize.linprog``, method
+  ``highs``): per layer, a fresh LP ``min δ`` with ``δ <= ε`` for ``ε = ε_0 α^m``, ``m = 0, 1, ...``
+  until it is feasible.
+* l_1: onnxinv's own l_inf time on the same observations (the goal is relative to it).
+* audit: twenty exact floors on the audit's samples.
+* batch: the exact floor for every observation plus one onnxruntime run of all latents.
+
+Ratios are of medians; "CPU" ratios use the process's CPU time, which a busy machine disturbs less.
+BLAS runs one thread (set before numpy is imported). The working set of the large rows is the peak
+resident memory above the level at the start of the call (``/proc/self/clear_refs``, Linux) and
+tracemalloc's peak (numpy's allocations). Models are built in code: random N(0, 1/n_out) weights,
+float32 ONNX models, as exported generators are. Speed stays out of the tests.
 """
 
 from __future__ import annotations
@@ -25,122 +35,398 @@ import os
 import platform
 import sys
 import time
+import tracemalloc
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
+from scipy.linalg import lapack  # noqa: E402
 
+from onnxinv.audit import audit  # noqa: E402
 from onnxinv.building import random_generator_layers  # noqa: E402
 from onnxinv.inversion import invert  # noqa: E402
-from onnxinv.layers import Generator  # noqa: E402
+from onnxinv.layers import Activation, Generator  # noqa: E402
 
-# (label, sizes, relative noise, methods, {method: target seconds per observation})
-SETTINGS = [
-    ("20-100-500 clean", [20, 100, 500], None, ["exact", "sparse", "linf", "l1", "relaxed", "auto"], {}),
-    ("20-250-600 clean", [20, 250, 600], None, ["exact", "linf", "auto"], {"exact": 5e-3}),
-    ("100-250-600 clean", [100, 250, 600], None, ["exact", "linf", "auto"], {}),
-    ("140-250-600 clean", [140, 250, 600], None, ["exact", "auto"], {}),
-    ("20-100-500 noise 1e-3", [20, 100, 500], 1e-3, ["linf", "l1", "relaxed", "auto"], {"linf": 50e-3}),
-]
-BATCH_SIZES = [20, 60, 784]
-BATCH_TARGET = 5.0
+ROWS = ("exact", "large", "linf", "linf-large", "l1", "audit", "batch")
 
 
-def _generator(sizes: list[int], seed: int) -> Generator:
-    return Generator.from_layers(random_generator_layers(sizes, rng=seed))
+def _generator(sizes: list[int], seed: int, output: Activation | None = None) -> Generator:
+    return Generator.from_layers(random_generator_layers(sizes, rng=seed, output_activation=output))
 
 
-def _observations(g: Generator, count: int, noise: float | None, seed: int):
+def _label(sizes: list[int]) -> str:
+    return "-".join(map(str, sizes))
+
+
+def _clean(g: Generator, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    z = np.random.default_rng(seed).standard_normal((count, g.latent_dim))
+    return z, g.forward(z)
+
+
+def _noisy(g: Generator, count: int, seed: int, rel: float) -> tuple[np.ndarray, np.ndarray, list[float]]:
     rng = np.random.default_rng(seed)
-    z = rng.normal(size=(count, g.latent_dim))
+    z = rng.standard_normal((count, g.latent_dim))
     x = g.forward(z)
-    levels = [None] * count
-    if noise is not None:
-        levels = [noise * float(np.max(np.abs(row))) for row in x]
-        x = x + np.stack([rng.uniform(-a, a, size=x.shape[1]) for a in levels])
+    levels = [rel * float(np.max(np.abs(row))) for row in x]
+    x = x + np.stack([rng.uniform(-a, a, size=x.shape[1]) for a in levels])
     return z, x, levels
 
 
-def _run(g: Generator, z, x, levels, method: str, seed: int) -> tuple[float, float, float, dict[str, int]]:
-    """(median seconds, median relative error, max relative error among "unique" verdicts, verdicts)."""
-    times, errors, unique_errors, verdicts = [], [], [], {}
-    for i in range(x.shape[0]):
-        start = time.perf_counter()
-        r = invert(g, x[i], method=method, noise=levels[i], seed=seed)
-        times.append(time.perf_counter() - start)
-        err = float(np.linalg.norm(r.z - z[i]) / np.linalg.norm(z[i]))
-        errors.append(err)
-        if r.verdict.value == "unique":
-            unique_errors.append(err)
-        verdicts[r.verdict.value] = verdicts.get(r.verdict.value, 0) + 1
-    worst = max(unique_errors) if unique_errors else float("nan")
-    return float(np.median(times)), float(np.median(errors)), worst, verdicts
+def _err(z: np.ndarray, z_true: np.ndarray) -> float:
+    return float(np.linalg.norm(z - z_true) / np.linalg.norm(z_true))
 
 
-def per_observation(count: int, seed: int) -> list[str]:
-    header = (
-        f"{'setting':<22} {'method':<8} {'ms/obs':>9} {'gd ms/obs':>10} {'gd/method':>10} "
-        f"{'med rel err':>12} {'gd rel err':>11} {'max err|uniq':>12}  verdicts                        target"
-    )
-    lines = [header, "-" * len(header)]
-    for label, sizes, noise, methods, targets in SETTINGS:
-        g = _generator(sizes, seed)
-        z, x, levels = _observations(g, count, noise, seed + 1)
-        invert(g, x[0], method="exact")  # build the onnxruntime session outside the timings
-        gd_t, gd_err, _, _ = _run(g, z, x, levels, "gd", seed)
-        for method in methods:
-            t, err, worst, verdicts = _run(g, z, x, levels, method, seed)
-            target = targets.get(method)
-            mark = ""
-            if target is not None:
-                mark = f"<= {target * 1e3:g} ms: {'met' if t <= target else 'MISSED'}"
-            vtext = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
-            lines.append(
-                f"{label:<22} {method:<8} {t * 1e3:>9.2f} {gd_t * 1e3:>10.1f} {gd_t / t:>9.1f}x "
-                f"{err:>12.2e} {gd_err:>11.2e} {worst:>12.2e}  {vtext:<31} {mark}"
+class Clock:
+    """Wall and CPU time of one call."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+# ----------------------------------------------------------------------------- floors
+
+
+def exact_floor(g: Generator, x: np.ndarray) -> np.ndarray:
+    """One Gram matrix and one Cholesky factorisation per layer on its active rows."""
+    y = x
+    for layer in reversed(g.layers):
+        w = layer.dense_weight()
+        active = y > 1e-9 * np.max(np.abs(y))
+        a = w[active]
+        gram = a.T @ a  # symmetric: .T is the same matrix in Fortran order, factored in place
+        factor, _ = lapack.dpotrf(gram.T, lower=0, overwrite_a=1)
+        y, _ = lapack.dpotrs(factor, a.T @ (y[active] - layer.bias[active]))
+    return y
+
+
+def plain_linf(g: Generator, x: np.ndarray, noise_rel: float, alpha: float = 1.2) -> np.ndarray:
+    """Algorithm 1 of Lei et al. as a plain loop of fresh HiGHS LPs (scipy's ``linprog``)."""
+    from scipy.optimize import linprog
+
+    y = x
+    for i in reversed(range(len(g.layers))):
+        layer = g.layers[i]
+        w, b, n = layer.dense_weight(), layer.bias, layer.in_features
+        eps = max(noise_rel * float(np.max(np.abs(y))), 1e-12)
+        low = 0.0 if i > 0 else None
+        while True:
+            on = y > eps
+            a_ub = np.vstack(
+                [np.hstack([w, -np.ones((w.shape[0], 1))]), np.hstack([-w[on], -np.ones((on.sum(), 1))])]
             )
-    return lines
+            b_ub = np.concatenate([y - b, -(y[on] - b[on])])
+            c = np.zeros(n + 1)
+            c[-1] = 1.0
+            res = linprog(c, a_ub, b_ub, bounds=[(low, None)] * n + [(0.0, eps)], method="highs")
+            if res.status == 0:
+                break
+            eps *= alpha
+        y = res.x[:n]
+    return y
 
 
-def batch(count: int, seed: int) -> list[str]:
-    g = _generator(BATCH_SIZES, seed)
-    z, x, _ = _observations(g, count, None, seed + 2)
-    invert(g, x[0], method="exact")
-    lines = []
-    label = "-".join(map(str, BATCH_SIZES))
-    scaled = BATCH_TARGET * count / 1000
-    for workers in (1, 2, None):
-        start = time.perf_counter()
-        res = invert(g, x, method="auto", workers=workers)
-        wall = time.perf_counter() - start
-        err = float(np.median(np.linalg.norm(res.z - z, axis=1) / np.linalg.norm(z, axis=1)))
-        verdicts = ", ".join(f"{n} {v}" for v, n in res.counts.items() if n)
-        mark = f"target <= {scaled:g} s: {'met' if wall <= scaled else 'MISSED'}"
-        lines.append(
-            f"{count} obs of {label}, auto, workers={workers!s:<4} -> {res.workers} process(es): "
-            f"{wall:6.2f} s wall ({wall / count * 1e3:.2f} ms/obs), median rel err {err:.1e}, {verdicts}; {mark}"
+# ----------------------------------------------------------------------------- memory
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def working_set(call) -> tuple[object, float, float, float]:
+    """(result, seconds, peak RSS above the start in MB, tracemalloc peak in MB)."""
+    start = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")  # reset the peak (VmHWM) to the current resident size
+    except OSError:
+        start = None
+    tracemalloc.start()
+    begin = time.perf_counter()
+    out = call()
+    seconds = time.perf_counter() - begin
+    _, traced = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak = _rss_kib("VmHWM")
+    rss = float("nan") if start is None or peak is None else (peak - start) / 1024.0
+    return out, seconds, rss, traced / 2**20
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str, str]] = []
+        self.notes: list[str] = []
+
+    def add(self, setting: str, ours: str, floor: str, ratio: str, goal: str, met: bool | None) -> None:
+        verdict = "-" if met is None else ("met" if met else "MISSED")
+        self.rows.append((setting, ours, floor, ratio, goal, verdict))
+        print(f"  {setting}: {ours} | floor {floor} | {ratio} | goal {goal}: {verdict}", flush=True)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"    {text}", flush=True)
+
+    def markdown(self) -> str:
+        head = ("setting", "onnxinv", "floor / reference", "ratio", "goal", "")
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def row_exact(table: Table, count: int, seed: int) -> None:
+    for sizes in ([20, 100, 500], [20, 250, 600]):
+        g = _generator(sizes, seed)
+        z, x = _clean(g, count + 1, seed + 1)
+        invert(g, x[0], method="exact")  # the onnxruntime session is built outside the timings
+        ours, auto, floor = [], [], []
+        verdicts: dict[str, int] = {}
+        for i in range(1, count + 1):
+            with Clock() as f:
+                zf = exact_floor(g, x[i])
+            with Clock() as e:
+                r = invert(g, x[i], method="exact")
+            with Clock() as a:
+                invert(g, x[i])
+            assert _err(zf, z[i]) < 1e-6, "the floor must recover the latent"
+            floor.append(f)
+            ours.append(e)
+            auto.append(a)
+            verdicts[r.verdict.value] = verdicts.get(r.verdict.value, 0) + 1
+        fw, fc = np.median([c.wall for c in floor]), np.median([c.cpu for c in floor])
+        ew, ec = np.median([c.wall for c in ours]), np.median([c.cpu for c in ours])
+        aw, ac = np.median([c.wall for c in auto]), np.median([c.cpu for c in auto])
+        table.add(
+            f"exact {_label(sizes)}",
+            f"{ew * 1e3:.2f} ms (auto {aw * 1e3:.2f} ms)",
+            f"{fw * 1e3:.2f} ms",
+            f"{ew / fw:.1f}x wall, {ec / fc:.1f}x CPU (auto {aw / fw:.1f}x, {ac / fc:.1f}x)",
+            "<= 2x",
+            ew / fw <= 2.0,
         )
-    return lines
+        table.note(f"verdicts {verdicts}")
+
+
+def row_large(table: Table, count: int, seed: int, huge: bool) -> None:
+    settings = [[128, 1024, 4096], [256, 2048, 16384]] + ([[256, 2048, 50000]] if huge else [])
+    for sizes in settings:
+        g = _generator(sizes, seed)
+        z, x = _clean(g, count + 1, seed + 1)
+        invert(g, x[0], method="exact")
+        times, floors, mem, fmem, errs = [], [], [], [], []
+        for i in range(1, count + 1):
+            zf, tf, rf, pf = working_set(lambda i=i, g=g, x=x: exact_floor(g, x[i]))
+            r, te, re, pe = working_set(lambda i=i, g=g, x=x: invert(g, x[i], method="exact"))
+            floors.append(tf)
+            times.append(te)
+            fmem.append((rf, pf))
+            mem.append((re, pe))
+            errs.append((r.verdict.value, _err(r.z, z[i]), _err(zf, z[i])))
+        ft, et = float(np.median(floors)), float(np.median(times))
+        frss, ftr = np.median([m[0] for m in fmem]), np.median([m[1] for m in fmem])
+        ers, etr = np.median([m[0] for m in mem]), np.median([m[1] for m in mem])
+        table.add(
+            f"exact {_label(sizes)}",
+            f"{et:.2f} s",
+            f"{ft:.2f} s",
+            f"{et / ft:.2f}x; working set {etr / max(ftr, 1e-9):.2f}x (numpy peak)"
+            + (f", {ers / frss:.2f}x (RSS peak)" if frss >= 8 else ""),
+            "<= 1.5x; <= 1.2x",
+            et / ft <= 1.5 and etr / max(ftr, 1e-9) <= 1.2,
+        )
+        table.note(
+            f"peak above start: onnxinv {ers:.0f} MB RSS / {etr:.0f} MB numpy, floor {frss:.0f} MB / {ftr:.0f} MB; "
+            f"weights {sum(layer.nnz for layer in g.layers) * 8 / 2**20:.0f} MB; (verdict, err, floor err) {errs}"
+        )
+        del g
+
+
+def row_linf(table: Table, count: int, seed: int) -> dict[str, float]:
+    g = _generator([20, 100, 500], seed)
+    z, x, levels = _noisy(g, count + 1, seed + 2, 1e-3)
+    invert(g, x[0], method="linf", noise=levels[0])
+    plain, ours, auto, errs = [], [], [], []
+    for i in range(1, count + 1):
+        with Clock() as p:
+            zp = plain_linf(g, x[i], 1e-3)
+        with Clock() as o:
+            r = invert(g, x[i], method="linf", noise=levels[i])
+        with Clock() as a:
+            invert(g, x[i], noise=levels[i])
+        plain.append(p)
+        ours.append(o)
+        auto.append(a)
+        errs.append((_err(r.z, z[i]), _err(zp, z[i]), r.verdict.value))
+    pw, ow, aw = (float(np.median([c.wall for c in s])) for s in (plain, ours, auto))
+    pc, oc = (float(np.median([c.cpu for c in s])) for s in (plain, ours))
+    table.add(
+        "linf 20-100-500, noise 1e-3·max abs x",
+        f"{ow * 1e3:.0f} ms (auto {aw * 1e3:.0f} ms)",
+        f"plain HiGHS port {pw * 1e3:.0f} ms",
+        f"{ow / pw:.2f}x wall, {oc / pc:.2f}x CPU (auto {aw / pw:.2f}x)",
+        "<= 0.25x",
+        ow / pw <= 0.25,
+    )
+    ours_err, plain_err = np.median([e[0] for e in errs]), np.median([e[1] for e in errs])
+    table.note(
+        f"median rel. error onnxinv {ours_err:.2e}, plain port {plain_err:.2e}; "
+        f"verdicts {sorted({e[2] for e in errs})}"
+    )
+    return {"linf": ow, "linf_cpu": oc, "x": x, "levels": levels, "z": z, "g": g}
+
+
+def row_linf_large(table: Table, count: int, seed: int) -> None:
+    g = _generator([128, 1024, 4096], seed)
+    z, x, levels = _noisy(g, count, seed + 3, 1e-3)
+    g.run_onnx(z[:1])
+    for i in range(count):
+        with Clock() as c:
+            r = invert(g, x[i], method="linf", noise=levels[i], time_limit=200.0)
+        err = _err(r.z, z[i])
+        table.add(
+            "linf 128-1024-4096, noise 1e-3·max abs x",
+            f"{c.wall:.1f} s, {r.verdict.value}, rel. error {err:.1e}",
+            "-",
+            "-",
+            "<= 10 s, right answer",
+            c.wall <= 10.0 and r.verdict.success,
+        )
+        table.note("; ".join(f"layer {s.layer}: {s.seconds:.1f} s, {s.message[:90]}" for s in r.steps))
+
+
+def row_l1(table: Table, count: int, seed: int, linf: dict[str, object]) -> None:
+    g, x, levels, z = linf["g"], linf["x"], linf["levels"], linf["z"]
+    ours, errs = [], []
+    for i in range(1, count + 1):
+        with Clock() as c:
+            r = invert(g, x[i], method="l1", noise=levels[i])
+        ours.append(c)
+        errs.append(_err(r.z, z[i]))
+    ow, oc = float(np.median([c.wall for c in ours])), float(np.median([c.cpu for c in ours]))
+    table.add(
+        "l1 (Algorithm 2) 20-100-500",
+        f"{ow * 1e3:.0f} ms",
+        f"linf {linf['linf'] * 1e3:.0f} ms",
+        f"{ow / linf['linf']:.2f}x wall, {oc / linf['linf_cpu']:.2f}x CPU",
+        "<= 2x linf",
+        ow / linf["linf"] <= 2.0,
+    )
+    table.note(f"median rel. error {np.median(errs):.2e}")
+
+
+def row_audit(table: Table, seed: int) -> None:
+    g = _generator([20, 100, 500], seed)
+    g.run_onnx(np.zeros((1, 20)))
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((20, 20))
+    x = g.run_onnx(z)
+    with Clock() as c:
+        report = audit(g, samples=20, seed=seed)
+    floors = []
+    for i in range(20):
+        with Clock() as f:
+            exact_floor(g, x[i])
+        floors.append(f.wall)
+    twenty = float(np.sum(floors))
+    table.add(
+        "audit 20-100-500, 20 samples",
+        f"{c.wall * 1e3:.0f} ms ({report.status.value})",
+        f"twenty exact floors {twenty * 1e3:.1f} ms",
+        f"{c.wall / twenty:.1f}x",
+        "<= 2x",
+        c.wall / twenty <= 2.0,
+    )
+    classifier = _generator([784, 256, 10], seed, Activation.IDENTITY)
+    classifier.run_onnx(np.zeros((1, 784)))
+    with Clock() as c:
+        report = audit(classifier, samples=20, seed=seed)
+    table.add(
+        "audit 784-256-10 classifier (logits), 20 samples",
+        f"{c.wall:.1f} s ({report.status.value})",
+        "-",
+        "-",
+        "<= 10 s",
+        c.wall <= 10.0,
+    )
+    table.note(f"verdicts {report.inversion_verdicts}")
+
+
+def row_batch(table: Table, count: int, seed: int) -> None:
+    g = _generator([20, 60, 784], seed)
+    z, x = _clean(g, count, seed + 4)
+    x = g.run_onnx(z)  # float32 observations, as a model's outputs are
+    invert(g, x[0])
+    with Clock() as f:
+        latents = np.stack([exact_floor(g, row) for row in x])
+        g.run_onnx(latents)
+    with Clock() as c:
+        res = invert(g, x, workers=2)
+    err = float(np.median(np.linalg.norm(res.z - z, axis=1) / np.linalg.norm(z, axis=1)))
+    table.add(
+        f"batch {count} obs of 20-60-784, 2 workers",
+        f"{c.wall:.1f} s",
+        f"vectorised floor {f.wall:.1f} s (one process)",
+        f"{c.wall / f.wall:.1f}x",
+        "<= 2x",
+        c.wall / f.wall <= 2.0,
+    )
+    table.note(f"median rel. error {err:.1e}; verdicts {dict((k, v) for k, v in res.counts.items() if v)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 observations per setting, 200 in the batch")
+    parser.add_argument("--quick", action="store_true", help="fewer observations, a 1000-observation batch")
+    parser.add_argument("--huge", action="store_true", help="also the 256-2048-50000 layer (~4 GB)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to run, from {', '.join(ROWS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of models, latents and noise (default 0)")
-    parser.add_argument("--count", type=int, default=None, help="observations per setting")
-    parser.add_argument("--batch", type=int, default=None, help="observations in the batch run")
+    parser.add_argument("--count", type=int, default=None, help="observations per small setting")
+    parser.add_argument("--batch", type=int, default=None, help="observations in the batch row")
     args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     count = args.count or (5 if args.quick else 20)
-    batch_count = args.batch or (200 if args.quick else 1000)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
-        f"onnxinv inversion benchmark: seed {args.seed}, {count} observations per setting, "
-        f"python {platform.python_version()}, {os.cpu_count()} cpu(s), BLAS threads "
-        f"{os.environ.get('OPENBLAS_NUM_THREADS')}"
+        f"onnxinv speed benchmark: seed {args.seed}, {count} observations per small setting, python "
+        f"{platform.python_version()}, {os.cpu_count()} cpu(s), BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        flush=True,
     )
-    print("\n".join(per_observation(count, args.seed)))
-    print()
-    print("\n".join(batch(batch_count, args.seed)))
+    table = Table()
+    linf: dict[str, object] | None = None
+    if "exact" in rows:
+        row_exact(table, count, args.seed)
+    if "large" in rows:
+        row_large(table, 1 if args.quick else 3, args.seed, args.huge)
+    if "linf" in rows or "l1" in rows:
+        linf = row_linf(table, count, args.seed)
+    if "linf-large" in rows:
+        row_linf_large(table, 1, args.seed)
+    if "l1" in rows and linf is not None:
+        row_l1(table, count, args.seed, linf)
+    if "audit" in rows:
+        row_audit(table, args.seed)
+    if "batch" in rows:
+        row_batch(table, args.batch or (1000 if args.quick else 10000), args.seed)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n")
+    print(table.markdown())
     return 0
 
 

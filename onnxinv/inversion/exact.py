@@ -65,7 +65,7 @@ import math
 
 import numpy as np
 
-from onnxinv.inversion import identifiability, linear
+from onnxinv.inversion import identifiability, linear, lp
 from onnxinv.inversion.framework import (
     ERROR_FACTOR,
     Draft,
@@ -129,7 +129,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
     delta = ctx.tolerance()
     ls = None
     if n_eq >= n:
-        ls = linear.solve_active(w[eq], t_eq, 1.0 / targets.lower_scale[eq])
+        ls = linear.solve_rows(w, eq, t_eq, 1.0 / targets.lower_scale[eq])
     if ls is not None and ls.rank == n:
         how = f"least squares ({ls.method}, condition ~{ls.cond:.2g}) on {n_eq} active rows"
         rms = ls.rms  # the active rows' misfit on the output (the weighted residual)
@@ -162,6 +162,19 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
                 f"{how}; every row holds within {delta_all:.2g} on the layer's output (largest misfit "
                 f"{worst:.3g})",
                 "full column rank (Theorem 2)",
+                u_error=u_error,
+            )
+        proof = _misfit_proof(w, b, targets, ls, n_eq, delta_all)
+        if proof is not None:
+            return LayerOutcome(
+                u,
+                SolverStatus.INFEASIBLE,
+                n_eq,
+                n,
+                0,
+                f"{how}: the only candidate misses a row or bound by {worst:.3g} (tolerance {delta_all:.2g}), "
+                f"and every input that holds the active rows within the tolerance still misses row "
+                f"{proof[0]} by at least {proof[1]:.3g}: no input of layer {ctx.index} produces its output",
                 u_error=u_error,
             )
         res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta_all, time_limit=ctx.remaining)
@@ -270,6 +283,48 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
     if note:
         msg += f" ({note})"
     return LayerOutcome(u, SolverStatus.OPTIMAL, n_eq, rank, dimension, msg, cert, u_error=u_error)
+
+
+def _misfit_proof(
+    w: np.ndarray, b: np.ndarray, targets: Targets, ls: linear.LeastSquares, rows: int, delta: float
+) -> tuple[int, float] | None:
+    """A proof, without an LP, that the eq. (4) LP with every row widened by ``delta`` has no point:
+    (row, lower bound of its misfit) or None when the bound proves nothing.
+
+    Every point ``u'`` of that LP meets each active row within ``delta`` on the output, so with ``A``
+    the weighted active rows and ``u`` their least-squares solution, ``||A (u' - u)||_2 <= sqrt(m)
+    (delta + rms)``; a row ``g`` then moves by at most ``||R^{-T} g||_2`` times that
+    (:func:`~onnxinv.inversion.linear.row_reach`, ``R`` the Cholesky factor of ``AᵀA``). A row whose
+    misfit at ``u``, less that reach (doubled, for rounding), still exceeds ``delta`` by more than the
+    LP solver's own tolerance rules out every ``u'``: the same verdict the LP gives, in microseconds
+    instead of seconds (an infeasible dense LP is HiGHS's slowest case).
+    """
+    if ls.factor is None or targets.count == 0:
+        return None
+    misfit = row_misfit(w, b, targets, ls.u)
+    suspects = np.flatnonzero(misfit > delta)
+    if suspects.size == 0:
+        return None
+    suspects = suspects[np.argsort(-misfit[suspects])[:64]]
+    radius = math.sqrt(rows) * (delta + ls.rms)
+    row_scale = np.minimum(targets.lower_scale, targets.upper_scale)[suspects]
+    reach = linear.row_reach(ls.factor, _dense(w[suspects]))
+    bound = misfit[suspects] - 2.0 * reach * radius / row_scale
+    rhs = np.maximum(
+        np.where(np.isfinite(targets.upper[suspects]), np.abs(targets.upper[suspects] - b[suspects]), 0.0),
+        np.where(np.isfinite(targets.lower[suspects]), np.abs(targets.lower[suspects] - b[suspects]), 0.0),
+    )
+    # what the LP's feasibility tolerance and its numpy re-check could still accept
+    slack = delta + 2.0 * lp.RECHECK_TOL * (1.0 + rhs) / row_scale
+    proved = np.flatnonzero(bound > slack)
+    if proved.size == 0:
+        return None
+    best = proved[np.argmax(bound[proved])]
+    return int(targets.rows[suspects[best]]), float(bound[best])
+
+
+def _dense(rows: object) -> np.ndarray:
+    return rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
 
 
 def solution_error(ctx: LayerContext, ls: linear.LeastSquares, rows: int, n: int) -> float:

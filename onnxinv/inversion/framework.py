@@ -40,6 +40,7 @@ References
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -358,8 +359,8 @@ class LayerContext:
     def remaining(self) -> float:
         return max(self.deadline - time.perf_counter(), 0.0)
 
-    @property
-    def scale(self) -> float:
+    @functools.cached_property
+    def scale(self) -> float:  # computed once: the checks of a layer ask for it many times
         """``max |y|`` over the rows that take part."""
         y = self.y if self.rows is None else self.y[self.rows]
         return float(np.max(np.abs(y))) if y.size else 0.0

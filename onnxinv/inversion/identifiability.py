@@ -57,6 +57,7 @@ References
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,55 @@ def preimage_dimension(
     within ``tight_tol`` of it. ``extra_equalities`` (rows ``g`` with ``gᵀd = 0``) restricts to a
     face, e.g. ``1ᵀd = 0`` for the optimal face of basis pursuit.
     """
+    key = _dimension_key(targets, bounds, u, tight_tol, extra_equalities)
+    memo = _DIMENSIONS.setdefault(layer, {})
+    if key in memo:
+        return memo[key]
+    dim = _preimage_dimension(layer, targets, bounds, u, tight_tol, extra_equalities, time_limit)
+    if dim.status is SolverStatus.OPTIMAL:
+        if len(memo) >= _MEMO_SIZE:
+            memo.pop(next(iter(memo)))
+        memo[key] = dim
+    return dim
+
+
+# The evidence stage analyses a returned latent at the hidden values the exact method's own layer
+# solves produced, i.e. it asks for the same preimage dimensions again: they are remembered per
+# layer (a few, keyed by every input bitwise), so the dimension LPs run once.
+_DIMENSIONS: weakref.WeakKeyDictionary[Layer, dict[tuple[object, ...], Dimension]] = (
+    weakref.WeakKeyDictionary()
+)
+_MEMO_SIZE = 8
+
+
+def _dimension_key(
+    targets: Targets,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    u: np.ndarray,
+    tight_tol: float,
+    extra: np.ndarray | None,
+) -> tuple[object, ...]:
+    def raw(a: object) -> bytes:
+        return b"" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes()
+
+    parts = (targets.rows, targets.lower, targets.upper, targets.lower_scale, targets.upper_scale, u)
+    return (
+        tuple(raw(p) for p in parts),
+        None if bounds is None else (raw(bounds[0]), raw(bounds[1])),
+        float(tight_tol),
+        raw(extra),
+    )
+
+
+def _preimage_dimension(
+    layer: Layer,
+    targets: Targets,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    u: np.ndarray,
+    tight_tol: float,
+    extra_equalities: np.ndarray | None,
+    time_limit: float | None,
+) -> Dimension:
     w, b = targets.matrices(layer)
     n = layer.in_features
     eq = targets.equality
@@ -166,6 +216,14 @@ def preimage_dimension(
     eq_norms = np.linalg.norm(a_eq, axis=1) if a_eq.size else np.zeros(0)
     a_eq_n = a_eq[eq_norms > 0] / eq_norms[eq_norms > 0, None] if a_eq.size else a_eq
     t = g.shape[0]
+    if _leaves_every_constraint(a_eq_n, g):
+        # the LP's optimum would be s = 1 everywhere: no tight constraint is an implicit equality
+        none = np.zeros(targets.count, dtype=bool)
+        none.setflags(write=False)
+        off = np.zeros(n, dtype=bool)
+        off.setflags(write=False)
+        rank_all = numerical_rank(a_eq_n)
+        return Dimension(n - rank_all, rank_eq, 0, SolverStatus.OPTIMAL, "", none, none, off, off)
     # variables [d (n, free), s (t, in [0, 1])]; maximise sum(s)
     c = np.concatenate([np.zeros(n), -np.ones(t)])
     a_ub = sp.hstack([sp.csr_matrix(g), sp.identity(t, format="csr")], format="csr")
@@ -196,6 +254,7 @@ def preimage_dimension(
     def mask(kind: int, size: int) -> np.ndarray:
         out = np.zeros(size, dtype=bool)
         out[where[implicit & (kinds == kind)]] = True
+        out.setflags(write=False)  # remembered and shared (see _DIMENSIONS)
         return out
 
     return Dimension(
@@ -208,6 +267,32 @@ def preimage_dimension(
         at_lower=mask(2, n),
         at_upper=mask(3, n),
     )
+
+
+def _leaves_every_constraint(a_eq: np.ndarray, g: np.ndarray) -> bool:
+    """True when a direction ``d`` with ``A_eq d = 0`` and ``g_k d <= -1/2`` for every tight
+    constraint ``k`` exists, shown by solving ``[A_eq; G] d = [0; -1]`` (least norm, when the stacked
+    rows are independent) and checking ``d``. Then the dimension LP of :func:`preimage_dimension`
+    ends with every ``s_k = 1`` (``2 d`` is feasible with all of them), so none of them is an implicit
+    equality: the LP's answer without the LP. Generic when the tight constraints and equalities are
+    fewer than the unknowns (a contracting layer, an input pinned by few zeros)."""
+    m = np.vstack([a_eq, g]) if a_eq.shape[0] else g
+    if m.shape[0] == 0 or m.shape[0] > m.shape[1]:
+        return False
+    rhs = np.concatenate([np.zeros(a_eq.shape[0]), -np.ones(g.shape[0])])
+    gram = m @ m.T
+    factor, info = linear._potrf(gram.T, lower=0, clean=1, overwrite_a=1)
+    if info != 0:
+        return False
+    y, info = linear._potrs(factor, rhs, lower=0)
+    if info != 0 or not np.all(np.isfinite(y)):
+        return False
+    d = m.T @ y
+    size = float(np.max(np.abs(d))) if d.size else 0.0
+    if not (np.isfinite(size) and size > 0):
+        return False
+    flat = float(np.max(np.abs(a_eq @ d))) if a_eq.shape[0] else 0.0
+    return flat <= 1e-9 * size and float(np.max(g @ d)) <= -0.5
 
 
 def pinned_point(
@@ -318,13 +403,22 @@ def noisy_rows(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple[int,
     n = ctx.layer.in_features
     rows = _certain_rows(ctx, targets)
     w = ctx.layer.dense_weight()[targets.rows[rows]]
-    rank = active_rank(w)
+    scale = targets.upper_scale[rows]
+    unit = bool(scale.size == 0 or (scale.min() == 1.0 and scale.max() == 1.0))
+    ls = solve_active(w, np.zeros(w.shape[0])) if w.shape[0] >= n else None
+    if unit and ls is not None and ls.factor is not None:
+        # ReLU / identity rows: the rank's Cholesky factor is also error_scale's
+        rank, spread = n, linear.factor_error_scale(ls.factor)
+    else:
+        rank = ls.rank if ls is not None else numerical_rank(w)
+        spread = None
     if rank < n:
         return int(rows.sum()), rank, n - rank, 0.0
-    scale = targets.upper_scale[rows]
     pre = w @ u + ctx.layer.bias[targets.rows[rows]]
     dev = float(np.max(np.abs(pre - targets.upper[rows]) / scale)) if scale.size else 0.0
-    return int(rows.sum()), rank, 0, linear.error_scale(w, scale) * (dev + ctx.y_error)
+    if spread is None:
+        spread = linear.error_scale(w, scale)
+    return int(rows.sum()), rank, 0, spread * (dev + ctx.y_error)
 
 
 def noisy_outcome(
@@ -610,12 +704,21 @@ def _lp_bounds(
     if np.any(lower > high):
         return None
     out = np.zeros(n)
+    # one LP, 2n objectives: each solve starts from the last optimum's basis
+    session: lp.LPSession | None = None
     for m in range(n):
         for sign in (1.0, -1.0):
             c = np.zeros(n)
             c[m] = -sign
             remaining = None if deadline is None else max(deadline - _now(), 0.0)
-            res = lp.solve_lp(c, a_ub, b_ub, bounds=(lower, high), time_limit=remaining)
+            if a_ub.shape[0] == 0:
+                res = lp.solve_lp(c, None, None, bounds=(lower, high), time_limit=remaining)
+            else:
+                if session is None:
+                    session = lp.LPSession(c, a_ub, b_ub, (lower, high))
+                else:
+                    session.set_objective(c)
+                res = session.solve(time_limit=remaining)
             if not res.ok or res.x is None:
                 return None
             # the LP's optimum, loosened by the re-check tolerance of its constraints

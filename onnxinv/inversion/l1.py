@@ -22,6 +22,9 @@ Notes
 * LeakyReLU, Tanh and Sigmoid rows are those of :mod:`onnxinv.inversion.targets`; layers without a
   split (identity, tanh, sigmoid) take one LP.
 * Only ``OPTIMAL`` LP statuses count; a failed LP after a successful one keeps the earlier result.
+* ReLU and identity layers whose two-sided rows are at least as many as the inputs are solved
+  through the LP's dual (``n`` rows instead of one slack column per row), one warm-started HiGHS
+  model for all ε (:class:`_Dual`); the optimal values are checked to agree.
 * Identifiability is reported as for the l_inf LP: rank of the two-sided rows at the returned ε.
 * The pipeline refines a latent that misses the observation by more than the noise on the whole
   network (:mod:`onnxinv.inversion.refine`).
@@ -62,9 +65,12 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
     solves = 0
     last_status = None
     last_message = ""
+    dual = _Dual(ctx)
     for _ in range(settings.max_growth + 1):
         targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-        res = _min_l1(ctx, targets)
+        res = dual.solve(targets)
+        if res is None:
+            res = _min_l1(ctx, targets)
         solves += 1
         if not res.ok or res.x is None:
             last_status, last_message = res.status, res.message
@@ -113,6 +119,91 @@ def _min_l1(ctx: LayerContext, targets: Targets) -> lp.LPResult:
     lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if ctx.bounds is None else ctx.bounds
     bounds = (np.concatenate([lower, np.zeros(r)]), np.concatenate([upper, np.full(r, np.inf)]))
     return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)
+
+
+class _Dual:
+    r"""The l_1 LP of one layer solved through its dual, one :class:`~onnxinv.inversion.lp.LPSession`
+    for every ε (module Notes).
+
+    For rows with ``ℓ_j = h_j = c_j`` (two-sided) or ``ℓ_j = -inf`` (one-sided), all of scale 1 (ReLU
+    and identity layers), the LP ``min Σ_j e_j`` of the module docstring has the dual
+
+    .. math::
+
+        \min_v\; \sum_j v_j (h_j - b_j) \quad\text{s.t.}\quad W^\top v = 0 \;(u \text{ free}),
+        \quad W^\top v \ge 0 \;(u \ge 0), \qquad
+        v_j \in [-1, 1] \;(\text{two-sided}), \quad v_j \in [0, 1] \;(\text{one-sided}),
+
+    with ``n`` rows instead of one per output row and no slack columns; ``u`` is the dual of its rows
+    (strong duality: the optimal values agree, which is checked, and a basic optimum of the dual
+    gives a basic optimum of the primal). Growing ε only turns two-sided rows one-sided, i.e. raises
+    lower bounds of ``v`` from ``-1`` to ``0``: each solve after the first is a warm start. Any other
+    case (other activations, other input bounds, fewer two-sided rows than unknowns, where the
+    optimum is a whole face and the two forms may pick different points of it) or any doubt returns
+    None, and the caller solves the primal LP.
+    """
+
+    def __init__(self, ctx: LayerContext) -> None:
+        self.ctx = ctx
+        self.session: lp.LPSession | None = None
+        self.rows: np.ndarray | None = None
+        bounds = ctx.bounds
+        relu_input = bounds is not None and bool(np.all(bounds[0] == 0.0) and np.all(np.isinf(bounds[1])))
+        self.usable = ctx.layer.activation in (Activation.RELU, Activation.IDENTITY) and (
+            bounds is None or relu_input
+        )
+
+    def solve(self, targets: Targets) -> lp.LPResult | None:
+        if not self.usable:
+            return None
+        two = targets.equality
+        one = ~np.isfinite(targets.lower) & np.isfinite(targets.upper)
+        if not (
+            np.all(two | one)
+            and np.all(targets.upper_scale == 1.0)
+            and np.all(targets.lower_scale[two] == 1.0)
+        ):
+            return None
+        ctx = self.ctx
+        n = ctx.layer.in_features
+        if int(two.sum()) < n:
+            # fewer two-sided rows than unknowns: the optimum is a face, and the primal's vertex is
+            # the documented choice
+            return None
+        w, b = targets.matrices(ctx.layer)
+        cost = targets.upper - b
+        low = np.where(two, -1.0, 0.0)
+        if self.session is None or self.rows is None or not np.array_equal(self.rows, targets.rows):
+            free = ctx.bounds is None
+            self.session = lp.LPSession(
+                cost,
+                np.ascontiguousarray(w.T),
+                np.zeros(n) if free else np.full(n, np.inf),
+                (low, np.ones(targets.count)),
+                b_lb=np.zeros(n),
+            )
+            self.rows = targets.rows.copy()
+        else:
+            self.session.set_objective(cost)
+            self.session.set_bounds(low, np.ones(targets.count))
+        res = self.session.solve(time_limit=ctx.remaining)
+        u = self.session.row_dual
+        if not res.ok or res.x is None or u is None or not np.all(np.isfinite(u)):
+            return None
+        u = u[:n]
+        # strong duality, checked: the primal value at u must equal the dual optimum
+        a = w @ u - cost
+        primal = float(np.sum(np.abs(a[two])) + np.sum(np.maximum(a[one], 0.0)))
+        dual_value = -float(res.objective)
+        if ctx.bounds is not None:
+            u = np.maximum(u, 0.0)
+            a = w @ u - cost
+            primal = float(np.sum(np.abs(a[two])) + np.sum(np.maximum(a[one], 0.0)))
+        if not abs(primal - dual_value) <= 1e-7 * (1.0 + abs(dual_value)):
+            return None
+        return lp.LPResult(
+            res.status, u, primal, res.violation, res.iterations, res.seconds, res.message, res.highs_status
+        )
 
 
 def _l1_error(ctx: LayerContext, u: np.ndarray) -> float:

@@ -22,11 +22,14 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy.linalg import blas, lapack
 
 from onnxinv.inversion import lp
 from onnxinv.inversion.targets import Targets
@@ -48,33 +51,160 @@ class LeastSquares:
     method: str
     spread: float = float("inf")  # sqrt(trace((AᵀW²A)⁻¹)/n): per-entry error of u per unit row error
     rms: float = 0.0  # root-mean-square weighted residual ||diag(w)(A u - t)|| / sqrt(m)
+    factor: np.ndarray | None = None  # Cholesky route: upper triangular R with RᵀR = AᵀW²A
 
 
 def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None) -> LeastSquares:
     """Least squares ``min ||diag(w)(A u - t)||`` with rank and conditioning (see module Notes)."""
     m, n = a.shape
-    aw = a if weights is None else a * weights[:, None]
-    tw = t if weights is None else t * weights
+    unit = weights is None or _all_ones(weights)
+    aw = a if unit or weights is None else a * weights[:, None]
+    tw = t if unit or weights is None else t * weights
     if m >= n and n > 0:
         gram = aw.T @ aw
-        try:
-            factor = sla.cho_factor(gram, lower=False, check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
-            factor = None
-        if factor is not None and np.all(np.isfinite(factor[0])):
-            lam_max, lam_min = _extreme_eigs(gram, factor)
-            cond = float(np.sqrt(lam_max / lam_min)) if lam_min > 0 else float("inf")
-            if cond <= COND_LIMIT:
-                u = sla.cho_solve(factor, aw.T @ tw, check_finite=False)
-                r = tw - aw @ u
-                u = u + sla.cho_solve(factor, aw.T @ r, check_finite=False)
-                res = a @ u - t
-                rw = float(np.linalg.norm(tw - aw @ u))
-                err = rw / float(np.sqrt(lam_min))
-                spread = _spread(factor[0])
-                return LeastSquares(u, n, cond, _maxabs(res), err, "cholesky", spread, rw / np.sqrt(m))
+        out = _cholesky_solve(gram, aw.T @ tw, lambda u: aw @ u, lambda r: aw.T @ r, tw, m)
+        if out is not None:
+            # the residual is reported on the unweighted rows
+            return out if unit else dataclasses.replace(out, residual=_maxabs(a @ out.u - t))
     return _solve_qr(a, t, aw, tw)
 
+
+def solve_rows(
+    w: np.ndarray, select: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
+) -> LeastSquares:
+    """:func:`solve_active` on the rows ``select`` (bool mask or indices) of ``w``.
+
+    The rows are gathered once. For a large system (more than ``BLOCK_ENTRIES`` entries) no copy of
+    them is made: the Gram matrix is accumulated in place by BLAS ``syrk`` one gathered block at a
+    time, and the products with ``A`` go through the whole ``w`` (``(w u)[select]``, ``wᵀ r`` with
+    ``r`` zero off the rows), so the working set stays at the Gram matrix plus one block. Unweighted
+    ReLU rows skip the weighting.
+    """
+    idx = np.flatnonzero(select) if select.dtype == bool else np.asarray(select, dtype=np.intp)
+    m, n = idx.size, w.shape[1]
+    if sp.issparse(w):  # gathered rows of a sparse weight are solved densely (small layers only)
+        return solve_active(np.asarray(w[idx].toarray()), t, weights)
+    if m * n <= BLOCK_ENTRIES or m < n or n == 0:
+        return solve_active(w[idx], t, weights)
+    unit = weights is None or _all_ones(weights)
+    scale = np.ones(m) if weights is None or unit else weights
+    tw = t * scale if not unit else t
+    step = max(1, BLOCK_ENTRIES // n)
+    # G = Σ_blocks A_bᵀA_b accumulated in place by BLAS syrk (upper triangle, Fortran order), one
+    # block of gathered rows at a time
+    gram_f = np.zeros((n, n), order="F")
+    rhs = np.zeros(n)
+    for i in range(0, m, step):
+        part = w[idx[i : i + step]]
+        if not unit:
+            part *= scale[i : i + step, None]
+        gram_f = _syrk(1.0, part.T, beta=1.0, c=gram_f, trans=0, lower=0, overwrite_c=1)
+        rhs += part.T @ tw[i : i + step]
+    rows_of = np.zeros(w.shape[0])
+
+    # products with A = diag(weights) W[idx] through the whole W: no gathered copy
+    def apply(u: np.ndarray) -> np.ndarray:
+        return (w @ u)[idx] * scale
+
+    def apply_t(r: np.ndarray) -> np.ndarray:
+        rows_of[:] = 0.0
+        rows_of[idx] = r * scale
+        return w.T @ rows_of
+
+    # the 1-norm of the symmetric G from its upper triangle (syrk leaves the lower one at zero)
+    magnitude = np.abs(gram_f)
+    anorm = float(np.max(magnitude.sum(axis=0) + magnitude.sum(axis=1) - np.abs(np.diag(gram_f))))
+    del magnitude
+    out = _cholesky_solve(gram_f, rhs, apply, apply_t, tw, m, fortran=True, anorm=anorm)
+    if out is not None:
+        if not unit:
+            out = dataclasses.replace(out, residual=_maxabs(apply(out.u) / scale - t))
+        return out
+    return solve_active(w[idx], t, weights)
+
+
+# Systems with more entries than this are never gathered as one copy (solve_rows).
+BLOCK_ENTRIES = 1 << 22
+
+
+def _all_ones(v: np.ndarray) -> bool:
+    return bool(v.size == 0 or (v.min() == 1.0 and v.max() == 1.0))
+
+
+def _cholesky_solve(
+    gram, rhs, apply, apply_t, tw, m, *, fortran: bool = False, anorm: float | None = None
+) -> LeastSquares | None:
+    """The Cholesky route of :func:`solve_active` from the Gram matrix (overwritten), ``Aᵀt`` and the
+    products ``u -> A u``, ``r -> Aᵀ r``; None when the factorisation fails or the system is worse
+    conditioned than ``COND_LIMIT`` (the caller then uses pivoted QR).
+
+    LAPACK is called directly: ``potrf`` factors, ``pocon`` estimates the reciprocal 1-norm condition
+    number of the Gram matrix from the factor (Hager-Higham, a few triangular solves), ``potrs``
+    solves. ``sqrt(1/rcond)`` estimates the 2-norm condition number of ``A``, ``rcond·||G||_1`` its
+    smallest eigenvalue.
+    """
+    n = gram.shape[0]
+    # the Gram matrix is symmetric: its transpose is the same matrix in Fortran order, which LAPACK
+    # factors in place (a non-finite entry makes potrf fail or leaves a non-finite diagonal);
+    # ``fortran``: it is already in Fortran order, its upper triangle filled, with its 1-norm given
+    gram_f = gram if fortran else gram.T
+    if anorm is None:
+        anorm = float(_lange("1", gram_f))
+    factor, info = _potrf(gram_f, lower=0, clean=1, overwrite_a=1)
+    if info != 0 or not (np.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
+        return None
+    rcond, info = _pocon(factor, anorm, uplo="U")
+    rcond = float(rcond)
+    if info != 0 or not rcond > 0:
+        return None
+    cond = float(np.sqrt(1.0 / rcond))
+    if not cond <= COND_LIMIT:
+        return None
+    u, info = _potrs(factor, rhs, lower=0)
+    if info != 0:
+        return None
+    r = tw - apply(u)
+    step, info = _potrs(factor, apply_t(r), lower=0)
+    u = u + step
+    resid = apply(u) - tw
+    rw = float(np.linalg.norm(resid))
+    lam_min = rcond * anorm
+    err = rw / float(np.sqrt(lam_min)) if lam_min > 0 else float("inf")
+    return LeastSquares(u, n, cond, _maxabs(resid), err, "cholesky", _spread(factor), rw / np.sqrt(m), factor)
+
+
+def gram_full_rank(gram: np.ndarray) -> bool:
+    """True when the Cholesky route of :func:`solve_active` accepts the Gram matrix ``AᵀA``: it
+    factors and its condition estimate is within ``COND_LIMIT`` (then ``A`` has full column rank by
+    any threshold near ``RANK_RTOL``). False means "not shown": use :func:`numerical_rank`. ``gram``
+    is left untouched."""
+    n = gram.shape[0]
+    if n == 0:
+        return True
+    work = np.array(gram, dtype=np.float64, order="F")
+    anorm = float(_lange("1", work))
+    factor, info = _potrf(work, lower=0, clean=1, overwrite_a=1)
+    if info != 0 or not (np.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
+        return False
+    rcond, info = _pocon(factor, anorm, uplo="U")
+    return info == 0 and float(rcond) > 0 and float(np.sqrt(1.0 / float(rcond))) <= COND_LIMIT
+
+
+def row_reach(factor: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``||R^{-T} g||_2`` for each row ``g`` of ``rows``: with ``RᵀR = AᵀA``, the largest ``|gᵀd|`` over
+    the directions with ``||A d||_2 <= 1`` (``gᵀd = (R^{-T}g)ᵀ(R d)`` and ``||R d|| = ||A d||``)."""
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    y, info = _trtrs(factor, np.ascontiguousarray(rows.T), lower=0, trans=1)
+    if info != 0:
+        return np.full(rows.shape[0], np.inf)
+    return np.sqrt(np.sum(y * y, axis=0))
+
+
+_potrf, _pocon, _potrs, _trtrs, _trtri, _lange = lapack.get_lapack_funcs(
+    ("potrf", "pocon", "potrs", "trtrs", "trtri", "lange"), dtype=np.float64
+)
+(_syrk,) = blas.get_blas_funcs(("syrk",), dtype=np.float64)
 
 _PROBES = 8
 
@@ -93,8 +223,8 @@ def _spread(r: np.ndarray) -> float:
     n = r.shape[0]
     if n == 0:
         return 0.0
-    y = sla.solve_triangular(r, _probes(n), trans="T", lower=False, check_finite=False)
-    value = float(np.sqrt(np.sum(y * y) / (_PROBES * n)))
+    y, info = _trtrs(r, _probes(n), lower=0, trans=1)
+    value = float(np.sqrt(np.sum(y * y) / (_PROBES * n))) if info == 0 else float("inf")
     return value if np.isfinite(value) else float("inf")
 
 
@@ -115,27 +245,9 @@ def _solve_qr(a: np.ndarray, t: np.ndarray, aw: np.ndarray, tw: np.ndarray) -> L
     res = a @ u - t
     rw = float(np.linalg.norm(tw - aw @ u))
     err = rw / float(diag[rank - 1]) if rank else float("inf")
-    spread = _spread(r[:n, :n]) if rank == n else float("inf")
+    spread = _spread(np.ascontiguousarray(r[:n, :n])) if rank == n else float("inf")
     cond = cond if rank == n else float("inf")
     return LeastSquares(u, rank, cond, _maxabs(res), err, "qr", spread, rw / np.sqrt(m))
-
-
-def _extreme_eigs(gram: np.ndarray, factor: tuple[np.ndarray, bool]) -> tuple[float, float]:
-    """Estimates of the largest and smallest eigenvalue of the s.p.d. ``gram`` (a few iterations)."""
-    n = gram.shape[0]
-    v = np.cos(np.arange(1, n + 1) * 0.7548776662466927) + 1.0  # fixed, generic start vector
-    w = v / np.linalg.norm(v)
-    for _ in range(4):
-        w = gram @ w
-        w /= np.linalg.norm(w)
-    lam_max = float(w @ (gram @ w))
-    w = v / np.linalg.norm(v)
-    lam_inv = 0.0
-    for _ in range(4):
-        w = sla.cho_solve(factor, w, check_finite=False)
-        lam_inv = float(np.linalg.norm(w))
-        w /= lam_inv
-    return lam_max, (1.0 / lam_inv if lam_inv > 0 else 0.0)
 
 
 def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
@@ -150,11 +262,24 @@ def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
         return 0.0
     if m < n:
         return float("inf")
-    aw = a if row_scale is None else a / row_scale[:, None]
-    try:
-        chol = sla.cholesky(aw.T @ aw, lower=True, check_finite=False)
-        inv = sla.solve_triangular(chol, np.eye(n), lower=True, check_finite=False)
-    except (np.linalg.LinAlgError, ValueError):
+    aw = a if row_scale is None or _all_ones(row_scale) else a / row_scale[:, None]
+    gram = aw.T @ aw
+    if not np.all(np.isfinite(gram)):
+        return float("inf")
+    factor, info = _potrf(gram.T, lower=0, clean=1, overwrite_a=1)
+    if info != 0:
+        return float("inf")
+    return factor_error_scale(factor)
+
+
+def factor_error_scale(factor: np.ndarray) -> float:
+    """:func:`error_scale` from the upper Cholesky factor ``R`` of ``AᵀS⁻²A``: ``trace(G⁻¹) =
+    ||R⁻¹||_F²``, one triangular inverse."""
+    n = factor.shape[0]
+    if n == 0:
+        return 0.0
+    inv, info = _trtri(factor, lower=0)
+    if info != 0:
         return float("inf")
     value = float(np.sqrt(np.sum(inv * inv) / n))
     return value if np.isfinite(value) else float("inf")
@@ -198,6 +323,10 @@ def layer_lp(
             -(targets.lower[lo] - b[lo]) + slack * targets.lower_scale[lo],
         ]
     )
+    # a row widened to +inf (huge data times a huge tolerance) constrains nothing
+    keep = b_ub < np.inf
+    if not keep.all():
+        a_ub, b_ub = a_ub[keep], b_ub[keep]
     n = layer.in_features
     c = np.zeros(n) if objective is None else objective
     return lp.solve_lp(

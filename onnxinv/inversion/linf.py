@@ -38,7 +38,9 @@ Notes
 * Without a noise level, ε starts at ``1e-6·max|y|`` and the ε the last layer ends at is reported as
   the noise estimate (``noise_estimate``).
 * Few rows bind at an l_inf optimum, so the LP is solved by row generation (:mod:`onnxinv.inversion.lp`)
-  from the rows a least-squares start violates most.
+  from the rows a least-squares start violates most. For ReLU and identity layers the LPs of all ε
+  are one HiGHS model whose right-hand sides change (:class:`_Family`): every solve after the
+  first is a warm start from the previous basis.
 
 References
 ----------
@@ -57,6 +59,7 @@ from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Metho
 from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets, project
+from onnxinv.layers import Activation
 
 __all__ = ["METHOD", "min_delta", "solve", "solve_layer"]
 
@@ -77,12 +80,13 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
     settings = ctx.settings
     eps0, alpha = ctx.initial_eps(), settings.alpha
     cache: dict[int, tuple[float, Targets, lp.LPResult]] = {}
+    family = _Family(ctx)
 
     def attempt(m: int) -> tuple[float, Targets, lp.LPResult]:
         if m not in cache:
             eps = eps0 * alpha**m
             targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-            cache[m] = (eps, targets, min_delta(ctx, targets))
+            cache[m] = (eps, targets, family.min_delta(targets))
         return cache[m]
 
     def feasible(m: int) -> bool | None:
@@ -167,10 +171,78 @@ def _start_point(ctx: LayerContext, targets: Targets, w: np.ndarray, b: np.ndarr
     two = targets.equality
     n = ctx.layer.in_features
     if two.sum() >= n:
-        ls = linear.solve_active(w[two], targets.upper[two] - b[two], 1.0 / targets.upper_scale[two])
+        ls = linear.solve_rows(w, two, targets.upper[two] - b[two], 1.0 / targets.upper_scale[two])
         if ls.rank == n:
             return project(ls.u, ctx.bounds)
     return None
+
+
+class _Family:
+    """The l_inf LPs of one layer at growing ε, as one :class:`~onnxinv.inversion.lp.LPSession`.
+
+    For ReLU and identity layers every row keeps its coefficients (the scales are 1) whatever ε:
+    growing ε only turns two-sided rows one-sided, i.e. switches their lower row off. So the LP of
+    every ε is the same model with other right-hand sides: rows ``[W, -1] [u; δ] <= h - b`` and
+    ``[-W, -1] [u; δ] <= -(ℓ - b)`` (``+inf``: off), and each solve after the first is a warm start
+    from the last basis. The first solve is the one :func:`min_delta` makes (same rows, same row
+    generation start); other activations (whose row scales change with ε) get :func:`min_delta`
+    each time.
+    """
+
+    def __init__(self, ctx: LayerContext) -> None:
+        self.ctx = ctx
+        self.session: lp.LPSession | None = None
+        self.rows: np.ndarray | None = None
+        self.usable = ctx.layer.activation in (Activation.RELU, Activation.IDENTITY)
+
+    def min_delta(self, targets: Targets) -> lp.LPResult:
+        if not self.usable or not _unit_scales(targets):
+            return min_delta(self.ctx, targets)
+        rhs = _family_rhs(self.ctx.layer, targets)
+        if self.session is not None and self.rows is not None and np.array_equal(self.rows, targets.rows):
+            self.session.set_rhs(rhs)
+            return self.session.solve(time_limit=self.ctx.remaining)
+        ctx = self.ctx
+        n = ctx.layer.in_features
+        w, b = targets.matrices(ctx.layer)
+        m = targets.count
+        a = np.empty((2 * m, n + 1))
+        a[:m, :n] = w
+        a[m:, :n] = -w
+        a[:, n] = -1.0
+        lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if ctx.bounds is None else ctx.bounds
+        bounds = (np.append(lower, 0.0), np.append(upper, np.inf))
+        c = np.zeros(n + 1)
+        c[-1] = 1.0
+        start = _start_point(ctx, targets, w, b)
+        initial = None
+        if start is not None:
+            on = np.isfinite(rhs)
+            viol = np.full(rhs.size, -np.inf)
+            viol[on] = a[on, :n] @ start - rhs[on]
+            count = min(int(on.sum()), 2 * (n + 1))
+            # the rows min_delta starts from: the most violated of the rows that take part, in the
+            # order of the reduced LP
+            reduced = np.flatnonzero(on)
+            initial = reduced[np.argsort(-viol[reduced])[:count]]
+        self.session = lp.LPSession(c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial)
+        self.rows = targets.rows.copy()
+        return self.session.solve(time_limit=ctx.remaining)
+
+
+def _unit_scales(targets: Targets) -> bool:
+    return bool(
+        np.all(targets.upper_scale == 1.0)
+        and np.all(targets.lower_scale == 1.0)
+        and np.all(np.isfinite(targets.upper))
+    )
+
+
+def _family_rhs(layer, targets: Targets) -> np.ndarray:
+    b = layer.bias[targets.rows]
+    with np.errstate(invalid="ignore"):
+        lower = np.where(np.isfinite(targets.lower), -(targets.lower - b), np.inf)
+    return np.concatenate([targets.upper - b, lower])
 
 
 def _outcome(

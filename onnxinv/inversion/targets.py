@@ -43,6 +43,7 @@ References
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,18 +64,35 @@ class Targets:
     upper: np.ndarray
     upper_scale: np.ndarray
 
-    @property
+    @functools.cached_property
     def equality(self) -> np.ndarray:
-        """Bool mask over ``rows``: the row is an equality (``lower == upper``, both finite)."""
-        return np.isfinite(self.lower) & (self.lower == self.upper)
+        """Bool mask over ``rows``: the row is an equality (``lower == upper``, both finite); read-only."""
+        mask = np.isfinite(self.lower) & (self.lower == self.upper)
+        mask.setflags(write=False)
+        return mask
 
     @property
     def count(self) -> int:
         return int(self.rows.size)
 
+    def covers(self, layer: Layer) -> bool:
+        """True when the targets take every row of ``layer`` in order (``rows`` is ``0..out-1``)."""
+        n = layer.out_features
+        rows = self.rows
+        return rows.size == n and (n == 0 or (int(rows[0]) == 0 and bool(np.all(np.diff(rows) == 1))))
+
     def matrices(self, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-        """``(W[rows], b[rows])``."""
+        """``(W[rows], b[rows])``: the layer's own read-only arrays (no copy) when every row takes part."""
+        if self.covers(layer):
+            return layer.weight, layer.bias
         return layer.weight[self.rows], layer.bias[self.rows]
+
+    def weight_rows(self, layer: Layer, select: np.ndarray | None = None) -> np.ndarray:
+        """``W[rows[select]]`` gathered from the layer's weight in one copy (``select``: a bool mask or
+        indices over ``rows``; None: all of them, no copy when they are every row)."""
+        if select is None:
+            return self.matrices(layer)[0]
+        return layer.weight[self.rows[select]]
 
 
 def build_targets(

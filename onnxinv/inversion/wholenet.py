@@ -172,8 +172,8 @@ def refute(problem: Problem, settings: Settings, deadline: float) -> tuple[Evide
             return (
                 Evidence(
                     EvidenceKind.MILP_INFEASIBLE,
-                    f"The whole-network program is infeasible ({result.proved_by}): no latent ({scope}) "
-                    f"reproduces the observation within max-abs {float(np.max(engine.spec.slack)):.3g}.",
+                    f"The whole-network program is infeasible ({result.proved_by}): no latent reproduces the "
+                    f"observation within max-abs {float(np.max(engine.spec.slack)):.3g} (the claim covers {scope}).",
                     numbers,
                     box=None if result.global_claim else settings.latent_box,
                 ),

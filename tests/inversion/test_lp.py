@@ -166,7 +166,7 @@ def test_unknown_status_at_an_identifiable_layer_is_not_taken_as_success(monkeyp
     never converges, the layer reports the solver's status instead of claiming the point."""
     from inversion_helpers import latent, make_generator
 
-    from onnxinv.inversion import Settings, Verdict, invert, linear
+    from onnxinv.inversion import Settings, Verdict, exact, invert, linear
 
     g = make_generator([10, 60], seed=4)
     x = g.forward(latent(10, 4))
@@ -175,8 +175,23 @@ def test_unknown_status_at_an_identifiable_layer_is_not_taken_as_success(monkeyp
     plain = Settings(refine=False)  # the layer's own record, not the whole-network refinement's
     r = invert(g, x, method="exact", settings=plain)
     assert r.steps[0].status is SolverStatus.INFEASIBLE
+    # proved without the LP: the active rows pin u too tightly for the broken row to hold
+    assert "still misses row" in r.steps[0].message
     # the observation is off the range of the only layer: its l_inf LP proves it
     assert r.verdict is Verdict.NO_PREIMAGE and r.evidence.kind.value == "layer-lp"
+
+    # where that bound proves nothing, the eq. (4) LP decides, and its status is what the layer reports
+    monkeypatch.setattr(exact, "_misfit_proof", lambda *args, **kwargs: None)
+    called = []
+
+    def original_lp(*args, **kwargs):
+        called.append(1)
+        return real_layer_lp(*args, **kwargs)
+
+    real_layer_lp = linear.layer_lp
+    monkeypatch.setattr(linear, "layer_lp", original_lp)
+    r = invert(g, x, method="exact", settings=plain)
+    assert called and r.steps[0].status is SolverStatus.INFEASIBLE
 
     unconverged = lp.LPResult(
         SolverStatus.UNKNOWN, None, float("nan"), float("nan"), 0, 0.0, "gave up", "Unknown"

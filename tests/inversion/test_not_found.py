@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from contract import assert_contract
 from inversion_helpers import latent, make_generator, onnx_residual
 
-from onnxinv.inversion import EvidenceKind, Reason, Verdict, invert
+from onnxinv.inversion import EvidenceKind, Reason, Settings, Verdict, invert
 from onnxinv.layers import Activation
 
 
@@ -42,13 +43,25 @@ def test_sigmoid_output_above_one_is_no_preimage() -> None:
     assert r.verdict is Verdict.NO_PREIMAGE
 
 
-def test_unreachable_hidden_value_is_not_found_without_proof() -> None:
+def test_unreachable_hidden_value_is_refuted_by_the_whole_network_program() -> None:
     """x = relu(W_1 u) for a hidden u no latent produces: the last layer alone fits it exactly, so the
-    layer-wise refutation proves nothing, and no latent is found: "not found", with the best z."""
+    layer-wise refutation proves nothing; the whole-network program proves that no latent does."""
     g = make_generator([20, 100, 500], seed=35)
     u = np.abs(np.random.default_rng(35).normal(size=100))
     x = g.layers[1].forward(u)
     r = invert(g, x, method="exact")
+    assert r.verdict is Verdict.NO_PREIMAGE and r.reason is Reason.INFEASIBLE_MILP, r.message
+    assert r.evidence.kind is EvidenceKind.MILP_INFEASIBLE and "every latent" in r.evidence.summary
+    assert_contract(g, x, r)
+
+
+def test_unreachable_hidden_value_is_not_found_without_proof() -> None:
+    """The same observation without the whole-network program: nothing proves it, nothing fits: "not
+    found", with the best z."""
+    g = make_generator([20, 100, 500], seed=35)
+    u = np.abs(np.random.default_rng(35).normal(size=100))
+    x = g.layers[1].forward(u)
+    r = invert(g, x, method="exact", settings=Settings(milp=False))
     assert r.verdict is Verdict.NOT_FOUND, r.message
     assert r.reason is Reason.NO_FIT and not r.verdict.success
     assert r.z.shape == (20,) and np.all(np.isfinite(r.z))  # a best-effort latent is still returned

@@ -1,0 +1,211 @@
+"""The shortcuts taken for speed give the answers of the slow routes they replace (no timing here).
+
+* an LP session re-solved warm after changing right-hand sides, bounds or the objective ends where
+  a fresh LP does; ``+inf`` switches a row off;
+* the block-wise Gram route of ``solve_rows`` equals the gathered one;
+* the infeasibility proof before the widened eq. (4) LP never contradicts the LP;
+* the preimage dimension without its LP equals the LP's answer;
+* the l_1 LP's dual gives the primal optimum;
+* the audit's Cholesky rank test agrees with the SVD rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxinv.inversion import exact, identifiability, l1, linear, lp
+from onnxinv.inversion.framework import LayerContext, Settings, clean_targets
+from onnxinv.inversion.result import SolverStatus
+from onnxinv.inversion.targets import build_targets, input_bounds
+from onnxinv.layers import Activation, Layer
+
+
+def _chebyshev(rng: np.random.Generator, m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``min t`` s.t. ``|W u - y| <= t`` as ``A [u; t] <= b``: a tall l_inf fit."""
+    w = rng.standard_normal((m, n))
+    y = rng.standard_normal(m)
+    a = np.vstack([np.hstack([w, -np.ones((m, 1))]), np.hstack([-w, -np.ones((m, 1))])])
+    c = np.zeros(n + 1)
+    c[-1] = 1.0
+    return c, a, np.concatenate([y, -y])
+
+
+@pytest.mark.parametrize("row_generation", [False, True])
+def test_session_warm_resolves_match_fresh_lps(row_generation: bool) -> None:
+    rng = np.random.default_rng(3)
+    c, a, b = _chebyshev(rng, 80, 6)
+    session = lp.LPSession(c, a, b, row_generation=row_generation, initial_rows=np.arange(14))
+    first = session.solve()
+    fresh = lp.solve_lp(c, a, b)
+    assert first.ok and first.objective == pytest.approx(fresh.objective, rel=1e-9)
+    # switch the lower half of 30 two-sided rows off, then move some right-hand sides
+    off = b.copy()
+    off[80:110] = np.inf
+    session.set_rhs(off)
+    warm = session.solve()
+    keep = np.isfinite(off)
+    cold = lp.solve_lp(c, a[keep], off[keep])
+    assert warm.ok and warm.objective == pytest.approx(cold.objective, rel=1e-9)
+    assert warm.objective <= first.objective + 1e-12  # fewer rows, smaller optimum
+    moved = off.copy()
+    moved[:10] += 0.5
+    session.set_rhs(moved)
+    again = session.solve()
+    keep = np.isfinite(moved)
+    assert again.objective == pytest.approx(lp.solve_lp(c, a[keep], moved[keep]).objective, rel=1e-9)
+    assert session.solves == 3
+
+
+def test_session_objective_and_bounds_changes() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((30, 5))
+    b = rng.random(30) + 0.1
+    box = (np.full(5, -2.0), np.full(5, 2.0))
+    session = lp.LPSession(np.zeros(5), a, b, box)
+    for m in range(5):
+        for sign in (1.0, -1.0):
+            c = np.zeros(5)
+            c[m] = -sign
+            session.set_objective(c)
+            got = session.solve()
+            want = lp.solve_lp(c, a, b, bounds=box)
+            assert got.ok and got.objective == pytest.approx(want.objective, rel=1e-9, abs=1e-12)
+    session.set_bounds(np.full(5, -0.5), np.full(5, 0.5))
+    got = session.solve()
+    assert got.objective == pytest.approx(lp.solve_lp(c, a, b, bounds=(-0.5, 0.5)).objective, rel=1e-9)
+
+
+def test_session_row_lower_bounds_and_duals() -> None:
+    """``b_lb <= A x <= b_ub`` with equality rows; the row duals are the dual LP's solution."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((4, 9))
+    c = rng.random(9)
+    session = lp.LPSession(c, a, np.zeros(4), (np.zeros(9), np.ones(9)), b_lb=np.zeros(4))
+    res = session.solve()
+    want = lp.solve_lp(c, None, None, a, np.zeros(4), (0.0, 1.0))
+    assert res.ok and res.objective == pytest.approx(want.objective, abs=1e-9)
+    assert session.row_dual is not None and session.row_dual.shape == (4,)
+    with pytest.raises(ValueError, match="row generation"):
+        lp.LPSession(c, a, np.zeros(4), b_lb=np.zeros(4), row_generation=True)
+
+
+def test_session_infeasible_and_unbounded() -> None:
+    infeasible = lp.LPSession(np.zeros(1), np.array([[1.0], [-1.0]]), np.array([-1.0, -1.0]))
+    assert infeasible.solve().status is SolverStatus.INFEASIBLE
+    unbounded = lp.LPSession(np.array([-1.0]), np.array([[-1.0]]), np.array([0.0]))
+    assert unbounded.solve().status in (SolverStatus.UNBOUNDED, SolverStatus.INFEASIBLE_OR_UNBOUNDED)
+
+
+def test_block_gram_equals_gathered(monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((300, 40))
+    rows = rng.random(300) < 0.6
+    t = rng.standard_normal(int(rows.sum()))
+    weights = rng.random(int(rows.sum())) + 0.5
+    gathered = linear.solve_active(w[rows], t, weights)
+    monkeypatch.setattr(linear, "BLOCK_ENTRIES", 500)
+    blocked = linear.solve_rows(w, rows, t, weights)
+    np.testing.assert_allclose(blocked.u, gathered.u, rtol=1e-10, atol=1e-12)
+    assert blocked.rank == gathered.rank == 40
+    assert blocked.residual == pytest.approx(gathered.residual, rel=1e-9)
+    assert blocked.rms == pytest.approx(gathered.rms, rel=1e-9)
+    assert blocked.spread == pytest.approx(gathered.spread, rel=1e-9)
+
+
+def test_cholesky_condition_estimate_tracks_the_true_condition() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((120, 30)) @ np.diag(np.logspace(0, 3, 30))
+    ls = linear.solve_active(a, rng.standard_normal(120))
+    true = np.linalg.cond(a)
+    assert ls.method == "cholesky" and true / 10 <= ls.cond <= 10 * true
+    bad = a.copy()
+    bad[:, 1] = bad[:, 0] * (1 + 1e-12)
+    assert linear.solve_active(bad, rng.standard_normal(120)).method == "qr"
+    assert linear.gram_full_rank(a.T @ a) and not linear.gram_full_rank(bad.T @ bad)
+
+
+def _ctx(layer: Layer, y: np.ndarray, bounds=None) -> LayerContext:
+    return LayerContext(1, layer, y, None, bounds, 0.0, None, float("inf"), Settings(), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_misfit_proof_never_contradicts_the_lp(seed: int) -> None:
+    """Break active rows of an identifiable layer by a little and by a lot: wherever the proof says
+    "no point", the widened eq. (4) LP has none either."""
+    rng = np.random.default_rng(seed)
+    layer = Layer(rng.standard_normal((60, 8)) / np.sqrt(60), np.zeros(60), Activation.RELU)
+    u0 = np.abs(rng.standard_normal(8))
+    y = layer.forward(u0)
+    on = np.flatnonzero(y > 0)
+    proved = []
+    for size in (1e-7, 1e-4, 1e-2, 1.0):
+        broken = y.copy()
+        broken[on[:2]] = 0.0
+        broken[on[2]] += size
+        ctx = _ctx(layer, broken, (np.zeros(8), np.full(8, np.inf)))
+        targets = clean_targets(ctx)
+        w, b = targets.matrices(layer)
+        eq = targets.equality
+        ls = linear.solve_rows(w, eq, targets.lower[eq] - b[eq], 1.0 / targets.lower_scale[eq])
+        delta = ctx.tolerance()
+        proof = exact._misfit_proof(w, b, targets, ls, int(eq.sum()), delta)
+        res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta)
+        if proof is not None:
+            assert res.status is SolverStatus.INFEASIBLE, (size, proof, res.status)
+            proved.append(size)
+    assert proved  # two active units reported as off: proved without the LP
+    # consistent data: nothing to prove
+    ctx = _ctx(layer, y, (np.zeros(8), np.full(8, np.inf)))
+    targets = clean_targets(ctx)
+    w, b = targets.matrices(layer)
+    eq = targets.equality
+    ls = linear.solve_rows(w, eq, targets.lower[eq] - b[eq], 1.0 / targets.lower_scale[eq])
+    assert exact._misfit_proof(w, b, targets, ls, int(eq.sum()), ctx.tolerance()) is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dimension_without_the_lp_equals_the_lp(seed: int, monkeypatch) -> None:
+    rng = np.random.default_rng(seed)
+    shortcut = []
+    real = identifiability._leaves_every_constraint
+
+    def spy(*args):
+        shortcut.append(real(*args))
+        return shortcut[-1]
+
+    # a contracting layer (few tight constraints) and an expanding one (as many as unknowns)
+    for n_out, n_in in ((12, 30), (40, 10)):
+        layer = Layer(rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out) * 0.1, Activation.RELU)
+        u = np.maximum(rng.standard_normal(n_in), 0.0)
+        y = layer.forward(u)
+        bounds = (np.zeros(n_in), np.full(n_in, np.inf))
+        targets = build_targets(layer, y, None, 1e-9 * float(np.max(np.abs(y))), noisy=False)
+        monkeypatch.setattr(identifiability, "_leaves_every_constraint", spy)
+        fast = identifiability._preimage_dimension(layer, targets, bounds, u, 1e-9, None, None)
+        monkeypatch.setattr(identifiability, "_leaves_every_constraint", lambda *args: False)
+        slow = identifiability._preimage_dimension(layer, targets, bounds, u, 1e-9, None, None)
+        monkeypatch.undo()
+        assert (fast.dim, fast.rank, fast.implicit) == (slow.dim, slow.rank, slow.implicit)
+        for name in ("upper_rows", "lower_rows", "at_lower", "at_upper"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+    assert shortcut and shortcut[0]  # the contracting layer's answer came without the LP
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_l1_dual_gives_the_primal_optimum(hidden: bool) -> None:
+    rng = np.random.default_rng(4)
+    layer = Layer(rng.standard_normal((50, 12)) / np.sqrt(50), np.zeros(50), Activation.RELU)
+    u0 = np.abs(rng.standard_normal(12)) if hidden else rng.standard_normal(12)
+    y = layer.forward(u0) + rng.uniform(-1e-3, 1e-3, 50)
+    layers = (Layer(np.eye(12), np.zeros(12), Activation.RELU), layer) if hidden else (layer,)
+    ctx = LayerContext(len(layers) - 1, layer, y, None, input_bounds(layers, len(layers) - 1), 1e-3, 1e-3,
+                       float("inf"), Settings(), 0.0)  # fmt: skip
+    dual = l1._Dual(ctx)
+    for eps in (1e-3, 3e-3, 1e-2):
+        targets = build_targets(layer, y, None, eps, noisy=True)
+        via_dual = dual.solve(targets)
+        primal = l1._min_l1(ctx, targets)
+        assert via_dual is not None and via_dual.ok and primal.ok
+        assert via_dual.objective == pytest.approx(primal.objective, rel=1e-7, abs=1e-10)
+    assert dual.session is not None and dual.session.solves == 3
