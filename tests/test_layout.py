@@ -25,7 +25,7 @@ LEVELS = [
     {"auto"},
     {"registry"},
     {"evidence"},
-    {"parallel"},
+    {"parallel", "dask_engine"},
     {"api"},
 ]
 
