@@ -50,6 +50,8 @@ Exit codes:
      the tolerance, invert's verdict was "no preimage" or "not found" for some
      observation (onnxruntime did not confirm a fit), audit found the model not
      invertible at some sampled point, inspect's self-check failed
+  130, 143  interrupted by Ctrl-C or SIGTERM: workers stopped, nothing written
+     (invert --out-dir keeps its finished chunks; rerun it to resume)
 """
 
 PNG_MAX_ROWS = 32  # --png draws at most this many observations, one row each
@@ -328,7 +330,7 @@ def _folder_options(command):
     command = click.option(
         "--restart",
         is_flag=True,
-        help="With --out-dir: discard the results of a different run found in DIR instead of refusing.",
+        help="With --out-dir: start over, deleting the results found in DIR (of this run or another).",
     )(command)
     command = click.option(
         "--chunk-size",
@@ -438,7 +440,7 @@ def _invert_to_folder(
             )
     except (KeyboardInterrupt, _interrupted()) as exc:
         with contextlib.suppress(Exception):
-            exc.onnxinv_note = (  # type: ignore[union-attr]
+            exc.onnxinv_note = (  # type: ignore[attr-defined]
                 f"the chunks finished so far are kept in {out_dir}; run the same command again to resume"
             )
         raise

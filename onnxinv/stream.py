@@ -370,6 +370,8 @@ class ProgressLine:
         parts = [f"{self.label} {self.done:,}/{self.total:,} observations"]
         if self.chunks is not None:
             parts.append(f"{self.chunks_done:,}/{self.chunks:,} chunks")
+        elif self.chunks_done:
+            parts.append(f"{self.chunks_done:,} chunks")
         if self.reused:
             parts.append(f"{self.reused:,} chunks done before")
         if self.done and elapsed > 0:
@@ -440,7 +442,7 @@ def invert_to_folder(
     executor : where chunks run instead: any ``concurrent.futures.Executor`` or a ``distributed.Client``
         (not with ``workers``)
     chunk_size : observations per chunk (default :data:`DEFAULT_CHUNK`); part of the run's identity
-    restart : discard the results of another run found in ``folder`` instead of refusing
+    restart : start over: delete the results found in ``folder`` (of this run or another) first
     flat : write ``z.npy`` as (N, k) instead of in the model's input shape
     progress : called with the number of observations of each chunk this call computes (a
         :class:`ProgressLine` is also told what was done before)
@@ -531,14 +533,16 @@ def invert_to_folder(
                 procs = min(os.cpu_count() or 1, len(todo))
             engine_name = _engine_name(executor, procs)
             chunk_dir.mkdir(exist_ok=True)
-            for j, compact in parallel.imap_chunks(
+            finished = parallel.imap_chunks(
                 generator, solve_compact, tasks(), workers=procs, executor=executor
-            ):
-                a, b = spans[todo[j]]
-                meta = {"run": run, "start": a, "stop": b, "input": digests.pop(j)}
-                _write_chunk(chunk_dir / _chunk_name(a, b), compact, meta)
-                if progress is not None:
-                    progress(b - a)
+            )
+            with contextlib.closing(finished):  # an error here stops the engine at once
+                for j, compact in finished:
+                    a, b = spans[todo[j]]
+                    meta = {"run": run, "start": a, "stop": b, "input": digests.pop(j)}
+                    _write_chunk(chunk_dir / _chunk_name(a, b), compact, meta)
+                    if progress is not None:
+                        progress(b - a)
         else:
             engine_name = "none (every chunk was done before)"
         summary = _assemble(out, chunk_dir, spans, generator, source.single, flat)
@@ -629,10 +633,10 @@ def _digest(data: bytes | memoryview) -> str:
 def _rows_digest(rows: np.ndarray, masks: np.ndarray | None) -> str:
     h = hashlib.sha256()
     h.update(f"{rows.dtype.str}{rows.shape}".encode())
-    h.update(memoryview(np.ascontiguousarray(rows)).cast("B"))
+    h.update(np.ascontiguousarray(rows).data)
     if masks is not None:
         h.update(f"{masks.dtype.str}{masks.shape}".encode())
-        h.update(memoryview(np.ascontiguousarray(masks)).cast("B"))
+        h.update(np.ascontiguousarray(masks).data)
     return h.hexdigest()
 
 
@@ -731,7 +735,7 @@ def _open_folder(out: Path, identity: dict[str, Any], run: str, restart: bool, i
                 f"the output folder {out} has a {MANIFEST} that onnxinv cannot read ({exc}); choose another "
                 "folder."
             ) from None
-        if old.get("run") != run:
+        if old.get("run") != run or restart:
             if not restart:
                 changed = _differences(old.get("identity", {}), identity)
                 raise OnnxInvError(
@@ -820,7 +824,7 @@ def _finished(path: Path, run: str, a: int, b: int, digest: Any) -> bool:
 
 def _write_chunk(path: Path, compact: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta, sort_keys=True)), **compact)
+    np.savez(buffer, meta=np.array(json.dumps(meta, sort_keys=True)), **compact)  # type: ignore[arg-type]
     _write_bytes(path, buffer.getvalue())
 
 

@@ -94,7 +94,9 @@ class DaskEngine(Engine):
 
         self.client = _client_of(executor)
         # Our own tasks are impure (each chunk is a new task); a given executor keeps its options.
-        self.submitter = self.client.get_executor(pure=False) if isinstance(executor, Client) else executor
+        self.submitter: Any = (
+            self.client.get_executor(pure=False) if isinstance(executor, Client) else executor
+        )
         payload = pickle.dumps(generator)
         self.plugin = GeneratorPlugin(generator_token(payload), payload)
         self._key = (id(self.client), self.plugin.name)

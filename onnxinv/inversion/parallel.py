@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Generator as Stream
 from concurrent.futures import (
     FIRST_COMPLETED,
     Executor,
@@ -377,7 +378,7 @@ def imap_chunks(
     workers: int | None = None,
     executor: object = None,
     window: int | None = None,
-) -> Iterator[tuple[int, Any]]:
+) -> Stream[tuple[int, Any], None, None]:
     """``(i, function(generator, *chunk_i))`` as chunks finish (not in order), with at most ``window``
     chunks in flight (default: the engine's, two per worker). ``chunks`` is consumed lazily, one more
     each time one finishes, so it may read them from a file as they are dispatched. Closing the
@@ -417,10 +418,15 @@ def map_chunks(
     ``executor``), results concatenated in chunk order; ``progress`` gets each chunk's size
     (``sizes``) as it finishes."""
     out: list[list[Any]] = [[] for _ in chunks]
-    for i, part in imap_chunks(generator, function, chunks, workers=workers, executor=executor):
-        out[i] = part
-        if progress is not None:
-            progress(sizes[i] if sizes is not None else len(part))
+    # closing(): an exception here (in progress, say) stops the engine now, not when the iterator is
+    # garbage-collected
+    with contextlib.closing(
+        imap_chunks(generator, function, chunks, workers=workers, executor=executor)
+    ) as finished:
+        for i, part in finished:
+            out[i] = part
+            if progress is not None:
+                progress(sizes[i] if sizes is not None else len(part))
     return [item for part in out for item in part]
 
 
