@@ -29,6 +29,7 @@ do not oversubscribe the cores.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -164,7 +165,11 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _forget_parent_state() -> None:
-    """A forked process starts with the parent's HiGHS scheduler and threadpoolctl state, neither valid."""
+    """A forked process starts with the parent's HiGHS scheduler and threadpoolctl state, neither valid,
+    and with the parent's objects, which its garbage collector must never free: destroying an
+    onnxruntime session whose thread pool's threads exist only in the parent blocks forever (in
+    ``pthread_cond_destroy``)."""
+    gc.freeze()
     from onnxinv.inversion import lp
 
     lp.reset_after_fork()
@@ -257,10 +262,17 @@ class _LocalPool(Engine):
         )
         self.slots = workers
         self.window = 2 * workers
+        self.forks = method == "fork"
+        self.started = False
 
     def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         with _single_threaded_env():  # spawned workers read these at start-up
-            return self.pool.submit(_run_task, function, args)
+            if self.started or not self.forks:
+                self.started = True
+                return self.pool.submit(_run_task, function, args)
+            with _frozen_for_fork():  # the first submit forks every worker
+                self.started = True
+                return self.pool.submit(_run_task, function, args)
 
     def stop(self) -> None:
         # Kill the workers first: shutdown() alone would wait for the chunks they are running.
@@ -304,6 +316,11 @@ class _Foreign(Engine):
     def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
         if self.generator is not None:
             future = self.executor.submit(function, self.generator, *args)
+        elif isinstance(self.executor, ProcessPoolExecutor) and not getattr(self.executor, "_processes", 1):
+            with _frozen_for_fork():  # this submit starts its processes (forked, perhaps)
+                future = self.executor.submit(
+                    _run_with_payload, self.token, self.payload, self.parent, function, args
+                )
         else:
             future = self.executor.submit(
                 _run_with_payload, self.token, self.payload, self.parent, function, args
@@ -438,6 +455,19 @@ def executor_slots(executor: object) -> int:
         return cluster_threads(executor)
     workers = getattr(executor, "_max_workers", None)
     return workers if isinstance(workers, int) and workers > 0 else (os.cpu_count() or 1)
+
+
+@contextmanager
+def _frozen_for_fork() -> Iterator[None]:
+    """Around a fork: free the garbage here, where its onnxruntime sessions can be destroyed, and freeze
+    the rest, so no child's collector ever frees an object of ours (see :func:`_forget_parent_state`);
+    this process collects as before afterwards."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextmanager

@@ -7,6 +7,9 @@ is solved on its own, seeded by the settings alone. Interrupts stop the local po
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import numpy as np
@@ -106,3 +109,58 @@ def test_a_thread_pool_solves_with_one_blas_thread(batch):
         seen = parallel.map_chunks(generator, _threads_while_solving, [(3,)] * 8, executor=pool)
         assert seen == [1] * 24
         assert _blas_threads() == 2
+
+
+FORK_PROBE = textwrap.dedent(
+    """
+    import gc, sys
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+    import numpy as np
+    import onnxruntime as ort
+    from onnxinv.building import build_model, random_generator_layers
+    from onnxinv.inversion import parallel
+    from onnxinv.layers import Generator
+
+    layers = random_generator_layers([5, 40, 120], rng=1)
+    data = build_model(layers).SerializeToString()
+    keep = []
+    for _ in range(3):  # sessions with onnxruntime's own thread pool, as tests and users make them
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: np.zeros((64, 5), np.float32)})
+        cycle = [session]
+        cycle.append(cycle)
+        keep.append(cycle)
+    del session, cycle
+    gc.collect()
+    gc.collect()  # they sit in the oldest generation now
+    keep.clear()  # garbage that only a full collection frees
+
+    def collect(generator, n):
+        gc.collect()
+        return [n]
+
+    generator = Generator.from_layers(layers)
+    if sys.argv[1] == "pool":
+        print(parallel.map_chunks(generator, collect, [(i,) for i in range(4)], workers=2))
+    else:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(2, mp_context=context) as pool:
+            print(parallel.map_chunks(generator, collect, [(i,) for i in range(4)], executor=pool))
+    """
+)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="fork only")
+@pytest.mark.parametrize("where", ["pool", "foreign"])
+def test_forked_workers_never_free_the_parent_s_onnxruntime_sessions(where):
+    """A forked worker whose collector freed the parent's garbage session blocked forever (the session's
+    thread pool threads exist only in the parent)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FORK_PROBE, where], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked worker hung while collecting the parent's onnxruntime session")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[0,", "1,", "2,", "3]"]
