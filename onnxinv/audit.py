@@ -289,6 +289,10 @@ def audit(
     samples: int = DEFAULT_SAMPLES,
     observations: np.ndarray | str | os.PathLike[str] | None = None,
     seed: int = 0,
+    *,
+    workers: int | None = None,
+    executor: object = None,
+    chunk_size: int | None = None,
 ) -> AuditReport:
     """Audit whether ``generator``'s latents can be recovered from its outputs.
 
@@ -301,6 +305,9 @@ def audit(
         (N, ...)) or a file (.npy / .npz / .png); they are inverted first (method ``auto``) and the
         layers are examined at the recovered latents.
     seed : seed of the sampled latents
+    workers, executor, chunk_size : where the samples' inversions run, as for :func:`onnxinv.invert`
+        (local processes, or any ``concurrent.futures.Executor`` / ``distributed.Client``); the report
+        does not depend on them
 
     Returns
     -------
@@ -332,7 +339,8 @@ def audit(
     else:
         x, source = _observation_rows(generator, observations)
         method, used_seed, z = "auto", None, None
-    results = _invert_all(invert, generator, x, method)
+    where = {"workers": workers, "executor": executor, "chunk_size": chunk_size}
+    results = _invert_all(invert, generator, x, method, where)
     if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
         found = [r.z for r in results if r.verdict.success]
         z = np.stack(found or [r.z for r in results])
@@ -425,10 +433,12 @@ def _observation_rows(generator: Generator, observations) -> tuple[np.ndarray, s
     return rows, "real observations, inverted first"
 
 
-def _invert_all(invert, generator: Generator, x: np.ndarray, method: str) -> list:
+def _invert_all(
+    invert, generator: Generator, x: np.ndarray, method: str, where: dict[str, Any] | None = None
+) -> list:
     if x.shape[0] == 1:
         return [invert(generator, x[0], method=method)]
-    return list(invert(generator, x, method=method).results)
+    return list(invert(generator, x, method=method, **(where or {})).results)
 
 
 def _count_verdicts(results: list) -> dict[str, int]:

@@ -50,6 +50,8 @@ Exit codes:
      the tolerance, invert's verdict was "no preimage" or "not found" for some
      observation (onnxruntime did not confirm a fit), audit found the model not
      invertible at some sampled point, inspect's self-check failed
+  130, 143  interrupted by Ctrl-C or SIGTERM: workers stopped, nothing written
+     (invert --out-dir keeps its finished chunks; rerun it to resume)
 """
 
 PNG_MAX_ROWS = 32  # --png draws at most this many observations, one row each
@@ -88,9 +90,12 @@ class _Group(click.Group):
                 os.environ.setdefault("PYTHONWARNINGS", "ignore")
             _quiet_onnxruntime()
             try:
-                return super().invoke(ctx)
+                with _signals_as_exceptions():
+                    return super().invoke(ctx)
             except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
                 raise
+            except (KeyboardInterrupt, _interrupted()) as exc:
+                _stop_after_signal(ctx, exc)
             except OnnxInvError as exc:
                 names = [n for p in getattr(exc, "problems", ()) for n in (p.node, p.op)]
                 _report_error(ctx, f"Error: {exc}", exc, names)
@@ -110,6 +115,64 @@ def _quiet_onnxruntime() -> None:
 
         onnxruntime.set_default_logger_severity(4)
         onnxruntime.disable_telemetry_events()
+
+
+# --------------------------------------------------------------------------------------------------
+# Signals: SIGTERM and Ctrl-C stop the run at once, remove temporaries, write nothing, exit 143 / 130
+
+
+def _interrupted() -> type[BaseException]:
+    from onnxinv.inversion.parallel import Interrupted
+
+    return Interrupted
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`~onnxinv.inversion.parallel.Interrupted` in the main
+    thread (SIGINT raises ``KeyboardInterrupt`` as always), so the work unwinds: pool workers are killed,
+    Dask tasks cancelled, staged outputs discarded. Only the first signal interrupts; one that arrives
+    while the run is already unwinding is ignored, so the cleanup is not cut short."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _interrupted()(signum)
+
+    saved = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, OSError):
+            saved[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, previous in saved.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, previous)
+
+
+def _stop_after_signal(ctx: click.Context, exc: BaseException) -> NoReturn:
+    import signal
+
+    from onnxinv import files
+
+    files.remove_pending()
+    signum = getattr(exc, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    note = getattr(exc, "onnxinv_note", None) or "nothing was written"
+    with contextlib.suppress(Exception):
+        click.echo(_paragraph(f"onnxinv: interrupted by {name}; {note}."), err=True)
+    ctx.exit(128 + int(signum))
 
 
 @contextlib.contextmanager
@@ -279,6 +342,174 @@ def inspect(
 
 
 # --------------------------------------------------------------------------------------------------
+# Many observations: where the chunks run (--scheduler, --workers) and streamed runs (--out-dir)
+
+DASK_HINT = "pip install 'onnxinv[dask]' (from a checkout: pip install '.[dask]')"
+
+
+def _engine_options(command):
+    """``--scheduler`` (or ``ONNXINV_SCHEDULER``) and ``--workers``."""
+    command = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Local worker processes for a batch (default: one per core, when the batch is large enough "
+        "to pay for them).",
+    )(command)
+    return click.option(
+        "--scheduler",
+        envvar="ONNXINV_SCHEDULER",
+        default=None,
+        metavar="ADDRESS",
+        help="Run the batch's chunks on the Dask cluster of this scheduler (e.g. tcp://host:8786; default: "
+        f"$ONNXINV_SCHEDULER). Needs the dask extra: {DASK_HINT}.",
+    )(command)
+
+
+def _folder_options(command):
+    """``--out-dir``, ``--chunk-size``, ``--restart``."""
+    command = click.option(
+        "--restart",
+        is_flag=True,
+        help="With --out-dir: start over, deleting the results found in DIR (of this run or another).",
+    )(command)
+    command = click.option(
+        "--chunk-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Observations per chunk (one task, one onnxruntime call; with --out-dir, one file; default "
+        "256 with --out-dir, else chosen per batch).",
+    )(command)
+    return click.option(
+        "--out-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        metavar="DIR",
+        help="Stream the observations (.npy: memory-mapped) chunk by chunk into DIR: per-chunk results, "
+        "then z.npy, verdicts.npy, residuals.npy and summary.json. Rerunning the same command resumes; "
+        "other settings are refused unless --restart.",
+    )(command)
+
+
+class _Engine:
+    """The chunks' engine the options ask for: a Dask client for --scheduler, else local processes."""
+
+    def __init__(self, scheduler: str | None, workers: int | None, chunk_size: int | None) -> None:
+        self.scheduler = scheduler.strip() if scheduler and scheduler.strip() else None
+        if self.scheduler is not None and workers is not None:
+            raise click.UsageError(
+                "--workers and --scheduler exclude each other: the cluster's workers do the work "
+                "(unset ONNXINV_SCHEDULER to use local processes)."
+            )
+        self.workers = workers
+        self.chunk_size = chunk_size
+
+    @contextlib.contextmanager
+    def executor(self) -> Iterator[Any]:
+        """A connected ``distributed.Client`` for --scheduler (closed afterwards), else None."""
+        if self.scheduler is None:
+            yield None
+            return
+        try:
+            from distributed import Client
+        except ImportError:
+            raise OnnxInvError(
+                f"--scheduler {self.scheduler}: Dask's distributed package is not installed. Hint: {DASK_HINT}."
+            ) from None
+        try:
+            client = Client(self.scheduler)  # waits distributed.comm.timeouts.connect (Dask's config: 30 s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise OnnxInvError(
+                f"--scheduler {self.scheduler}: could not connect to a Dask scheduler there "
+                f"({type(exc).__name__}: {_first_line(exc)}). Check the address (tcp://host:8786) and that "
+                "the scheduler is running and reachable."
+            ) from None
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def options(self, executor: Any) -> dict[str, Any]:
+        """Keyword arguments of ``invert`` / ``audit`` for this engine."""
+        found: dict[str, Any] = {}
+        if executor is not None:
+            found["executor"] = executor
+        elif self.workers is not None:
+            found["workers"] = self.workers
+        if self.chunk_size is not None:
+            found["chunk_size"] = self.chunk_size
+        return found
+
+
+def _invert_to_folder(
+    model: Path,
+    obs: Path,
+    out_dir: Path,
+    method: str,
+    noise: float | None,
+    noise_model: str | None,
+    mask: Path | None,
+    as_json: bool,
+    quiet: bool,
+    flat: bool,
+    time_limit: float | None,
+    restart: bool,
+    engine: _Engine,
+    fix: dict[str, Path],
+    latent: str | None,
+) -> None:
+    """``invert --out-dir``: :func:`onnxinv.stream.invert_to_folder`, then its summary."""
+    from onnxinv.stream import ProgressLine, invert_to_folder
+
+    generator = _load(model, fix, latent)
+    line = (
+        ProgressLine(0, file=sys.stderr) if not quiet and not as_json and _is_terminal(sys.stderr) else None
+    )
+    kwargs: dict[str, Any] = {"method": method, "noise": noise, "noise_model": noise_model, "mask": mask}
+    if time_limit is not None:
+        kwargs["time_limit"] = time_limit
+    try:
+        with engine.executor() as executor:
+            result = invert_to_folder(
+                generator,
+                obs,
+                out_dir,
+                restart=restart,
+                flat=flat,
+                progress=line,
+                **kwargs,
+                **engine.options(executor),
+            )
+    except (KeyboardInterrupt, _interrupted()) as exc:
+        with contextlib.suppress(Exception):
+            exc.onnxinv_note = (  # type: ignore[attr-defined]
+                f"the chunks finished so far are kept in {out_dir}; run the same command again to resume"
+            )
+        raise
+    finally:
+        if line is not None:
+            line.close()
+    if as_json:
+        _echo_json({"model": str(model), "observations": str(obs), **result.to_dict()})
+    else:
+        summary = ", ".join(f"{n} {name}" for name, n in result.counts.items())
+        lines = [
+            f"{result.count} observations: {summary}",
+            f"chunks    {result.chunks} ({result.reused} done before, {result.chunks - result.reused} computed, "
+            f"{result.engine}); {result.seconds:.2f} s, {result.observations_per_second:,.0f} observations/s",
+            f"residual  max {result.residual_max:.2e} relative l2 (onnxruntime)",
+            f"results   {out_dir}: z.npy {tuple(result.z_shape)} {result.z_dtype}, verdicts.npy, residuals.npy, "
+            "summary.json",
+        ]
+        if not quiet:
+            lines += [f"  #{i} {verdict}: {message}" for i, verdict, message in result.failed[:10]]
+        _echo_text("\n".join(lines))
+    if not result.success:
+        click.get_current_context().exit(EXIT_NEGATIVE)
+
+
+# --------------------------------------------------------------------------------------------------
 # invert
 
 
@@ -353,6 +584,8 @@ def inspect(
     help="Seconds allowed per observation (default: the API's, 60).",
 )
 @model_inputs
+@_folder_options
+@_engine_options
 def invert(
     model: Path,
     obs: Path,
@@ -370,6 +603,11 @@ def invert(
     time_limit: float | None,
     fix: dict[str, Path],
     latent: str | None,
+    out_dir: Path | None = None,
+    chunk_size: int | None = None,
+    restart: bool = False,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Find z with G(z) = OBS for the generator in MODEL and say whether z is unique.
 
@@ -384,9 +622,48 @@ def invert(
     that onnxruntime confirms, "fits" a confirmed fit without either; "no preimage" needs a proof
     and "not found" is everything else. Exit code 3 when some observation's verdict is "no preimage"
     or "not found".
+
+    \b
+    Many observations (README, "Many observations"):
+      --out-dir DIR   stream OBS (.npy, memory-mapped) chunk by chunk into DIR;
+                      rerun the same command to resume after a crash or SIGTERM
+      --scheduler A   run the chunks on a Dask cluster (or ONNXINV_SCHEDULER)
+      --workers N     N local processes
     """
     from onnxinv import files
     from onnxinv.inversion import Verdict
+
+    engine = _Engine(scheduler, workers, chunk_size)
+    if out_dir is not None:
+        for given, name in ((output, "-o/--output"), (png, "--png"), (recon, "--recon")):
+            if given is not None:
+                raise click.UsageError(
+                    f"{name} cannot be used with --out-dir: the results are written to DIR."
+                )
+        if measure is not None:
+            raise click.UsageError(
+                "--measure cannot be used with --out-dir yet: invert the measurements in memory."
+            )
+        _invert_to_folder(
+            model,
+            obs,
+            out_dir,
+            method,
+            noise,
+            noise_model,
+            mask,
+            as_json,
+            quiet,
+            flat,
+            time_limit,
+            restart,
+            engine,
+            fix,
+            latent,
+        )
+        return
+    if restart:
+        raise click.UsageError("--restart only applies to --out-dir runs.")
 
     output = output if output is not None else Path.cwd() / f"{obs.stem}.z.npy"
     inputs = {f"the model {model}": model, f"the observation file {obs}": obs}
@@ -433,17 +710,19 @@ def invert(
 
         show_progress = not quiet and not as_json and not observations.single and _is_terminal(sys.stderr)
         started = time.perf_counter()
-        results = _invert_rows(
-            generator,
-            observations,
-            method,
-            noise,
-            noise_model,
-            mask_values,
-            show_progress,
-            time_limit,
-            matrix,
-        )
+        with engine.executor() as executor:
+            results = _invert_rows(
+                generator,
+                observations,
+                method,
+                noise,
+                noise_model,
+                mask_values,
+                show_progress,
+                time_limit,
+                engine.options(executor),
+                matrix,
+            )
         seconds = time.perf_counter() - started
 
         z = files.latent_for_model(
@@ -503,12 +782,23 @@ def _read_measure(path: Path, output_dim: int) -> np.ndarray:
 
 
 def _invert_rows(
-    generator, observations, method, noise, noise_model, mask, show_progress, time_limit=None, measure=None
+    generator,
+    observations,
+    method,
+    noise,
+    noise_model,
+    mask,
+    show_progress,
+    time_limit=None,
+    where=None,
+    measure=None,
 ) -> list:
-    """Invert every row, behind a progress bar on stderr (fed by the API's ``progress`` callback) when
-    one is shown. The rows go to the API in their own dtype, so it judges them at the precision they
-    were stored with."""
+    """Invert every row, behind a progress line on stderr (observations and chunks done, observations
+    per second, time left; fed by the API's ``progress`` callback) when one is shown. The rows go to the
+    API in their own dtype, so it judges them at the precision they were stored with. ``where``: the
+    batch's ``workers`` / ``executor`` / ``chunk_size``."""
     from onnxinv.inversion import invert
+    from onnxinv.stream import ProgressLine
 
     kwargs: dict[str, Any] = {
         "method": method,
@@ -521,10 +811,11 @@ def _invert_rows(
     rows = observations.values
     if observations.single:
         return [invert(generator, rows[0], mask=mask, batch=False, **kwargs)]
+    kwargs.update(where or {})
     if not show_progress:
         return list(invert(generator, rows, mask=mask, batch=True, **kwargs).results)
-    with click.progressbar(length=rows.shape[0], label="inverting", file=sys.stderr, show_pos=True) as bar:
-        batch = invert(generator, rows, mask=mask, batch=True, progress=bar.update, **kwargs)
+    with ProgressLine(rows.shape[0], file=sys.stderr) as line:
+        batch = invert(generator, rows, mask=mask, batch=True, progress=line, **kwargs)
     return list(batch.results)
 
 
@@ -656,6 +947,7 @@ def verify(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the report.")
 @model_inputs
+@_engine_options
 def audit(
     model: Path,
     samples: int,
@@ -664,6 +956,8 @@ def audit(
     as_json: bool,
     fix: dict[str, Path],
     latent: str | None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> None:
     """Can the latent codes of MODEL be recovered, and which layer is to blame if not?
 
@@ -678,7 +972,9 @@ def audit(
     # With --fix / --latent the model is loaded here (audit takes a loaded generator); an unreadable graph
     # is then an error listing every refused node rather than an "unsupported" report.
     source = _load(model, fix, latent) if fix or latent else model
-    report = run_audit(source, samples=samples, observations=obs, seed=seed)
+    engine = _Engine(scheduler, workers, None)
+    with engine.executor() as executor:
+        report = run_audit(source, samples=samples, observations=obs, seed=seed, **engine.options(executor))
     document = report.to_dict()
     if as_json:
         _echo_json(document)

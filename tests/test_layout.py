@@ -26,7 +26,7 @@ LEVELS = [
     {"auto"},
     {"registry"},
     {"evidence"},
-    {"parallel"},
+    {"parallel", "dask_engine"},
     {"api"},
 ]
 

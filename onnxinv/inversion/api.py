@@ -17,7 +17,10 @@ Batches
 (:mod:`onnxinv.inversion.parallel`). ``workers=None`` uses ``os.cpu_count()`` processes, but only when
 it pays: the first observations are solved in this process, and the pool is started only if the rest
 would take more than about a second. An explicit ``workers > 1`` always uses a pool for ``N > 1``;
-``workers=1`` never does. Results do not depend on the number of workers.
+``workers=1`` never does. ``executor=`` runs the chunks elsewhere instead: a thread pool, a process
+pool, or a Dask cluster (``distributed.Client``), which receives the generator once per worker;
+``chunk_size`` fixes the chunks' size. Results do not depend on the number of workers, the executor or
+the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
 
 Noise
 -----
@@ -54,9 +57,10 @@ from onnxinv.observations import (
     quantisation_step,
 )
 
-__all__ = ["invert", "solve_chunk"]
+__all__ = ["default_chunk_size", "invert", "prepare_inputs", "solve_chunk"]
 
 POOL_STARTUP_SECONDS = 1.0
+MAX_CHUNK = 500  # observations per chunk at most, by default (see default_chunk_size)
 
 
 def invert(
@@ -75,6 +79,8 @@ def invert(
     seed: int | None = None,
     settings: Settings | None = None,
     progress: parallel.Progress | None = None,
+    executor: object = None,
+    chunk_size: int | None = None,
 ) -> InversionResult | BatchInversionResult:
     """Find the latent(s) ``z`` with ``G(z) = x`` and say, with evidence, whether ``z`` is unique.
 
@@ -102,6 +108,12 @@ def invert(
     settings : every other knob (:class:`~onnxinv.inversion.framework.Settings`); ``tol``,
         ``time_limit`` and ``seed``, when given here, override it
     progress : called with the number of observations finished, as they finish (batches)
+    executor : where a batch's chunks run instead of the local pool: any
+        ``concurrent.futures.Executor`` (a ``ThreadPoolExecutor``, a ``ProcessPoolExecutor``, a
+        ``distributed.Client``'s ``get_executor()``) or a ``distributed.Client``
+        (:mod:`onnxinv.inversion.parallel`); not with ``workers``. The results are the same.
+    chunk_size : observations per chunk (one task, one onnxruntime call); None chooses (about four
+        chunks per worker, at most ``MAX_CHUNK``)
 
     Returns
     -------
@@ -134,8 +146,7 @@ def invert(
         raise InvalidArgumentError(
             f"progress must be callable (it gets the number of finished observations), got {progress!r}"
         )
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise InvalidArgumentError(f"workers must be a positive integer or None, got {workers!r}")
+    _check_batch_options(workers, executor, chunk_size)
     matrix = prepare_measure(measure, generator.output_dim)
     if matrix is not None and not record.measure:
         able = ", ".join(m.name for m in METHODS.values() if m.measure)
@@ -144,16 +155,60 @@ def invert(
             f"measurements y = A·G(z); use one of {able}"
         )
     size = generator.output_dim if matrix is None else int(matrix.shape[0])
-    obs = prepare_observations(x, size, mask, batch=batch)
-    level = check_noise(noise)
-    explicit_clean = noise is not None and level is None
+    obs, noises, sources = prepare_inputs(generator, x, mask, noise, batch=batch, size=size)
     model = noise_model or "bounded"
-    noises, sources = _noise_levels(obs, level, explicit_clean)
     if obs.single:
         return solve_chunk(
             generator, obs.values, obs.mask, noises, sources, record.name, cfg, obs.precision, model, matrix
         )[0]
-    return _invert_batch(generator, obs, noises, sources, record.name, cfg, workers, model, progress, matrix)
+    return _invert_batch(
+        generator,
+        obs,
+        noises,
+        sources,
+        record.name,
+        cfg,
+        workers,
+        model,
+        progress,
+        executor,
+        chunk_size,
+        matrix,
+    )
+
+
+def _check_batch_options(workers: object, executor: object, chunk_size: object) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidArgumentError(f"workers must be a positive integer or None, got {workers!r}")
+    parallel.check_executor(executor)
+    if executor is not None and workers is not None:
+        raise InvalidArgumentError(
+            "give workers (processes of a local pool) or executor (where chunks run), not both"
+        )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1
+    ):
+        raise InvalidArgumentError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
+def prepare_inputs(
+    generator: Generator,
+    x: object,
+    mask: object,
+    noise: float | None,
+    *,
+    batch: bool | None = None,
+    size: int | None = None,
+) -> tuple[Observations, list[float | None], list[str | None]]:
+    """Validated observations and, per observation, the noise level and where it came from (the
+    module docstring's Noise). The same for :func:`invert` and for each chunk of a streamed run, so both
+    read an observation the same way. ``size``: values per observation when not the model's output size
+    (measurements through a matrix)."""
+    obs = prepare_observations(x, generator.output_dim if size is None else size, mask, batch=batch)
+    level = check_noise(noise)
+    explicit_clean = noise is not None and level is None
+    noises, sources = _noise_levels(obs, level, explicit_clean)
+    return obs, noises, sources
 
 
 def _settings(base: Settings | None, *, tol: object, time_limit: object, seed: object) -> Settings:
@@ -311,6 +366,16 @@ def _decide(
     )
 
 
+def default_chunk_size(count: int, slots: int) -> int:
+    """Observations per chunk for ``count`` observations on ``slots`` workers: about four chunks per
+    worker (for balance), at most :data:`MAX_CHUNK` (so a chunk's task and results stay small)."""
+    return max(1, min(MAX_CHUNK, math.ceil(count / (4 * max(1, slots)))))
+
+
+def _spans(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(stop, a + size)) for a in range(start, stop, size)]
+
+
 def _invert_batch(
     generator: Generator,
     obs: Observations,
@@ -321,12 +386,12 @@ def _invert_batch(
     workers: int | None,
     noise_model: str,
     progress: parallel.Progress | None,
+    executor: object = None,
+    chunk_size: int | None = None,
     measure: object = None,
 ) -> BatchInversionResult:
     start = time.perf_counter()
     count = obs.count
-    procs = (os.cpu_count() or 1) if workers is None else workers
-    procs = max(1, min(procs, count))
 
     def chunk(a: int, b: int) -> tuple[Any, ...]:
         mask = None if obs.mask is None else obs.mask[a:b]
@@ -342,7 +407,27 @@ def _invert_batch(
             measure,
         )
 
-    results: list[InversionResult] = []
+    def run(spans: list[tuple[int, int]], **where: Any) -> list[InversionResult]:
+        return parallel.map_chunks(
+            generator,
+            solve_chunk,
+            [chunk(a, b) for a, b in spans],
+            progress=progress,
+            sizes=[b - a for a, b in spans],
+            **where,
+        )
+
+    if executor is not None:
+        slots = parallel.executor_slots(executor)
+        size = int(chunk_size) if chunk_size is not None else default_chunk_size(count, slots)
+        results = run(_spans(0, count, size), executor=executor)
+        return BatchInversionResult(
+            results=tuple(results), seconds=time.perf_counter() - start, workers=slots
+        )
+
+    procs = (os.cpu_count() or 1) if workers is None else workers
+    procs = max(1, min(procs, count))
+    results = []
     done = 0
     if workers is None and procs > 1:
         # Probe in this process: start a pool only if the rest would take long enough to pay for it.
@@ -356,22 +441,17 @@ def _invert_batch(
             procs = 1
     if done < count:
         if procs == 1:
-            step = max(1, math.ceil((count - done) / 50)) if progress is not None else count - done
-            for a in range(done, count, step):
-                b = min(count, a + step)
-                results += solve_chunk(generator, *chunk(a, b))
-                if progress is not None:
-                    progress(b - a)
+            if chunk_size is not None:
+                step = int(chunk_size)
+            else:
+                step = max(1, math.ceil((count - done) / 50)) if progress is not None else count - done
+            results += run(_spans(done, count, step))
         else:
-            pieces = min(count - done, procs * 4)
-            bounds = np.linspace(done, count, pieces + 1).astype(int)
-            spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-            results += parallel.map_chunks(
-                generator,
-                solve_chunk,
-                [chunk(a, b) for a, b in spans],
-                workers=procs,
-                progress=progress,
-                sizes=[b - a for a, b in spans],
-            )
+            if chunk_size is not None:
+                spans = _spans(done, count, int(chunk_size))
+            else:
+                pieces = min(count - done, procs * 4)
+                bounds = np.linspace(done, count, pieces + 1).astype(int)
+                spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            results += run(spans, workers=procs)
     return BatchInversionResult(results=tuple(results), seconds=time.perf_counter() - start, workers=procs)
