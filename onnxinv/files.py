@@ -761,7 +761,7 @@ class Outputs:
     committed is removed on exit.
     """
 
-    def __init__(self, inputs: dict[str, str | os.PathLike[str]] | None = None) -> None:
+    def __init__(self, inputs: Mapping[str, str | os.PathLike[str]] | None = None) -> None:
         self._inputs: list[tuple[str, os.stat_result]] = []
         for label, path in (inputs or {}).items():
             with contextlib.suppress(OSError):
