@@ -11,7 +11,18 @@ from onnxinv.errors import (
     SolverError,
     UnsupportedModelError,
 )
-from onnxinv.inversion import BatchInversionResult, InversionResult, LayerStep, Verdict, invert
+from onnxinv.inversion import (
+    METHODS,
+    BatchInversionResult,
+    InversionResult,
+    LayerStep,
+    Method,
+    Settings,
+    SolverStatus,
+    Verdict,
+    get_method,
+    invert,
+)
 from onnxinv.layers import Activation, Generator, Layer, TensorInfo
 from onnxinv.loader import SelfCheck, check_generator, load
 from onnxinv.verify import VerifyResult, verify
@@ -28,6 +39,11 @@ __all__ = [
     "Verdict",
     "VerifyResult",
     "AuditReport",
+    "Settings",
+    "SolverStatus",
+    "METHODS",
+    "get_method",
+    "Method",
     "load",
     "check_generator",
     "SelfCheck",

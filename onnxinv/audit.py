@@ -48,14 +48,18 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from onnxinv.errors import UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer
+
+if TYPE_CHECKING:  # the inversion package is imported on first use
+    from onnxinv.inversion import InversionResult
 
 __all__ = ["AuditReport", "AuditStatus", "Finding", "LayerAudit", "Severity", "audit"]
 
@@ -293,6 +297,7 @@ def audit(
     workers: int | None = None,
     executor: object = None,
     chunk_size: int | None = None,
+    time_limit: float | None = None,
 ) -> AuditReport:
     """Audit whether ``generator``'s latents can be recovered from its outputs.
 
@@ -308,6 +313,7 @@ def audit(
     workers, executor, chunk_size : where the samples' inversions run, as for :func:`onnxinv.invert`
         (local processes, or any ``concurrent.futures.Executor`` / ``distributed.Client``); the report
         does not depend on them
+    time_limit : seconds per inverted observation, as for :func:`onnxinv.invert` (default: its 60 s)
 
     Returns
     -------
@@ -317,8 +323,13 @@ def audit(
     ------
     ModelLoadError, SelfCheckError, OracleError : the model could not be read or run at all.
     ObservationError : ``observations`` has the wrong size or values.
+    InvalidArgumentError : ``time_limit`` is not a positive finite number.
     """
     started = time.perf_counter()
+    if time_limit is not None:
+        from onnxinv.inversion.api import _positive
+
+        time_limit = _positive(time_limit, "time_limit", "seconds per observation")
     if not isinstance(generator, Generator):
         from onnxinv.loader import load
 
@@ -340,7 +351,7 @@ def audit(
         x, source = _observation_rows(generator, observations)
         method, used_seed, z = "auto", None, None
     where = {"workers": workers, "executor": executor, "chunk_size": chunk_size}
-    results = _invert_all(invert, generator, x, method, where)
+    results = _invert_all(invert, generator, x, method, where, time_limit)
     if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
         found = [r.z for r in results if r.verdict.success]
         z = np.stack(found or [r.z for r in results])
@@ -423,7 +434,9 @@ def _unsupported_report(path: str, exc: UnsupportedModelError, seconds: float) -
     )
 
 
-def _observation_rows(generator: Generator, observations) -> tuple[np.ndarray, str]:
+def _observation_rows(
+    generator: Generator, observations: np.ndarray | str | os.PathLike[str]
+) -> tuple[np.ndarray, str]:
     from onnxinv.files import read_observations, split_batch
 
     if isinstance(observations, (str, os.PathLike)):
@@ -434,11 +447,17 @@ def _observation_rows(generator: Generator, observations) -> tuple[np.ndarray, s
 
 
 def _invert_all(
-    invert, generator: Generator, x: np.ndarray, method: str, where: dict[str, Any] | None = None
-) -> list:
+    invert: Callable[..., Any],
+    generator: Generator,
+    x: np.ndarray,
+    method: str,
+    where: dict[str, Any] | None = None,
+    time_limit: float | None = None,
+) -> list[InversionResult]:
+    options = {} if time_limit is None else {"time_limit": time_limit}
     if x.shape[0] == 1:
-        return [invert(generator, x[0], method=method)]
-    return list(invert(generator, x, method=method, **(where or {})).results)
+        return [invert(generator, x[0], method=method, **options)]
+    return list(invert(generator, x, method=method, **options, **(where or {})).results)
 
 
 def _count_verdicts(results: list) -> dict[str, int]:

@@ -22,9 +22,9 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar, cast
 
 import click
 import numpy as np
@@ -33,6 +33,13 @@ from onnxinv import __version__
 from onnxinv.errors import ObservationError, OnnxInvError
 from onnxinv.inversion import METHODS as INVERSION_METHODS
 from onnxinv.inversion.framework import NOISE_MODELS
+
+if TYPE_CHECKING:  # the commands import these lazily, to keep `onnxinv --help` fast
+    from onnxinv.files import ImageLayout, Observations
+    from onnxinv.inversion import InversionResult
+    from onnxinv.layers import Generator, Weight
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -197,7 +204,7 @@ def _stdout_for_documents_only() -> Iterator[None]:
         io.FileIO(saved, "w", closefd=False),
         encoding=real_stdout.encoding,
         errors=real_stdout.errors,
-        line_buffering=real_stdout.line_buffering,
+        line_buffering=bool(real_stdout.line_buffering),
     )
     os.dup2(2, 1)
     sys.stdout = ours
@@ -265,7 +272,7 @@ def _parse_fix(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return parsed
 
 
-def model_inputs(command):
+def model_inputs(command: _Command) -> _Command:
     """The options every command that reads a model shares: ``--fix NAME=FILE.npy`` and ``--latent NAME``.
 
     They reach :func:`onnxinv.load` unchanged (as ``fixed=`` and ``latent=``).
@@ -286,7 +293,7 @@ def model_inputs(command):
     )(command)
 
 
-def _load(model: Path, fix: dict[str, Path], latent: str | None, self_check: bool = True):
+def _load(model: Path, fix: dict[str, Path], latent: str | None, self_check: bool = True) -> Generator:
     from onnxinv import files
     from onnxinv.loader import load
 
@@ -347,7 +354,7 @@ def inspect(
 DASK_HINT = "pip install 'onnxinv[dask]' (from a checkout: pip install '.[dask]')"
 
 
-def _engine_options(command):
+def _engine_options(command: _Command) -> _Command:
     """``--scheduler`` (or ``ONNXINV_SCHEDULER``) and ``--workers``."""
     command = click.option(
         "--workers",
@@ -366,7 +373,7 @@ def _engine_options(command):
     )(command)
 
 
-def _folder_options(command):
+def _folder_options(command: _Command) -> _Command:
     """``--out-dir``, ``--chunk-size``, ``--restart``."""
     command = click.option(
         "--restart",
@@ -730,11 +737,13 @@ def invert(
         )
         outputs.stage(output, files.npy_bytes(z))
         if recon is not None:
-            recon_values = np.stack([r.reconstruction for r in results]).astype(np.float32)
+            # invert sets every result's reconstruction (the field is optional only for hand-made results)
+            recon_values = np.stack([r.reconstruction for r in results]).astype(np.float32)  # type: ignore[misc]
             outputs.stage(recon, files.npy_bytes(recon_values[0] if observations.single else recon_values))
         if layout is not None:
             shown = min(len(results), PNG_MAX_ROWS)
             reconstruction = generator.run_onnx(np.stack([r.z for r in results[:shown]]))
+            assert png is not None  # a layout is only read for --png
             outputs.stage(png, _comparison_png(layout, observations.values[:shown], reconstruction))
         outputs.commit()
 
@@ -762,14 +771,14 @@ def invert(
         click.get_current_context().exit(EXIT_NEGATIVE)
 
 
-def _is_terminal(stream) -> bool:
+def _is_terminal(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
 
 
-def _read_measure(path: Path, output_dim: int) -> np.ndarray:
+def _read_measure(path: Path, output_dim: int) -> Weight | None:
     """The measurement matrix of ``--measure``, checked by the API's own rule (float, (m, n), finite)."""
     from onnxinv import files
     from onnxinv.observations import prepare_measure
@@ -782,22 +791,22 @@ def _read_measure(path: Path, output_dim: int) -> np.ndarray:
 
 
 def _invert_rows(
-    generator,
-    observations,
-    method,
-    noise,
-    noise_model,
-    mask,
-    show_progress,
-    time_limit=None,
-    where=None,
-    measure=None,
-) -> list:
+    generator: Generator,
+    observations: Observations,
+    method: str,
+    noise: float | None,
+    noise_model: str | None,
+    mask: np.ndarray | None,
+    show_progress: bool,
+    time_limit: float | None = None,
+    where: dict[str, Any] | None = None,
+    measure: object = None,
+) -> list[InversionResult]:
     """Invert every row, behind a progress line on stderr (observations and chunks done, observations
     per second, time left; fed by the API's ``progress`` callback) when one is shown. The rows go to the
     API in their own dtype, so it judges them at the precision they were stored with. ``where``: the
     batch's ``workers`` / ``executor`` / ``chunk_size``."""
-    from onnxinv.inversion import invert
+    from onnxinv.inversion import BatchInversionResult, InversionResult, invert
     from onnxinv.stream import ProgressLine
 
     kwargs: dict[str, Any] = {
@@ -809,23 +818,39 @@ def _invert_rows(
     if time_limit is not None:
         kwargs["time_limit"] = time_limit
     rows = observations.values
+    # batch=False always gives an InversionResult, batch=True a BatchInversionResult (invert's return
+    # type is their union)
     if observations.single:
-        return [invert(generator, rows[0], mask=mask, batch=False, **kwargs)]
+        return [cast(InversionResult, invert(generator, rows[0], mask=mask, batch=False, **kwargs))]
     kwargs.update(where or {})
     if not show_progress:
-        return list(invert(generator, rows, mask=mask, batch=True, **kwargs).results)
+        return list(
+            cast(BatchInversionResult, invert(generator, rows, mask=mask, batch=True, **kwargs)).results
+        )
     with ProgressLine(rows.shape[0], file=sys.stderr) as line:
-        batch = invert(generator, rows, mask=mask, batch=True, progress=line, **kwargs)
+        batch = cast(
+            BatchInversionResult, invert(generator, rows, mask=mask, batch=True, progress=line, **kwargs)
+        )
     return list(batch.results)
 
 
-def _comparison_png(layout, observations: np.ndarray, reconstruction: np.ndarray) -> bytes:
+def _comparison_png(layout: ImageLayout, observations: np.ndarray, reconstruction: np.ndarray) -> bytes:
     from onnxinv import files
 
     return files.encode_png(files.comparison_pixels(layout, observations, reconstruction))
 
 
-def _print_invert_summary(results, single, counts, seconds, output, z, png, quiet, recon=None) -> None:
+def _print_invert_summary(
+    results: Sequence[InversionResult],
+    single: bool,
+    counts: dict[str, int],
+    seconds: float,
+    output: Path,
+    z: np.ndarray,
+    png: Path | None,
+    quiet: bool,
+    recon: Path | None = None,
+) -> None:
     from onnxinv.report import format_table, verdict_text
 
     if single:

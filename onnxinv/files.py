@@ -135,7 +135,8 @@ def _a(noun: str) -> str:
 
 def _read_exactly(handle: IO[bytes], array: np.ndarray) -> int:
     """Fill ``array``'s buffer from ``handle``; the number of bytes read."""
-    view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    # numpy's stubs declare ndarray.__buffer__ only for Python >= 3.12
+    view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")  # type: ignore[arg-type]
     done = 0
     while done < len(view):
         got = handle.readinto(view[done:])  # type: ignore[attr-defined]
@@ -379,6 +380,7 @@ def read_mask(path: str | os.PathLike[str], output_dim: int, count: int = 1) -> 
         masks = prepare_mask(array, output_dim, count)
     except ObservationError as exc:
         raise ObservationError(f"{path}: {exc}") from None
+    assert masks is not None  # None only for no mask
     return masks[0] if array.size == output_dim else masks
 
 
@@ -442,10 +444,11 @@ def image_layout(generator: Generator) -> ImageLayout | None:
     output whose size is a perfect square is read as a square grayscale image.
     """
     n = generator.output_dim
-    dims = list(generator.output.shape)
-    if dims and generator.has_batch_dim and len(dims) >= 2:
-        dims = dims[1:]
-    if not all(isinstance(d, int) and d > 0 for d in dims) or int(np.prod(dims or [0])) != n:
+    shape = list(generator.output.shape)
+    if shape and generator.has_batch_dim and len(shape) >= 2:
+        shape = shape[1:]
+    dims = [d for d in shape if isinstance(d, int)]
+    if len(dims) != len(shape) or not all(d > 0 for d in dims) or int(np.prod(dims or [0])) != n:
         dims = [n]
     while len(dims) > 3 and dims[0] == 1:
         dims = dims[1:]
@@ -761,7 +764,7 @@ class Outputs:
     committed is removed on exit.
     """
 
-    def __init__(self, inputs: dict[str, str | os.PathLike[str]] | None = None) -> None:
+    def __init__(self, inputs: Mapping[str, str | os.PathLike[str]] | None = None) -> None:
         self._inputs: list[tuple[str, os.stat_result]] = []
         for label, path in (inputs or {}).items():
             with contextlib.suppress(OSError):

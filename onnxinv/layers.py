@@ -143,7 +143,7 @@ class Layer:
     @property
     def nnz(self) -> int:
         """Stored entries of the weight (``out * in`` for a dense one)."""
-        return int(self.weight.nnz) if sp.issparse(self.weight) else int(self.weight.size)
+        return int(self.weight.nnz) if sp.issparse(self.weight) else int(self.weight.size)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
 
     @property
     def per_unit_slope(self) -> bool:
@@ -165,7 +165,7 @@ class Layer:
 
     def dense_weight(self) -> np.ndarray:
         """The weight as a dense array (a copy for sparse weights: only for small layers)."""
-        return self.weight.toarray() if sp.issparse(self.weight) else self.weight
+        return self.weight.toarray() if sp.issparse(self.weight) else self.weight  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
 
     def preactivation(self, h: np.ndarray) -> np.ndarray:
         """``W h + b`` for ``h`` of shape (in,) or (N, in)."""

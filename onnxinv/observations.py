@@ -23,10 +23,14 @@ Rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnxinv.errors import ObservationError
+
+if TYPE_CHECKING:  # scipy is imported lazily, on first use
+    from onnxinv.layers import Weight
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,7 +196,7 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
     return None
 
 
-def prepare_measure(measure: object, output_dim: int) -> object:
+def prepare_measure(measure: object, output_dim: int) -> Weight | None:
     """A validated measurement matrix ``A`` (m, n) for ``y = A·G(z)``: float64, dense or scipy.sparse
     CSR; None passes through."""
     if measure is None:

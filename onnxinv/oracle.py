@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import types
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -185,7 +186,7 @@ def oracle_for(generator: Generator) -> Oracle:
     return oracle
 
 
-def _quiet(ort) -> None:
+def _quiet(ort: types.ModuleType) -> None:
     """Turn off onnxruntime's telemetry (a no-op where it has none); done once per process."""
     if not _QUIET:
         _QUIET.append(True)

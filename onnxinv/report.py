@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxinv.layers import Generator
+from onnxinv.layers import Generator, TensorInfo
 from onnxinv.loader import SelfCheck
 
 __all__ = [
@@ -167,14 +167,14 @@ def generator_to_dict(generator: Generator, self_check: SelfCheck | None = None)
     }
 
 
-def _tensor_dict(info) -> dict:
+def _tensor_dict(info: TensorInfo) -> dict[str, Any]:
     return {"name": info.name, "shape": list(info.shape), "dtype": info.dtype}
 
 
 _SHOWN_VALUES = 8  # a fixed value with at most this many entries is shown in full
 
 
-def _input_dict(generator: Generator, info) -> dict:
+def _input_dict(generator: Generator, info: TensorInfo) -> dict[str, Any]:
     entry = _tensor_dict(info)
     if info.name == generator.input.name:
         entry["role"] = "latent"

@@ -26,9 +26,10 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message import Error as ProtobufError
 from onnx import TensorProto
 
@@ -179,12 +180,12 @@ def _check_is_model(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
-def _invalid_text_field(message, where: str) -> str | None:
+def _invalid_text_field(message: Message, where: str) -> str | None:
     """The first string field that protobuf could not decode as UTF-8 (it then returns bytes)."""
     for field, value in message.ListFields():
         here = f"{where}.{field.name}"
-        # protobuf >= 5 has is_repeated; older releases only label
-        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        # protobuf >= 5 has is_repeated; older releases only label (which the current stubs no longer list)
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
         values = value if repeated else [value]
         if field.type == field.TYPE_STRING:
             if any(not isinstance(v, str) for v in values):
@@ -224,6 +225,12 @@ def _all_tensors(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[Ten
                 yield from _all_tensors(g, f"{here} > ")
 
 
+class _Fail(Protocol):
+    """Raises the ModelLoadError of one external tensor (never returns)."""
+
+    def __call__(self, why: str, hint: str = ...) -> None: ...
+
+
 @dataclass
 class _Pending:
     """One external tensor, checked and ready to be read."""
@@ -232,7 +239,7 @@ class _Pending:
     fd: int
     offset: int
     length: int
-    fail: object
+    fail: _Fail
 
 
 def _inline_all(model: onnx.ModelProto, path: Path, folder_fd: int, cap: int, model_size: int) -> int:
@@ -338,7 +345,7 @@ def _check_external(
     return _Pending(tensor, fd, offset, length, fail)
 
 
-def _open_beneath(folder_fd: int, parts: tuple[str, ...], fail) -> tuple[int, os.stat_result]:
+def _open_beneath(folder_fd: int, parts: tuple[str, ...], fail: _Fail) -> tuple[int, os.stat_result]:
     """Open ``parts`` below the folder ``folder_fd``, one component at a time, following no link.
 
     Each intermediate folder is opened with ``O_DIRECTORY | O_NOFOLLOW`` relative to the previous one,
@@ -370,7 +377,7 @@ def _open_beneath(folder_fd: int, parts: tuple[str, ...], fail) -> tuple[int, os
     raise AssertionError("unreachable")
 
 
-def _explain_open_error(exc: OSError, folder_fd: int, part: str, last: bool, fail) -> None:
+def _explain_open_error(exc: OSError, folder_fd: int, part: str, last: bool, fail: _Fail) -> None:
     try:
         is_link = stat.S_ISLNK(os.lstat(part, dir_fd=folder_fd).st_mode)
     except OSError:
@@ -384,7 +391,7 @@ def _explain_open_error(exc: OSError, folder_fd: int, part: str, last: bool, fai
     fail(f"the {'file' if last else 'folder ' + repr(part)} cannot be opened ({exc.strerror})")
 
 
-def _check_data_file(fd: int, fail) -> os.stat_result:
+def _check_data_file(fd: int, fail: _Fail) -> os.stat_result:
     try:
         info = os.fstat(fd)
         kind = _kind(info.st_mode)

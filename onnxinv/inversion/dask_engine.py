@@ -37,7 +37,7 @@ _USERS_LOCK = threading.Lock()
 _REFRESH_SECONDS = 2.0
 
 
-class GeneratorPlugin(WorkerPlugin):  # type: ignore[misc,valid-type]
+class GeneratorPlugin(WorkerPlugin):
     """Installs one pickled generator on each worker (``setup``) and removes it (``teardown``)."""
 
     def __init__(self, token: str, payload: bytes) -> None:

@@ -248,6 +248,7 @@ def _witness(
     hidden = generator.hidden_values(z)
     scale = max(float(np.max(np.abs(hidden[1]))) if hidden[1].size else 0.0, 1e-300)
     tau = max(settings.active_rtol * scale, 1e-300)
+    candidate: np.ndarray | None  # step 2's other points may not exist
 
     # 1. layer 0's null directions at z
     reach = max(1.0, float(np.max(np.abs(z))))

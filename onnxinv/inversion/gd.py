@@ -64,7 +64,8 @@ def solve_batch(problems: Sequence[Problem], settings: Settings, deadlines: Sequ
     for members in groups.values():
         first = problems[members[0]]
         y = np.stack([problems[i].x for i in members])
-        masks = None if first.mask is None else np.stack([problems[i].mask for i in members])
+        # every member of a group has a mask when the first has one (the group key)
+        masks = None if first.mask is None else np.stack([problems[i].mask for i in members])  # type: ignore[misc]
         z, losses, info = network.descend(
             first.generator.layers,
             y,

@@ -590,7 +590,7 @@ def layerwise_radius(
         pre = layer.preactivation(hidden[i])[rows]
         two, beta, upper = _row_bounds(layer, rows, ref, own, pre, e, spread)
         w = layer.weight_rows(rows)
-        w = w.toarray() if sp.issparse(w) else np.asarray(w)
+        w = w.toarray() if sp.issparse(w) else np.asarray(w)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
         n = layer.in_features
         if int(two.sum()) < n:
             return None, (

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ from scipy.linalg import blas, lapack
 
 from onnxinv.inversion import lp
 from onnxinv.inversion.targets import Targets
-from onnxinv.layers import Layer
+from onnxinv.layers import Layer, Weight
 
 COND_LIMIT = 1e6
 RANK_RTOL = 1e-10
@@ -70,7 +71,7 @@ def solve_active(a: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
 
 
 def solve_rows(
-    w: np.ndarray, select: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
+    w: Weight, select: np.ndarray, t: np.ndarray, weights: np.ndarray | None = None
 ) -> LeastSquares:
     """:func:`solve_active` on the rows ``select`` (bool mask or indices) of ``w``.
 
@@ -83,7 +84,7 @@ def solve_rows(
     idx = np.flatnonzero(select) if select.dtype == bool else np.asarray(select, dtype=np.intp)
     m, n = idx.size, w.shape[1]
     if sp.issparse(w):  # gathered rows of a sparse weight are solved densely (small layers only)
-        return solve_active(np.asarray(w[idx].toarray()), t, weights)
+        return solve_active(np.asarray(w[idx].toarray()), t, weights)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
     if m * n <= BLOCK_ENTRIES or m < n or n == 0:
         return solve_active(w[idx], t, weights)
     unit = weights is None or _all_ones(weights)
@@ -132,7 +133,15 @@ def _all_ones(v: np.ndarray) -> bool:
 
 
 def _cholesky_solve(
-    gram, rhs, apply, apply_t, tw, m, *, fortran: bool = False, anorm: float | None = None
+    gram: np.ndarray,
+    rhs: np.ndarray,
+    apply: Callable[[np.ndarray], np.ndarray],
+    apply_t: Callable[[np.ndarray], np.ndarray],
+    tw: np.ndarray,
+    m: int,
+    *,
+    fortran: bool = False,
+    anorm: float | None = None,
 ) -> LeastSquares | None:
     """The Cholesky route of :func:`solve_active` from the Gram matrix (overwritten), ``Aᵀt`` and the
     products ``u -> A u``, ``r -> Aᵀ r``; None when the factorisation fails or the system is worse

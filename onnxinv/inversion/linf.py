@@ -59,7 +59,7 @@ from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Metho
 from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import Targets, build_targets, project
-from onnxinv.layers import Activation
+from onnxinv.layers import Activation, Layer
 
 __all__ = ["METHOD", "min_delta", "solve", "solve_layer"]
 
@@ -104,7 +104,7 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         while True:
             # the step that would make the last δ* feasible; the rows of invertible output maps
             # change with ε, so the guess is checked and repeated from there if it falls short
-            delta = attempt(lo)[2].x[-1]
+            delta = _delta(attempt(lo)[2])
             guess = math.ceil(math.log(delta / eps0) / math.log(alpha)) if delta > 0 else lo + 1
             hi = min(max(lo + 1, guess), settings.max_growth)
             ok_hi = feasible(hi)
@@ -120,7 +120,7 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
                     targets,
                     res,
                     SolverStatus.ITERATION_LIMIT,
-                    f"δ* = {res.x[-1]:.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
+                    f"δ* = {_delta(res):.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
                 )
             lo = hi
         while hi - lo > 1:
@@ -139,7 +139,7 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         targets,
         res,
         SolverStatus.OPTIMAL,
-        f"l_inf LP: δ* = {res.x[-1]:.3g} <= ε = {eps:.3g} after {hi} growth step(s), {len(cache)} LP solve(s)",
+        f"l_inf LP: δ* = {_delta(res):.3g} <= ε = {eps:.3g} after {hi} growth step(s), {len(cache)} LP solve(s)",
     )
 
 
@@ -238,16 +238,23 @@ def _unit_scales(targets: Targets) -> bool:
     )
 
 
-def _family_rhs(layer, targets: Targets) -> np.ndarray:
+def _family_rhs(layer: Layer, targets: Targets) -> np.ndarray:
     b = layer.bias[targets.rows]
     with np.errstate(invalid="ignore"):
         lower = np.where(np.isfinite(targets.lower), -(targets.lower - b), np.inf)
     return np.concatenate([targets.upper - b, lower])
 
 
+def _delta(res: lp.LPResult) -> float:
+    """δ*, the last variable of a solved LP (only results with a solution reach here)."""
+    assert res.x is not None
+    return float(res.x[-1])
+
+
 def _outcome(
     ctx: LayerContext, eps: float, targets: Targets, res: lp.LPResult, status: SolverStatus, message: str
 ) -> LayerOutcome:
+    assert res.x is not None  # only solved LPs are reported as outcomes
     return noisy_outcome(ctx, targets, res.x[: ctx.layer.in_features], eps, status, message)
 
 

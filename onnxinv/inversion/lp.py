@@ -54,7 +54,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highspy
 import numpy as np
@@ -740,7 +742,9 @@ def _default_cap(problem: LinearProgram) -> int:
     return max(STALL_MINIMUM, STALL_FACTOR * (problem.num_vars + rows))
 
 
-_BANNER = {"silenced": False}  # per process: has the first Highs() been built with stdout muted?
+_BANNER: dict[str, Any] = {
+    "silenced": False
+}  # per process: has the first Highs() been built with stdout muted?
 
 
 def _silent_first_highs() -> highspy.Highs:
@@ -1091,7 +1095,7 @@ class MilpSession:
         self._upper = program.upper.copy()
         self._integer = program.integer.copy()
         self._presolve = presolve
-        self._options: dict[str, object] = {}
+        self._options: dict[str, bool | float | str] = {}
         self._highs = _new_highs(None)
         if feasibility_tolerance is not None:
             self._highs.setOptionValue("primal_feasibility_tolerance", float(feasibility_tolerance))
@@ -1153,7 +1157,9 @@ class MilpSession:
             self._highs.changeObjectiveOffset(float(offset))
             self._offset = float(offset)
 
-    def set_col_bounds(self, cols: np.ndarray, lower: np.ndarray | float, upper: np.ndarray | float) -> None:
+    def set_col_bounds(
+        self, cols: np.ndarray | Sequence[int], lower: np.ndarray | float, upper: np.ndarray | float
+    ) -> None:
         """Set the bounds of the columns ``cols`` (``±inf`` for none)."""
         idx = np.atleast_1d(np.asarray(cols, dtype=np.intp))
         lo = np.broadcast_to(np.asarray(lower, dtype=np.float64), idx.shape).copy()
@@ -1175,7 +1181,8 @@ class MilpSession:
         if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
             raise ValueError("row bounds must not be NaN")
         if idx.size:
-            self._highs.changeRowsBounds(
+            # in the compiled module, though highspy's stubs omit it
+            self._highs.changeRowsBounds(  # type: ignore[attr-defined]
                 int(idx.size), idx.astype(np.int32), _to_highs_inf(lo), _to_highs_inf(hi)
             )
             self._row_lower[idx] = lo
@@ -1442,7 +1449,7 @@ class MilpSession:
             highs_status=highs_text,
         )
 
-    def _option(self, name: str, value: object) -> None:
+    def _option(self, name: str, value: bool | float | str) -> None:
         # each option costs a call into HiGHS; skip the ones that did not change
         if self._options.get(name) != value:
             self._highs.setOptionValue(name, value)

@@ -287,7 +287,7 @@ class _Stage:
         return sp.csr_array(self.weight)
 
     def dense(self) -> np.ndarray:
-        return self.weight.toarray() if sp.issparse(self.weight) else np.asarray(self.weight)
+        return self.weight.toarray() if sp.issparse(self.weight) else np.asarray(self.weight)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
 
 
 @dataclass(frozen=True, eq=False)
@@ -2079,11 +2079,12 @@ class MilpEngine:
             c = np.zeros(k + 1)
             c[-1] = 1.0
             x0 = np.append(x[:k], max(float(np.max(obs_a @ x[:k] - obs_b)), 0.0))
-            x = _row_generation_lp(
+            solved = _row_generation_lp(
                 c, a_ub, b_ub, np.append(lo_z, 0.0), np.append(hi_z, np.inf), x0, self._work.ftol, remaining
             )
-            if x is None:
+            if solved is None:
                 return None
+            x = solved
             if x[-1] <= 1e-12 * (1.0 + float(np.max(np.abs(obs_b)))):
                 z, _ = self._accept(x[:k])
                 return z
@@ -2254,7 +2255,9 @@ class MilpEngine:
             )
             if z is not None:
                 return self._found(z, SolverStatus.OPTIMAL, "pattern LP", False, 0, begin, "")
-        models = [("LP relaxation", self._work.relaxation()[0], None)]
+        models: list[tuple[str, lp.MilpSession, np.ndarray | None]] = [
+            ("LP relaxation", self._work.relaxation()[0], None)
+        ]
         if self.binaries:
             session, layout = self._model()
             warm = None if start is None else _full_vector(self._work.stages, layout, start)

@@ -551,7 +551,7 @@ def _solve(objective: _Objective, z: np.ndarray, options: dict[str, object], max
             z,
             jac=objective.jacobian,
             max_nfev=max_nfev,
-            **options,  # type: ignore[arg-type]
+            **options,
         )
     except _DeadlineReached:
         return FitStatus.DEADLINE
@@ -595,7 +595,7 @@ def _on_the_kinks(objective: _Objective, z: np.ndarray, options: dict[str, objec
     reduced = dict(options)
     if reduced.get("method") == "lm" and objective.m_residuals < basis.shape[1]:
         reduced["method"] = "trf"
-    least_squares(residual, np.zeros(basis.shape[1]), jac=jac, max_nfev=max_nfev, **reduced)  # type: ignore[arg-type]
+    least_squares(residual, np.zeros(basis.shape[1]), jac=jac, max_nfev=max_nfev, **reduced)
     return objective.best_cost < before * (1.0 - 1e-12)
 
 

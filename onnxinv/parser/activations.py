@@ -107,22 +107,22 @@ class _Branches:
             "times a constant"
         )
 
-    def uses(self, *terms: tuple) -> int:
+    def uses(self, *terms: tuple[str, str | float]) -> int:
         """How many nodes the terms account for (to check nothing else hides in the subgraph)."""
         return sum(kind in ("scaled", "divided", "negated") for kind, _ in terms)
 
 
-def _values(ctx: NodeContext, term: tuple, what: str) -> tuple[str, np.ndarray] | str:
+def _values(ctx: NodeContext, term: tuple[str, str | float], what: str) -> tuple[str, np.ndarray] | str:
     """A branch as ``("slope", per-unit slope)`` or ``("constant", per-unit value)``."""
     kind, ref = term
     if kind == "constant":
-        value = per_sample(ctx, ctx.view.constant(ref), ctx.out_shape, f"{what} '{ref}'")
+        value = per_sample(ctx, ctx.view.constant(ref), ctx.out_shape, f"{what} '{ref}'")  # type: ignore[arg-type]  # term() gives this kind only for a constant tensor
         return value if isinstance(value, str) else ("constant", value)
     if kind == "slope":
         return ("slope", np.ones(ctx.out_size))
     if kind == "negated":
         return ("slope", -np.ones(ctx.out_size))
-    value = per_sample(ctx, ctx.view.constant(ref), ctx.out_shape, f"{what}'s factor '{ref}'")
+    value = per_sample(ctx, ctx.view.constant(ref), ctx.out_shape, f"{what}'s factor '{ref}'")  # type: ignore[arg-type]  # term() gives this kind only for a constant tensor
     if isinstance(value, str):
         return value
     if kind == "divided":
@@ -186,7 +186,9 @@ class WhereActivationHandler(Handler):
         found = self._structure(view, sub)
         return found if isinstance(found, str) else sub
 
-    def _structure(self, view: GraphView, sub: Subgraph):
+    def _structure(
+        self, view: GraphView, sub: Subgraph
+    ) -> tuple[tuple[str, str | float], tuple[str, str | float], str] | str:
         root = sub.root
         compare = next((m for m in sub.members if m.output[0] == root.input[0]), None)
         if compare is None or compare.op_type not in _COMPARISONS or standard_domain(compare.domain):
@@ -201,9 +203,10 @@ class WhereActivationHandler(Handler):
         threshold = b if a == sub.data_input else a
         branches = _Branches(view, sub)
         then, other = branches.term(root.input[1]), branches.term(root.input[2])
-        for term in (then, other):
-            if isinstance(term, str):
-                return term
+        if isinstance(then, str):
+            return then
+        if isinstance(other, str):
+            return other
         if branches.uses(then, other) + 2 != len(sub.members):
             return "its subgraph holds nodes besides the comparison and the two branches"
         high, low = (then, other) if above_first else (other, then)
@@ -211,14 +214,19 @@ class WhereActivationHandler(Handler):
 
     def match(self, ctx: NodeContext) -> tuple[Step, ...] | str:
         sub = Subgraph(ctx.node, ctx.var_input, ctx.members)
-        high, low, threshold = self._structure(ctx.view, sub)
+        found = self._structure(ctx.view, sub)
+        assert not isinstance(found, str)  # recognise accepted this subgraph
+        high, low, threshold = found
         what = f"Where(x vs '{threshold}')"
-        t = per_sample(ctx, ctx.view.constant(threshold), ctx.out_shape, f"threshold '{threshold}'")
-        values = [_values(ctx, term, "branch") for term in (high, low)]
-        for value in (t, *values):
-            if isinstance(value, str):
-                return value
-        return _two_sided(values[0], values[1], t, what)
+        t = per_sample(ctx, ctx.view.constant(threshold), ctx.out_shape, f"threshold '{threshold}'")  # type: ignore[arg-type]  # checked constant in _structure
+        high_v, low_v = _values(ctx, high, "branch"), _values(ctx, low, "branch")
+        if isinstance(t, str):
+            return t
+        if isinstance(high_v, str):
+            return high_v
+        if isinstance(low_v, str):
+            return low_v
+        return _two_sided(high_v, low_v, t, what)
 
 
 class MaxActivationHandler(Handler):
@@ -236,23 +244,27 @@ class MaxActivationHandler(Handler):
         found = self._structure(view, sub)
         return found if isinstance(found, str) else sub
 
-    def _structure(self, view: GraphView, sub: Subgraph):
+    def _structure(self, view: GraphView, sub: Subgraph) -> list[tuple[str, str | float]] | str:
         branches = _Branches(view, sub)
-        terms = [branches.term(name) for name in sub.root.input]
-        for term in terms:
+        terms = []
+        for name in sub.root.input:
+            term = branches.term(name)
             if isinstance(term, str):
                 return term
+            terms.append(term)
         if branches.uses(*terms) + 1 != len(sub.members):
             return "its subgraph holds nodes besides the two operands"
         return terms
 
     def match(self, ctx: NodeContext) -> tuple[Step, ...] | str:
         terms = self._structure(ctx.view, Subgraph(ctx.node, ctx.var_input, ctx.members))
-        values = [_values(ctx, term, "operand") for term in terms]
-        for value in values:
-            if isinstance(value, str):
-                return value
-        (ak, av), (bk, bv) = values
+        assert not isinstance(terms, str)  # recognise accepted this subgraph
+        first_v, second_v = (_values(ctx, term, "operand") for term in terms)
+        if isinstance(first_v, str):
+            return first_v
+        if isinstance(second_v, str):
+            return second_v
+        (ak, av), (bk, bv) = first_v, second_v
         what = "Max"
         if ak == "slope" and bk == "slope":  # max(a x, b x): max(a, b) x above 0, min(a, b) x below
             return leaky_steps(np.maximum(av, bv), np.minimum(av, bv), what)

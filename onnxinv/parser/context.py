@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from onnxinv.layers import Activation
+from onnxinv.layers import Activation, Weight
 
 if TYPE_CHECKING:
     from onnxinv.parser.graph import GraphView
@@ -35,7 +35,7 @@ class Step:
     """
 
     kind: str
-    matrix: np.ndarray | None = None
+    matrix: Weight | None = None
     scale: np.ndarray | None = None
     offset: np.ndarray | None = None
     activation: Activation = Activation.IDENTITY
@@ -115,7 +115,7 @@ class NodeContext:
         return int(np.prod(self.out_shape)) // self.batch
 
 
-def attribute(node: onnx.NodeProto, name: str, default):
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     """The value of attribute ``name`` of ``node``, or ``default``."""
     for a in node.attribute:
         if a.name == name:

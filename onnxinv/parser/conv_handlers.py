@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxinv.layers import Weight
 from onnxinv.parser.composition import MAX_LAYER_ELEMENTS
 from onnxinv.parser.context import Handler, NodeContext, Step
 from onnxinv.parser.context import attribute as _attr
@@ -149,7 +150,7 @@ class ConvTransposeHandler(Handler):
         return _with_bias(ctx, matrix, out_shape)
 
 
-def _with_bias(ctx: NodeContext, matrix, out_shape: tuple[int, ...]) -> Step | str:
+def _with_bias(ctx: NodeContext, matrix: Weight, out_shape: tuple[int, ...]) -> Step | str:
     mismatch = _check_out(ctx, out_shape)
     if mismatch:
         return mismatch

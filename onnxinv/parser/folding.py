@@ -64,6 +64,8 @@ def folded_size(op: str, inputs: Sequence[np.ndarray | None], attrs: dict) -> in
             return sum(v.size for v in present)
         if op == "Gather":
             data, index = inputs[0], inputs[1]
+            if data is None or index is None:
+                return None
             axis = int(attrs.get("axis", 0))
             length = data.shape[axis]
             return 0 if length == 0 else data.size // length * index.size
@@ -72,13 +74,20 @@ def folded_size(op: str, inputs: Sequence[np.ndarray | None], attrs: dict) -> in
             return None if dims is None else math.prod(dims)
         if op == "Expand":
             dims = _ints(inputs[1])
-            return None if dims is None else math.prod(np.broadcast_shapes(inputs[0].shape, tuple(dims)))
+            first = inputs[0]
+            return (
+                None
+                if dims is None or first is None
+                else math.prod(np.broadcast_shapes(first.shape, tuple(dims)))
+            )
         if op == "Tile":
             repeats = _ints(inputs[1])
-            return None if repeats is None else inputs[0].size * math.prod(repeats)
+            first = inputs[0]
+            return None if repeats is None or first is None else first.size * math.prod(repeats)
         if op == "OneHot":
             depth = np.asarray(inputs[1]).reshape(-1)
-            return None if depth.size != 1 else inputs[0].size * max(int(depth[0]), 0)
+            first = inputs[0]
+            return None if depth.size != 1 or first is None else first.size * max(int(depth[0]), 0)
         if op == "Range":
             start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in inputs[:3])
             return (
@@ -141,5 +150,6 @@ def fold(
         results = ReferenceEvaluator(folded).run(None, feeds)
     except Exception:  # an op the reference evaluator cannot fold: treat the tensor as non-constant
         return None
-    value = np.asarray(results[list(node.output).index(name)])
+    # run(None, ...) returns a list of all outputs; onnx annotates the dict form of other calls too
+    value = np.asarray(results[list(node.output).index(name)])  # type: ignore[index]
     return value if value.size <= limit else None

@@ -19,7 +19,7 @@ from onnxinv.parser.folding import FOLDABLE, fold
 
 # A single constant larger than this (in elements) is refused before it is decoded or folded.
 MAX_CONSTANT_ELEMENTS = 1 << 27
-_FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+_FLOAT_TYPES: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
 # onnxruntime runs nodes whose domain is spelled "ai.onnx"; it is the default domain.
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -285,7 +285,7 @@ class _Producers:
         return index, self._view._node(index)
 
 
-_TYPED_FIELDS = {
+_TYPED_FIELDS: dict[int, str] = {
     TensorProto.FLOAT: "float_data",
     TensorProto.DOUBLE: "double_data",
     TensorProto.INT64: "int64_data",

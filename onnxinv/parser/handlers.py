@@ -98,6 +98,7 @@ class FusedGemmHandler(GemmHandler):
         affine = super().match(ctx)
         if isinstance(affine, str) or not act:
             return affine
+        assert isinstance(affine, Step)  # a Gemm is one affine step
         slope = float(_attr(ctx.node, "activation_alpha", 0.01)) if act == "LeakyRelu" else 0.0
         return affine, Step("activation", activation=self._ACTS[act], slope=slope)
 
@@ -273,7 +274,7 @@ class BatchNormHandler(Handler):
         for i, p in zip(range(1, 5), params):
             if p is None:
                 return f"its parameter '{node.input[i]}' is not a constant"
-        scale, bias, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+        scale, bias, mean, var = (p.astype(np.float64).reshape(-1) for p in params)  # type: ignore[union-attr]  # None refused above
         x_shape = ctx.shape(ctx.var_input)
         channels = x_shape[1] if len(x_shape) >= 2 else None
         if channels is None or not ctx.has_batch:

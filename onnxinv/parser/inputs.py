@@ -228,7 +228,7 @@ def fixed_value(info: TensorInfo, value: object, where: str, latent_batch: int |
     batched = bool(declared) and not isinstance(declared[0], int)
     per_sample = batched or (bool(declared) and latent_batch is not None and declared[0] == latent_batch)
     sample = declared[1:]
-    fixed_batch = 1 if batched or not declared else int(declared[0])
+    fixed_batch = 1 if batched or not declared else int(declared[0])  # type: ignore[arg-type]  # an int when not batched
     if _fits(declared, array.shape):
         shaped = array
     elif per_sample and _fits(declared[1:], array.shape):

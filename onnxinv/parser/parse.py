@@ -80,7 +80,7 @@ def parse_model(
             "dimension but the batch to be a fixed number (the latent size). Re-export with a static "
             "latent shape."
         )
-    sample_shape = tuple(int(d) for d in dims)
+    sample_shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]  # all ints: checked above
     batch_size = input_info.shape[0] if has_batch and isinstance(input_info.shape[0], int) else None
     probe_batch = batch_size or 1
     feed_shape = (probe_batch, *sample_shape) if has_batch else sample_shape

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -142,10 +143,10 @@ def _infer(
     except Exception:  # inference is a shortcut; the evaluation below gives the reason for a failure
         return {}
     shapes = {}
-    for value in (*inferred.graph.value_info, *inferred.graph.output, *inputs):
-        found = _concrete(value)
+    for info in (*inferred.graph.value_info, *inferred.graph.output, *inputs):
+        found = _concrete(info)
         if found is not None:
-            shapes[value.name] = found
+            shapes[info.name] = found
     return shapes
 
 
@@ -228,9 +229,10 @@ def _evaluate(
             if node.op_type in _SHAPED_BY_INFERENCE and not standard_domain(node.domain):
                 # the reference evaluator's convolutions are pure-Python loops (seconds on a 64x64
                 # DCGAN); their shapes are known by now and their values only ever reach a Shape node
-                results = [np.zeros(known[o], dtype=dtype) if o else None for o in node.output]
+                results: list[Any] = [np.zeros(known[o], dtype=dtype) if o else None for o in node.output]
             else:
-                results = ReferenceEvaluator(_one_node_model(view, node, present)).run(None, present)
+                # run(None, ...) returns a list of all outputs; onnx annotates the dict form of other calls too
+                results = ReferenceEvaluator(_one_node_model(view, node, present)).run(None, present)  # type: ignore[assignment]
         except Exception as exc:
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             raise UnsupportedModelError(

@@ -207,3 +207,31 @@ def test_report_round_trips_to_json(expansive):
     assert doc["inversion_verdicts"]["unique"] == 2
     assert doc["layers"][1]["expansion"] == 4.0
     assert "findings" in report.describe()
+
+
+@pytest.mark.parametrize("samples", [1, 3])  # one observation and a batch go through different calls
+def test_time_limit_reaches_every_inversion(expansive, monkeypatch, samples):
+    import onnxinv.inversion
+
+    real = onnxinv.inversion.invert
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("time_limit"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxinv.inversion, "invert", recording)
+    report = audit(expansive, samples=samples, seed=0, time_limit=25)
+    assert seen == [25.0]
+    assert report.status is AuditStatus.INVERTIBLE and report.samples == samples
+    seen.clear()
+    audit(expansive, samples=samples, seed=0)
+    assert seen == [None]  # no time_limit given: invert's own default applies
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "10", True, [5]])
+def test_bad_time_limit_is_refused_before_the_model_is_read(tmp_path, bad):
+    with pytest.raises(onnxinv.InvalidArgumentError, match="time_limit must be a positive") as info:
+        audit(tmp_path / "missing.onnx", samples=2, time_limit=bad)
+    assert isinstance(info.value, onnxinv.OnnxInvError)
+    assert "seconds per observation" in str(info.value)
