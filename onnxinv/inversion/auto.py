@@ -154,7 +154,7 @@ def _gaussian(
     first, ok = run(lsq.solve, "lsq")
     if ok or time.perf_counter() >= deadline:
         return first
-    candidates = [(first, ok)]
+    candidates: list[tuple[Draft, bool]] = [(first, ok)]
     second, ok = run(gd.solve, "gd")
     candidates.append((second, ok))
     polished = lsq.polish(problem, settings, second, deadline)
