@@ -28,12 +28,20 @@ LeakyReLU, identity, tanh and sigmoid every row.
   *invertible* only when every sample's latent is ``unique`` with a proof; *not invertible* only with
   a concrete pair ``z ≠ z'`` with ``G(z) = G(z')`` (a witness, checked through onnxruntime), which the
   report carries; otherwise *undecided*, with the shares of each verdict.
+* **Whole network**: where a layer is not identifiable, the inversion's evidence stage runs the
+  whole-network MILP of :mod:`onnxinv.inversion.milp` on each sample (networks it applies to, at most
+  ``milp_time`` seconds per sample): a certificate that no other latent reproduces the sample's output
+  (*certified invertible at the sampled points (MILP)*, as opposed to *layer-wise identifiable*), or a
+  second latent with the same output (*not injective*, the pair re-checked through onnxruntime), or,
+  when the network is not piecewise linear or too large, *MILP not applicable* with the reason.
 
 Finding codes
 -------------
 ``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``injective``, ``identifiable``,
 ``not-identifiable``, ``sparse-recovery``, ``inversion-unique``, ``inversion-not-unique``,
-``inversion-fits``, ``inversion-not-found``, ``inversion-no-preimage``. Codes are stable; messages may
+``inversion-fits``, ``inversion-not-found``, ``inversion-no-preimage``, and for the whole network
+``layerwise-identifiable``, ``milp-certified``, ``not-injective`` (with the pair in its data),
+``milp-not-applicable``, ``milp-undecided``. Codes are stable; messages may
 be reworded.
 
 References
@@ -55,14 +63,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from onnxinv.errors import UnsupportedModelError
+from onnxinv.errors import InvalidArgumentError, UnsupportedModelError
 from onnxinv.layers import Activation, Generator, Layer
 
 if TYPE_CHECKING:  # the inversion package is imported on first use
-    from onnxinv.inversion import InversionResult
+    from onnxinv.inversion import InversionResult, Settings
 
 __all__ = ["AuditReport", "AuditStatus", "Finding", "LayerAudit", "Severity", "audit"]
 
+MILP_TIME = 20.0  # seconds of whole-network MILP per sample (as Settings.milp_time)
 ACTIVE_TAU = 1e-9  # active threshold relative to max |h| (never 0: round-off leaves 1e-16 for zeros)
 DEFAULT_SAMPLES = 100
 
@@ -93,6 +102,7 @@ class Finding:
     message: str
     layer: int | None = None
     source_nodes: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict, compare=False)  # numbers behind the sentence
 
     def describe(self) -> str:
         where = ""
@@ -110,6 +120,7 @@ class Finding:
             "layer": self.layer,
             "source_nodes": list(self.source_nodes),
             "message": self.message,
+            **({"data": self.data} if self.data else {}),
         }
 
 
@@ -298,6 +309,8 @@ def audit(
     executor: object = None,
     chunk_size: int | None = None,
     time_limit: float | None = None,
+    milp_time: float = MILP_TIME,
+    latent_box: float | None = None,
 ) -> AuditReport:
     """Audit whether ``generator``'s latents can be recovered from its outputs.
 
@@ -314,6 +327,11 @@ def audit(
         (local processes, or any ``concurrent.futures.Executor`` / ``distributed.Client``); the report
         does not depend on them
     time_limit : seconds per inverted observation, as for :func:`onnxinv.invert` (default: its 60 s)
+    milp_time : seconds the whole-network MILP may take per sample (certificate or witness where the
+        layer-wise argument runs out; only on networks :func:`onnxinv.inversion.milp.applicability`
+        accepts)
+    latent_box : a stated assumption ``max |z_i| <= latent_box``: MILP certificates that hold inside
+        that box count (and the findings say so); None: only claims about every latent count
 
     Returns
     -------
@@ -330,6 +348,8 @@ def audit(
         from onnxinv.inversion.api import _positive
 
         time_limit = _positive(time_limit, "time_limit", "seconds per observation")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise InvalidArgumentError(f"samples must be an integer of at least 1, got {samples!r}")
     if not isinstance(generator, Generator):
         from onnxinv.loader import load
 
@@ -337,11 +357,10 @@ def audit(
             generator = load(generator)
         except UnsupportedModelError as exc:
             return _unsupported_report(str(generator), exc, time.perf_counter() - started)
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
 
-    from onnxinv.inversion import invert
+    from onnxinv.inversion import Settings, invert
 
+    settings = Settings(milp_time=milp_time, latent_box=latent_box)
     if observations is None:
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((samples, generator.latent_dim))
@@ -351,7 +370,7 @@ def audit(
         x, source = _observation_rows(generator, observations)
         method, used_seed, z = "auto", None, None
     where = {"workers": workers, "executor": executor, "chunk_size": chunk_size}
-    results = _invert_all(invert, generator, x, method, where, time_limit)
+    results = _invert_all(invert, generator, x, method, where, settings, time_limit)
     if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
         found = [r.z for r in results if r.verdict.success]
         z = np.stack(found or [r.z for r in results])
@@ -366,21 +385,21 @@ def audit(
     verdicts = _count_verdicts(results)
     unique = verdicts.get("unique", 0)
     unique_share = unique / count
-    witnessed = [r for r in results if r.witness is not None]
-    witness = (np.array(witnessed[0].z), np.array(witnessed[0].witness)) if witnessed else None
     kinds: dict[str, int] = {}
     for r in results:
         kinds[r.evidence.kind.value] = kinds.get(r.evidence.kind.value, 0) + 1
     failing = next((la.index for la in layers if la.identifiable_share < 1.0), None)
+    whole, witness = _whole_network_findings(generator, results, settings)
     if unique == count:
         status = AuditStatus.INVERTIBLE
-    elif witnessed:
+    elif witness is not None:  # a pair onnxruntime confirmed
         status = AuditStatus.NOT_INVERTIBLE
     else:
         status = AuditStatus.UNDECIDED
 
     findings = _static_findings(generator, layers) + _sampled_findings(generator, layers, count)
     findings += _inversion_findings(verdicts, count, method, results, generator)
+    findings += whole
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], -1 if f.layer is None else f.layer))
     verdict = _verdict_line(status, count, verdicts, failing, generator, layers, results)
     return AuditReport(
@@ -452,9 +471,12 @@ def _invert_all(
     x: np.ndarray,
     method: str,
     where: dict[str, Any] | None = None,
+    settings: Settings | None = None,
     time_limit: float | None = None,
 ) -> list[InversionResult]:
-    options = {} if time_limit is None else {"time_limit": time_limit}
+    options: dict[str, Any] = {"settings": settings}
+    if time_limit is not None:
+        options["time_limit"] = time_limit
     if x.shape[0] == 1:
         return [invert(generator, x[0], method=method, **options)]
     return list(invert(generator, x, method=method, **options, **(where or {})).results)
@@ -739,7 +761,13 @@ def _verdict_line(
     results: list,
 ) -> str:
     if status is AuditStatus.INVERTIBLE:
-        return f"invertible at all {count} sampled points (a unique latent was proved at each)"
+        from onnxinv.inversion.verdict import EvidenceKind
+
+        if all(r.evidence.kind is EvidenceKind.LAYERWISE for r in results):
+            how = "layer-wise identifiable at each"
+        else:
+            how = "certified invertible at the sampled points: the whole-network MILP proved some of them"
+        return f"invertible at all {count} sampled points (a unique latent was proved at each; {how})"
     shares = ", ".join(f"{n} {name}" for name, n in verdicts.items() if n)
     blame = ""
     if failing is not None:
@@ -758,3 +786,127 @@ def _verdict_line(
     if status is AuditStatus.NOT_INVERTIBLE:
         return f"not invertible: a second latent gives the same output at some sampled points ({shares} of {count}){blame}"
     return f"undecided: not every sampled point was proved unique and no second latent was found ({shares} of {count}){blame}"
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole network: MILP certificates and witnesses
+
+
+def _whole_network_findings(
+    generator: Generator, results: list, settings: Any
+) -> tuple[list[Finding], tuple[np.ndarray, np.ndarray] | None]:
+    """What the samples' evidence says about the whole network, and a checked pair ``(z, z')``.
+
+    One of: ``layerwise-identifiable`` (Theorem 2 at every layer at every sample: the MILP was not
+    needed), ``milp-certified`` (every sample unique, some by the whole-network certificate),
+    ``not-injective`` (a pair ``z != z'`` whose outputs onnxruntime finds equal within the fit
+    tolerance; the pair and the numbers are in the finding's data), ``milp-not-applicable`` (why the
+    MILP could not be used on the samples left undecided), ``milp-undecided`` (it was used, within its
+    time limit, and decided neither way for some samples).
+    """
+    from onnxinv.inversion import milp
+    from onnxinv.inversion.verdict import EvidenceKind
+
+    count = len(results)
+    kinds = [r.evidence.kind for r in results]
+    unique = [r for r in results if r.verdict.value == "unique"]
+    layerwise = sum(k is EvidenceKind.LAYERWISE for k in kinds)
+    by_milp = [r for r in unique if r.evidence.kind in (EvidenceKind.MILP, EvidenceKind.MILP_BOUNDS)]
+    why = milp.applicability(generator.layers)
+    findings: list[Finding] = []
+    pair = _checked_pair(generator, results)
+    if pair is not None:
+        z, z2, data = pair
+        findings.append(
+            Finding(
+                "not-injective",
+                Severity.ERROR,
+                f"Not injective: z = {_vec(z)} and z' = {_vec(z2)} (max-abs distance "
+                f"{data['latent_max_abs_diff']:.3g}) give the same output: max |G(z) - G(z')| = "
+                f"{data['output_max_abs_diff']:.3g} through onnxruntime ({data['output_rel_l2_diff']:.3g} "
+                "relative l2).",
+                data=data,
+            )
+        )
+    if len(unique) == count and layerwise == count:
+        findings.append(
+            Finding(
+                "layerwise-identifiable",
+                Severity.INFO,
+                f"Layer-wise identifiable at all {count} sampled points: the active rows of every layer have "
+                "full column rank there (Theorem 2), so the whole-network MILP was not needed.",
+                data={"samples": count, "layerwise": layerwise},
+            )
+        )
+    elif len(unique) == count:
+        boxes = sorted(
+            {f"[-{r.evidence.box:g}, {r.evidence.box:g}]^k" for r in by_milp if r.evidence.box is not None}
+        )
+        within = f" (for latents in {'; '.join(boxes)}, the stated box)" if boxes else ""
+        findings.append(
+            Finding(
+                "milp-certified",
+                Severity.INFO,
+                f"Certified invertible at the {count} sampled points (MILP){within}: {len(by_milp)} by the "
+                f"whole-network certificate, {layerwise} layer-wise.",
+                data={"samples": count, "milp": len(by_milp), "layerwise": layerwise, "boxes": boxes},
+            )
+        )
+    left = count - len(unique) - sum(r.witness is not None for r in results)
+    if left > 0 and why is not None:
+        findings.append(
+            Finding(
+                "milp-not-applicable",
+                Severity.INFO,
+                f"MILP not applicable: {why}; {left} of {count} samples stay undecided.",
+                data={"reason": why, "undecided": left},
+            )
+        )
+    elif left > 0:
+        inside = [r for r in results if "state a latent box" in r.message]
+        hint = (
+            f"; at {len(inside)} of them it proved uniqueness only inside its search box (pass latent_box / "
+            "--latent-box to accept such claims)"
+            if inside and settings.latent_box is None
+            else ""
+        )
+        findings.append(
+            Finding(
+                "milp-undecided",
+                Severity.WARNING,
+                f"The whole-network MILP (at most {settings.milp_time:g} s per sample) decided neither way for "
+                f"{left} of {count} samples{hint}.",
+                data={"undecided": left, "milp_time": settings.milp_time, "inside_box_only": len(inside)},
+            )
+        )
+    return findings, None if pair is None else (pair[0], pair[1])
+
+
+def _checked_pair(
+    generator: Generator, results: list
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The first witness pair whose outputs onnxruntime finds equal (the inversion's fit tolerance)."""
+    for r in results:
+        if r.witness is None:
+            continue
+        z, z2 = np.asarray(r.z, dtype=np.float64), np.asarray(r.witness, dtype=np.float64)
+        out, out2 = (generator.run_onnx(v).reshape(-1).astype(np.float64) for v in (z, z2))
+        diff = out - out2
+        scale = max(float(np.linalg.norm(out)), np.finfo(float).tiny)
+        rel = float(np.linalg.norm(diff)) / scale
+        # both reproduce the same observation within its tolerance, so their outputs are within twice it
+        if rel > 2.0 * max(r.fit.tolerance, 1e-12) and r.fit.criterion == "relative l2":
+            continue
+        return (
+            z,
+            z2,
+            {
+                "z": [float(v) for v in z],
+                "z_prime": [float(v) for v in z2],
+                "latent_max_abs_diff": float(np.max(np.abs(z - z2))),
+                "output_max_abs_diff": float(np.max(np.abs(diff))),
+                "output_rel_l2_diff": rel,
+                "evidence": r.evidence.kind.value,
+            },
+        )
+    return None

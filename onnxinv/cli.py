@@ -970,6 +970,19 @@ def verify(
     show_default=True,
     help="Seed of the sampled latents (0 to 2**63 - 1).",
 )
+@click.option(
+    "--milp-time",
+    type=click.FloatRange(min=0.0),
+    default=20.0,
+    show_default=True,
+    help="Seconds the whole-network MILP may take per sample where the layer-wise argument runs out.",
+)
+@click.option(
+    "--latent-box",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Assume max |z_i| <= this: MILP certificates that hold inside the box then count (and say so).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the report.")
 @model_inputs
 @_engine_options
@@ -978,6 +991,8 @@ def audit(
     samples: int,
     obs: Path | None,
     seed: int,
+    milp_time: float,
+    latent_box: float | None,
     as_json: bool,
     fix: dict[str, Path],
     latent: str | None,
@@ -999,7 +1014,15 @@ def audit(
     source = _load(model, fix, latent) if fix or latent else model
     engine = _Engine(scheduler, workers, None)
     with engine.executor() as executor:
-        report = run_audit(source, samples=samples, observations=obs, seed=seed, **engine.options(executor))
+        report = run_audit(
+            source,
+            samples=samples,
+            observations=obs,
+            seed=seed,
+            milp_time=milp_time,
+            latent_box=latent_box,
+            **engine.options(executor),
+        )
     document = report.to_dict()
     if as_json:
         _echo_json(document)

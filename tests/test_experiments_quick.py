@@ -128,6 +128,25 @@ def test_digits_quick(tmp_path):
     assert all(math.isfinite(num(r["rel_error"])) for r in runs if r["method"] in ("exact", "linf"))
 
 
+def test_whole_network_quick(tmp_path):
+    stdout = run_script("whole_network", tmp_path, "--only", "sweep,small,noisy,cs", "--ks", "110,140")
+    assert "matplotlib is not installed" in stdout
+    sweep = read(tmp_path / "whole_network_sweep.csv")
+    assert len(sweep) == 4 and {r["k"] for r in sweep} == {"110", "140"}
+    for r in sweep:
+        # every verdict on these nets is backed (layer-wise certificate or a checked witness) and right
+        assert r["backed"] == "1" and r["agree"] == "1", r
+    small = read(tmp_path / "whole_network_small.csv")
+    assert len(small) == 2 and all(r["checked"] == "1" for r in small)
+    noisy = read(tmp_path / "whole_network_noisy.csv")
+    assert len(noisy) == 2 * 3 * 3
+    assert {r["verdict"] for r in noisy} <= {"fits", "not found"}  # never a radius under Gaussian noise
+    assert all(math.isfinite(num(r[c])) for r in noisy for c in ("err_auto", "err_gd", "err_gd_map"))
+    cs = read(tmp_path / "whole_network_cs.csv")
+    assert {r["m"] for r in cs} == {"10", "20", "30", "40", "50", "60"}
+    assert "auto <= gd MAP" in stdout and "recovery rate" in stdout
+
+
 def test_run_all_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     # The smallest possible run through run_all, with plots, when matplotlib is present.

@@ -267,6 +267,9 @@ class Outcome:
     seconds: float
     cpu_seconds: float = math.nan
     error: str = ""
+    evidence: str = ""  # what backs the verdict (onnxinv.inversion.verdict.EvidenceKind value)
+    witness: bool = False  # a second latent reproducing x came with the verdict
+    reproduces: bool = False  # onnxruntime confirmed that z reproduces x
 
     def rel_error(self, z_true: np.ndarray) -> float:
         if self.z is None or not np.all(np.isfinite(self.z)):
@@ -316,7 +319,39 @@ def run_method(
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     z = np.asarray(result.z, dtype=np.float64).reshape(-1)
     verdict = getattr(result.verdict, "value", str(result.verdict))
-    return Outcome(method, z, verdict, seconds, cpu)
+    return Outcome(
+        method,
+        z,
+        verdict,
+        seconds,
+        cpu,
+        evidence=result.evidence.kind.value,
+        witness=result.witness is not None,
+        reproduces=bool(result.reproduces),
+    )
+
+
+# What may back each exit-0 verdict (the verdict contract, onnxinv.inversion.verdict).
+BACKING = {
+    "unique": ("layerwise", "milp", "stability", "milp-bounds"),
+    "not unique": ("witness", "null-direction"),
+}
+
+
+def honest_answer(out: Outcome, recovered: bool) -> bool:
+    """An exit-0 verdict backed by its evidence and consistent with the known z*.
+
+    "unique": a certificate (layer-wise or MILP) and z* recovered; "not unique": a witness latent that
+    onnxruntime confirmed; "fits": onnxruntime confirmed the fit (no claim about uniqueness is made).
+    "no preimage" on a realizable observation, "not found" and errors are not honest successes.
+    """
+    if out.verdict == "unique":
+        return out.evidence in BACKING["unique"] and recovered
+    if out.verdict == "not unique":
+        return out.evidence in BACKING["not unique"] and out.witness
+    if out.verdict == "fits":
+        return out.reproduces
+    return False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ import common  # noqa: E402
 import digits_noise_and_mask  # noqa: E402
 import fig1_error_vs_noise  # noqa: E402
 import fig2_success_vs_k  # noqa: E402
+import whole_network  # noqa: E402
 
 SCRIPTS = {
     "fig2_success_vs_k": fig2_success_vs_k.main,
     "fig1_error_vs_noise": fig1_error_vs_noise.main,
     "digits_noise_and_mask": digits_noise_and_mask.main,
+    "whole_network": whole_network.main,
 }
 
 

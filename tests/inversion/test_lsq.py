@@ -75,3 +75,57 @@ def test_lsq_on_clean_data_stops_at_the_first_start_that_fits() -> None:
     assert r.verdict is Verdict.UNIQUE and rel_err(r.z, z) <= 1e-8
     assert "layer-wise estimate" in r.message
     assert_contract(g, x, r, in_range=True, known=[z])
+
+
+def test_auto_under_gaussian_noise_with_masks_keeps_the_map_estimate(vae) -> None:
+    """50% masks, σ = 0.1: the MAP fit (prior λ = σ²) is kept, never replaced by a residual-only
+    refinement, and its MAP objective is at most gradient descent's on every observation."""
+    from onnxinv.inversion import lsq
+    from onnxinv.inversion.framework import Problem
+
+    rng = np.random.default_rng(5)
+    sigma = 0.1
+    for i in range(4):
+        z = rng.standard_normal(8)
+        x = vae.run_onnx(z).reshape(-1) + sigma * rng.standard_normal(64)
+        mask = rng.random(64) < 0.5
+        r = invert(vae, x, noise=sigma, noise_model="gaussian", mask=mask, seed=i)
+        g = invert(vae, x, method="gd", noise=sigma, noise_model="gaussian", mask=mask, seed=i)
+        assert r.verdict in (Verdict.FITS, Verdict.NOT_FOUND)  # no radius under Gaussian noise
+        assert r.attempts[0].method == "lsq" and "MAP" in r.message
+        problem = Problem(vae, x, mask, sigma, noise_model="gaussian")
+        assert lsq.map_objective(problem, r.z) <= lsq.map_objective(problem, g.z) * (1 + 1e-9)
+        assert_contract(vae, x, r, mask=mask)
+
+
+def test_auto_falls_back_to_gd_polished_by_the_map_fit_when_nothing_fits(vae) -> None:
+    """A stated σ far below the real noise: nothing reproduces the observation within it, so auto
+    tries gradient descent and its MAP polish, keeps the lowest MAP objective and says "not found"."""
+    from onnxinv.inversion import lsq
+    from onnxinv.inversion.framework import Problem
+
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal(8)
+    x = vae.run_onnx(z).reshape(-1) + 0.1 * rng.standard_normal(64)
+    r = invert(vae, x, noise=1e-4, noise_model="gaussian")
+    assert r.verdict is Verdict.NOT_FOUND and not r.verdict.success
+    names = [a.method for a in r.attempts]
+    assert names[:2] == ["lsq", "gd"]
+    problem = Problem(vae, x, None, 1e-4, noise_model="gaussian")
+    lsq_alone = invert(vae, x, method="lsq", noise=1e-4, noise_model="gaussian")
+    assert lsq.map_objective(problem, r.z) <= lsq.map_objective(problem, lsq_alone.z) * (1 + 1e-9)
+
+
+def test_map_objective_is_the_penalised_residual(vae) -> None:
+    from onnxinv.inversion import lsq
+    from onnxinv.inversion.framework import Problem
+
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal(8)
+    x = vae.run_onnx(z).reshape(-1)
+    mask = rng.random(64) < 0.5
+    problem = Problem(vae, x, mask, 0.05, noise_model="gaussian")
+    w = z + 0.1
+    r = (vae.forward(w).reshape(-1) - x)[mask]
+    assert lsq.map_objective(problem, w) == pytest.approx(0.5 * r @ r + 0.5 * 0.05**2 * w @ w, rel=1e-12)
+    assert lsq.map_objective(problem, np.full(8, np.nan)) == float("inf")
