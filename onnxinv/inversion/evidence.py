@@ -9,7 +9,9 @@ this stage gathers the evidence the verdict contract (:mod:`onnxinv.inversion.ve
   — else a **witness**: a second latent that reproduces the observation at distance ``>= δ``, looked
   for along layer 0's null directions (:func:`onnxinv.inversion.identifiability.null_direction`) and
   by following other points of a non-identifiable hidden layer's preimage down with the exact layer
-  solves. Every witness is checked through onnxruntime.
+  solves. Every witness is checked through onnxruntime. A certificate needs every ReLU row it uses
+  clear of zero by more than the fit tolerance (:func:`margin_failure`): a unit at round-off level may
+  be off for another latent that reproduces the observation just as well.
 * ``z`` fits a noisy observation (bounded noise): a **radius** from the stability argument
   (:func:`onnxinv.inversion.identifiability.stability_radius`).
 * ``z`` reproduces nothing: a **refutation** — the last layer's l_inf LP (Algorithm 1 of [1]_ at the
@@ -33,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnxinv.inversion import exact, linear, linf, wholenet
+from onnxinv.inversion import exact, linear, linf, refine, wholenet
 from onnxinv.inversion.framework import (
     Draft,
     LayerContext,
@@ -43,7 +45,12 @@ from onnxinv.inversion.framework import (
     fit_check,
     walk,
 )
-from onnxinv.inversion.identifiability import analyse_latent, null_direction, stability_radius
+from onnxinv.inversion.identifiability import (
+    active_rank,
+    analyse_latent,
+    null_direction,
+    stability_radius,
+)
 from onnxinv.inversion.result import LayerStep
 from onnxinv.inversion.targets import build_targets, input_bounds
 from onnxinv.inversion.verdict import Evidence, EvidenceKind, FitCheck
@@ -100,15 +107,18 @@ def gather(
             return (radius,), ()
         return (radius, wholenet.bound_radius(problem, settings, z, fit, deadline)), ()
 
-    if certifies and not draft.refined:
+    found: list[Evidence] = []
+    margin = margin_failure(problem, settings, z)
+    if margin is not None:
+        found.append(margin)
+    elif certifies and not draft.refined:
         cert = layerwise_certificate(draft.steps, "from the observation down")
         if cert is not None:
             return (cert,), ()
     steps = analyse_latent(problem, settings, z, deadline)
-    cert = layerwise_certificate(steps, "at the returned latent")
+    cert = None if margin is not None else layerwise_certificate(steps, "at the returned latent")
     if cert is not None:
         return (cert,), steps
-    found: list[Evidence] = []
     if settings.witness_search:
         found.append(_witness(problem, settings, z, steps, deadline, oracle))
         if found[-1].kind is not EvidenceKind.NONE:
@@ -133,6 +143,12 @@ def _whole_network_certificate(
     if candidate is None:
         return (evidence,)
     ev = _check(judge, settings, z, candidate, delta, oracle)
+    if ev is None and time.perf_counter() < deadline:
+        # the MILP's point meets the float64 constraints up to its feasibility tolerance, which
+        # a float32 model's output may miss: polish it by least squares from where it is, and check again
+        polished = refine.least_squares(judge, settings, candidate, deadline)
+        ev = _check(judge, settings, z, polished, delta, oracle)
+        candidate = polished if ev is not None else candidate
     if ev is None:
         return (
             Evidence(
@@ -224,6 +240,59 @@ def layerwise_certificate(steps: tuple[LayerStep, ...], where: str) -> Evidence 
     )
 
 
+# Theorem 2 reads each ReLU layer's active rows off values that are known only up to the fit
+# tolerance; a row this close to zero (relative to the layer's largest value) may be inactive for
+# another latent that reproduces the observation as well.
+MARGIN_FACTOR = 10.0
+
+
+def margin_failure(problem: Problem, settings: Settings, z: np.ndarray) -> Evidence | None:
+    """Why the layer-wise certificate cannot stand at ``z``, or None when it may.
+
+    The certificate uses the rows of each ReLU layer whose output is positive as equations for the
+    layer's input. The observation and ``z``'s hidden values are known only up to the fit tolerance
+    ``tol``: another latent that reproduces the observation within it may have a row at ``1e-7``
+    exactly at zero, and then the equation it contributes does not hold for that latent. So a row
+    counts only if its value exceeds ``MARGIN_FACTOR · tol · max`` of its layer; a layer whose rows
+    within that margin of zero are needed for full column rank gets no certificate (the witness
+    search and the whole-network MILP decide instead). On most layers no row lies in the margin and
+    this costs one forward pass.
+    """
+    generator = problem.generator
+    hidden = generator.hidden_values(z)
+    last = len(generator.layers) - 1
+    for index, layer in enumerate(generator.layers):
+        if layer.activation is not Activation.RELU:
+            continue
+        if index == last:
+            out = np.asarray(problem.x, dtype=np.float64)
+            seen = np.ones(out.size, dtype=bool) if problem.mask is None else np.asarray(problem.mask, bool)
+        else:
+            out = hidden[index + 1]
+            seen = np.ones(out.size, dtype=bool)
+        scale = float(np.max(np.abs(out[seen]))) if seen.any() else 0.0
+        if scale <= 0.0:
+            continue
+        tau = settings.active_rtol * scale
+        margin = MARGIN_FACTOR * settings.tol * scale
+        near = seen & (out > tau) & (out <= margin)
+        if not near.any():
+            continue
+        clear = np.flatnonzero(seen & (out > margin))
+        n = layer.in_features
+        rank = active_rank(layer.weight_rows(clear)) if clear.size >= n else clear.size
+        if rank >= n:
+            continue
+        return Evidence(
+            EvidenceKind.NONE,
+            f"no layer-wise certificate: layer {index} has {int(near.sum())} active row(s) within "
+            f"{margin:.3g} of zero (the fit tolerance cannot tell them from inactive ones), and without "
+            f"them its {clear.size} rows have rank {rank} < {n}",
+            {"layer": index, "rows_near_zero": int(near.sum()), "rank_without": int(rank), "margin": margin},
+        )
+    return None
+
+
 # ----------------------------------------------------------------------------- witnesses
 
 
@@ -247,7 +316,9 @@ def _witness(
     layer0 = generator.layers[0]
     hidden = generator.hidden_values(z)
     scale = max(float(np.max(np.abs(hidden[1]))) if hidden[1].size else 0.0, 1e-300)
-    tau = max(settings.active_rtol * scale, 1e-300)
+    # rows within the certificate's margin of zero count as off: a direction that turns them off
+    # while keeping the clear rows fixed changes the output by no more than the tolerance (checked)
+    tau = max(max(settings.active_rtol, MARGIN_FACTOR * settings.tol) * scale, 1e-300)
     candidate: np.ndarray | None  # step 2's other points may not exist
 
     # 1. layer 0's null directions at z
@@ -272,8 +343,8 @@ def _witness(
             return Evidence(
                 EvidenceKind.NULL_DIRECTION,
                 f"z' = z + t·v with t = {t:.3g} along a direction v of layer 0's null space ({nd.active_rows} "
-                f"active rows of rank {nd.rank} < {layer0.in_features} at z, every inactive row kept off) gives "
-                f"the same layer-0 output; onnxruntime confirms G(z') reproduces the observation (relative l2 "
+                f"active rows of rank {nd.rank} < {layer0.in_features} at z, every inactive row kept off) leaves "
+                f"layer 0's active rows as they are; onnxruntime confirms G(z') reproduces the observation (relative l2 "
                 f"{ev[0]:.3g}) at max-abs distance {ev[1]:.3g} >= δ = {delta:.3g} from z.",
                 {"active_rows": nd.active_rows, "rank": nd.rank, "t": t, "delta": delta},
                 witness=candidate,

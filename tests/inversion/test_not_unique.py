@@ -51,3 +51,25 @@ def test_no_witness_search_means_fits_not_not_unique() -> None:
     r = invert(g, x, method="exact", settings=Settings(witness_search=False))
     assert r.verdict is Verdict.FITS and r.reason is Reason.UNDECIDED
     assert r.witness is None and r.verdict.success
+
+
+@pytest.mark.parametrize(("k", "net"), [(120, 1), (130, 9)])
+def test_a_row_at_round_off_is_no_certificate(k: int, net: int) -> None:
+    """Theorem 2 read off values known only to the tolerance. On these float32 k-250-600 nets the
+    latent found has layer-0 units at 1e-7 where z* has exact zeros: their rows look active and layer
+    0 looks identifiable, which once gave "unique" 0.07-0.32 away from z*. Within the tolerance those
+    units cannot be told from inactive ones, so there is no certificate; turning them off gives a
+    second latent (checked through onnxruntime), and the answer is "not unique"."""
+    from onnxinv.building import random_generator_layers
+    from onnxinv.layers import Generator
+
+    g = Generator.from_layers(random_generator_layers([k, 250, 600], rng=net), dtype="float32")
+    z_true = np.random.default_rng(10_000 + net).normal(size=k)
+    x = g.run_onnx(z_true).reshape(-1)
+    r = invert(g, x, method="auto", seed=net)
+    assert r.verdict is Verdict.NOT_UNIQUE, r.message
+    near = [e for e in r.considered if "of zero" in e.summary]
+    assert near and near[0].numbers["layer"] == 0 and near[0].numbers["rows_near_zero"] >= 1
+    w = r.witness
+    assert w is not None and onnx_residual(g, w, x) <= 1e-5
+    assert np.max(np.abs(w - r.z)) >= 1e-2 * max(1.0, float(np.max(np.abs(r.z))))
