@@ -36,7 +36,7 @@ from onnxinv.inversion.framework import NOISE_MODELS
 
 if TYPE_CHECKING:  # the commands import these lazily, to keep `onnxinv --help` fast
     from onnxinv.files import ImageLayout, Observations
-    from onnxinv.inversion import InversionResult
+    from onnxinv.inversion import InversionResult, Settings
     from onnxinv.layers import Generator, Weight
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
@@ -70,19 +70,44 @@ _OUTPUT_FILE = click.Path(dir_okay=False, writable=False, path_type=Path)
 SEED_MAX = 2**63 - 1
 
 
-class _Seconds(click.ParamType):
-    """A positive, finite number of seconds."""
+class _Positive(click.ParamType):
+    """A positive, finite number (of ``unit``)."""
 
-    name = "seconds"
+    def __init__(self, unit: str) -> None:
+        self.name = unit
+        self.unit = unit
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
-            seconds = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
-        if not (math.isfinite(seconds) and seconds > 0):
-            self.fail(f"{value!r} is not a positive, finite number of seconds.", param, ctx)
-        return seconds
+            self.fail(f"{value!r} is not a number ({self.unit}).", param, ctx)
+        if not (math.isfinite(number) and number > 0):
+            self.fail(f"{value!r} is not a positive, finite number ({self.unit}).", param, ctx)
+        return number
+
+
+def _whole_network_options(per: str) -> Callable[[_Command], _Command]:
+    """``--milp-time`` and ``--latent-box`` (Settings.milp_time / latent_box), for invert and audit."""
+
+    def decorate(f: _Command) -> _Command:
+        f = click.option(
+            "--latent-box",
+            type=_Positive("half-width"),
+            default=None,
+            help="Assume max |z_i| <= this: whole-network (MILP) claims that hold inside the box then "
+            "count, and say so (default: only claims about every latent count).",
+        )(f)
+        return click.option(
+            "--milp-time",
+            type=_Positive("seconds"),
+            default=20.0,
+            show_default=True,
+            help=f"Seconds the whole-network MILP may take per use and {per} where the layer-wise argument "
+            "runs out.",
+        )(f)
+
+    return decorate
 
 
 class _Group(click.Group):
@@ -461,6 +486,7 @@ def _invert_to_folder(
     quiet: bool,
     flat: bool,
     time_limit: float | None,
+    settings: Settings,
     restart: bool,
     engine: _Engine,
     fix: dict[str, Path],
@@ -473,7 +499,13 @@ def _invert_to_folder(
     line = (
         ProgressLine(0, file=sys.stderr) if not quiet and not as_json and _is_terminal(sys.stderr) else None
     )
-    kwargs: dict[str, Any] = {"method": method, "noise": noise, "noise_model": noise_model, "mask": mask}
+    kwargs: dict[str, Any] = {
+        "method": method,
+        "noise": noise,
+        "noise_model": noise_model,
+        "mask": mask,
+        "settings": settings,
+    }
     if time_limit is not None:
         kwargs["time_limit"] = time_limit
     try:
@@ -586,10 +618,11 @@ def _invert_to_folder(
 )
 @click.option(
     "--time-limit",
-    type=_Seconds(),
+    type=_Positive("seconds"),
     default=None,
     help="Seconds allowed per observation (default: the API's, 60).",
 )
+@_whole_network_options("observation")
 @model_inputs
 @_folder_options
 @_engine_options
@@ -608,6 +641,8 @@ def invert(
     quiet: bool,
     flat: bool,
     time_limit: float | None,
+    milp_time: float,
+    latent_box: float | None,
     fix: dict[str, Path],
     latent: str | None,
     out_dir: Path | None = None,
@@ -638,8 +673,9 @@ def invert(
       --workers N     N local processes
     """
     from onnxinv import files
-    from onnxinv.inversion import Verdict
+    from onnxinv.inversion import Settings, Verdict
 
+    settings = Settings(milp_time=milp_time, latent_box=latent_box)
     engine = _Engine(scheduler, workers, chunk_size)
     if out_dir is not None:
         for given, name in ((output, "-o/--output"), (png, "--png"), (recon, "--recon")):
@@ -663,6 +699,7 @@ def invert(
             quiet,
             flat,
             time_limit,
+            settings,
             restart,
             engine,
             fix,
@@ -729,6 +766,7 @@ def invert(
                 time_limit,
                 engine.options(executor),
                 matrix,
+                settings,
             )
         seconds = time.perf_counter() - started
 
@@ -801,6 +839,7 @@ def _invert_rows(
     time_limit: float | None = None,
     where: dict[str, Any] | None = None,
     measure: object = None,
+    settings: Settings | None = None,
 ) -> list[InversionResult]:
     """Invert every row, behind a progress line on stderr (observations and chunks done, observations
     per second, time left; fed by the API's ``progress`` callback) when one is shown. The rows go to the
@@ -814,6 +853,7 @@ def _invert_rows(
         "noise": noise,
         "noise_model": noise_model,
         "measure": measure,
+        "settings": settings,
     }
     if time_limit is not None:
         kwargs["time_limit"] = time_limit
@@ -970,19 +1010,7 @@ def verify(
     show_default=True,
     help="Seed of the sampled latents (0 to 2**63 - 1).",
 )
-@click.option(
-    "--milp-time",
-    type=click.FloatRange(min=0.0),
-    default=20.0,
-    show_default=True,
-    help="Seconds the whole-network MILP may take per sample where the layer-wise argument runs out.",
-)
-@click.option(
-    "--latent-box",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=None,
-    help="Assume max |z_i| <= this: MILP certificates that hold inside the box then count (and say so).",
-)
+@_whole_network_options("sample")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the report.")
 @model_inputs
 @_engine_options

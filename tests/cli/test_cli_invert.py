@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import observations, run
+from cli_helpers import observations, run, save_generator
 
 import onnxinv
 from onnxinv import files
@@ -300,3 +300,22 @@ def test_measure_inverts_compressed_measurements(tmp_path, relu_model):
     )
     assert bad.exit_code == 1 and "bad.npy" in bad.stderr and "(m, 120)" in bad.stderr
     assert not (tmp_path / "z2.npy").exists()
+
+
+def test_latent_box_lets_whole_network_certificates_count(tmp_path):
+    """2-8-8-16: the second hidden layer contracts, so only the MILP can certify; its certificate
+    holds inside its search box, which counts only once the user states --latent-box."""
+    model = save_generator(tmp_path, "boxed.onnx", [2, 8, 8, 16], rng=2)
+    _, x = observations(model, seed=0)
+    np.save(tmp_path / "x.npy", x)
+    common = ("invert", model, tmp_path / "x.npy", "--json", "--milp-time", "60", "-o", tmp_path / "z.npy")
+    plain = json.loads(run(*common).stdout)["results"][0]
+    assert plain["verdict"] == "fits" and plain["evidence"]["kind"] == "none"
+    boxed = run(*common, "--latent-box", "10")
+    assert boxed.exit_code == 0, boxed.stderr
+    document = json.loads(boxed.stdout)["results"][0]
+    assert document["verdict"] == "unique" and document["evidence"]["kind"] == "milp"
+    assert document["evidence"]["box"] == 10.0
+    for bad in ("0", "-1", "inf", "x"):
+        assert run(*common, "--latent-box", bad).exit_code == 2
+    assert run(*common, "--milp-time", "0").exit_code == 2
