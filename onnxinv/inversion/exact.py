@@ -177,7 +177,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
                 f"{proof[0]} by at least {proof[1]:.3g}: no input of layer {ctx.index} produces its output",
                 u_error=u_error,
             )
-        res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta_all, time_limit=ctx.remaining)
+        res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta_all, time_limit=ctx.lp_time)
         if res.ok and res.x is not None:
             return LayerOutcome(
                 res.x,
@@ -203,13 +203,13 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
         )
 
     rank = ls.rank if ls is not None else linear.numerical_rank(w[eq])
-    res = linear.layer_lp(layer, targets, ctx.bounds, objective=objective, time_limit=ctx.remaining)
+    res = linear.layer_lp(layer, targets, ctx.bounds, objective=objective, time_limit=ctx.lp_time)
     tight = 1e-6 * max(ctx.scale, 1.0)
     what = "basis pursuit" if objective is not None else "the eq. (4) LP"
     closest = False
     if not res.ok or res.x is None:
         # rounding can leave the exact system without a point: take the one that comes closest
-        wide = linear.min_widening(layer, targets, ctx.bounds, time_limit=ctx.remaining)
+        wide = linear.min_widening(layer, targets, ctx.bounds, time_limit=ctx.lp_time)
         if wide.ok and wide.x is not None and wide.x[-1] <= delta:
             t_star = float(wide.x[-1])
             tight += 2.0 * t_star
@@ -232,7 +232,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
         )
     u = res.x
     dim = identifiability.preimage_dimension(
-        layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.remaining
+        layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.lp_time
     )
     u_error = res.violation * max(scale, 1.0)
     dimension, cert, note = dim.dim, "", dim.message

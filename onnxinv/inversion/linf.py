@@ -151,7 +151,7 @@ def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
     n = ctx.layer.in_features
     start = _start_point(ctx, targets, w, b)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
-        return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)
+        return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.lp_time)
     viol = a_ub[:, :n] @ start - b_ub
     count = min(b_ub.size, 2 * (n + 1))
     initial = np.argsort(-viol)[:count]
@@ -160,7 +160,7 @@ def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
         a_ub,
         b_ub,
         bounds=bounds,
-        time_limit=ctx.remaining,
+        time_limit=ctx.lp_time,
         row_generation=True,
         initial_rows=initial,
     )
@@ -201,7 +201,7 @@ class _Family:
         rhs = _family_rhs(self.ctx.layer, targets)
         if self.session is not None and self.rows is not None and np.array_equal(self.rows, targets.rows):
             self.session.set_rhs(rhs)
-            return self.session.solve(time_limit=self.ctx.remaining)
+            return self.session.solve(time_limit=self.ctx.lp_time)
         ctx = self.ctx
         n = ctx.layer.in_features
         w, b = targets.matrices(ctx.layer)
@@ -227,7 +227,7 @@ class _Family:
             initial = reduced[np.argsort(-viol[reduced])[:count]]
         self.session = lp.LPSession(c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial)
         self.rows = targets.rows.copy()
-        return self.session.solve(time_limit=ctx.remaining)
+        return self.session.solve(time_limit=ctx.lp_time)
 
 
 def _unit_scales(targets: Targets) -> bool:
