@@ -31,7 +31,8 @@ LeakyReLU, identity, tanh and sigmoid every row.
 
 Finding codes
 -------------
-``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``injective``, ``identifiable``,
+``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``contracting`` (a layer of another
+activation with fewer outputs than inputs), ``injective``, ``identifiable``,
 ``not-identifiable``, ``sparse-recovery``, ``inversion-unique``, ``inversion-not-unique``,
 ``inversion-fits``, ``inversion-not-found``, ``inversion-no-preimage``. Codes are stable; messages may
 be reworded.
@@ -462,6 +463,8 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     from onnxinv.inversion.linear import gram_full_rank, numerical_rank
 
     n_in = layer.in_features
+    if layer.sparse:
+        return _sparse_layer_audit(index, layer, h_in, h_out)
     weight = layer.dense_weight()
     rank = numerical_rank(weight)
     relu = _is_relu(layer)
@@ -488,6 +491,62 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
         nnz_prev = _nnz(h_prev)
         growth.append(_nnz(h) >= 2 * nnz_prev)
         mu = _coherence_from_gram(gram) if gram is not None else 1.0
+        mus.append(mu)
+        coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
+    counts = np.array(active_counts)
+    return LayerAudit(
+        index=index,
+        in_features=n_in,
+        out_features=layer.out_features,
+        expansion=layer.expansion,
+        activation=layer.describe_activation(),
+        rank=rank,
+        source_nodes=layer.source_nodes,
+        active_min=int(counts.min()),
+        active_median=float(np.median(counts)),
+        identifiable_share=float(np.mean(identifiable)),
+        growth_share=float(np.mean(growth)),
+        coherence_share=float(np.mean(coherence_ok)),
+        coherence_median=float(np.median(mus)),
+    )
+
+
+def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
+    """:func:`_layer_audit` for a scipy.sparse weight, never densifying it.
+
+    Ranks come from :func:`~onnxinv.inversion.linear.numerical_rank` (dense singular values of blocks
+    small enough, else a bound that never overstates the rank) and the active rows' test from
+    :func:`~onnxinv.inversion.identifiability.active_rank` (the sparse least-squares route: a full
+    rank only when its Cholesky / QR shows it); the coherence from the sparse column Gram matrix.
+    """
+    from onnxinv.inversion.identifiability import active_rank, mutual_coherence
+    from onnxinv.inversion.linear import numerical_rank
+
+    n_in = layer.in_features
+    weight = layer.weight
+    rank = numerical_rank(weight)
+    relu = _is_relu(layer)
+    active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
+    static_mu: float | None = None
+    for h_prev, h in zip(h_in, h_out):
+        if relu:
+            tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
+            active = h > tau
+        else:
+            active = np.ones(h.shape[0], dtype=bool)
+        count = int(active.sum())
+        active_counts.append(count)
+        if not relu:
+            identifiable.append(rank == n_in)
+            if static_mu is None:  # every row takes part at every sample: one coherence
+                static_mu = mutual_coherence(weight)
+            mu = static_mu
+        else:
+            w_active = weight[np.flatnonzero(active)]
+            identifiable.append(count >= n_in and active_rank(w_active) == n_in)
+            mu = mutual_coherence(w_active) if count else 1.0
+        nnz_prev = _nnz(h_prev)
+        growth.append(_nnz(h) >= 2 * nnz_prev)
         mus.append(mu)
         coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
     counts = np.array(active_counts)
@@ -568,7 +627,21 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                     nodes,
                 )
             )
-        elif la.rank == n_in:
+            continue
+        if n_out < n_in:
+            findings.append(
+                Finding(
+                    "contracting",
+                    Severity.WARNING,
+                    f"This {where} contracts {n_in} values onto {n_out}: layer-wise inversion cannot recover "
+                    "its input (every output has a preimage of dimension at least "
+                    f"{n_in - n_out}); the whole network may still determine the latent (invert fits it on the "
+                    "whole network, and the verdict says what was proved).",
+                    la.index,
+                    nodes,
+                )
+            )
+        if la.rank == n_in:
             findings.append(
                 Finding(
                     "injective",

@@ -207,8 +207,9 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
     tight = 1e-6 * max(ctx.scale, 1.0)
     what = "basis pursuit" if objective is not None else "the eq. (4) LP"
     closest = False
-    if not res.ok or res.x is None:
+    if (not res.ok or res.x is None) and res.status is not SolverStatus.TIME_LIMIT:
         # rounding can leave the exact system without a point: take the one that comes closest
+        # (not after a time limit: the widened LP is no easier)
         wide = linear.min_widening(layer, targets, ctx.bounds, time_limit=ctx.lp_time)
         if wide.ok and wide.x is not None and wide.x[-1] <= delta:
             t_star = float(wide.x[-1])

@@ -69,7 +69,7 @@ ROUNDING_FACTOR = 16.0
 # A layer's checks allow ERROR_FACTOR times the estimated error of an estimated output.
 ERROR_FACTOR = 3.0
 # Share of the time limit the LPs of a sparse layer with a guessed output may take (LayerContext.lp_time).
-GUESSED_LP_SHARE = 0.05
+GUESSED_LP_SHARE = 0.02
 
 
 @dataclass(frozen=True)
