@@ -346,7 +346,7 @@ def row_gain(w: np.ndarray, targets: Targets) -> float:
     if targets.count == 0:
         return 0.0
     scale = np.minimum(targets.lower_scale, targets.upper_scale)
-    return float(np.max(np.linalg.norm(w, axis=1) / scale))
+    return float(np.max(linear.row_norms(w) / scale))
 
 
 METHOD = Method(

@@ -177,7 +177,7 @@ class _Dual:
             free = ctx.bounds is None
             self.session = lp.LPSession(
                 cost,
-                np.ascontiguousarray(w.T),
+                sp.csr_array(w.T) if sp.issparse(w) else np.ascontiguousarray(w.T),
                 np.zeros(n) if free else np.full(n, np.inf),
                 (low, np.ones(targets.count)),
                 b_lb=np.zeros(n),
