@@ -247,8 +247,11 @@ def _preimage_dimension(
             f"the dimension LP ended '{res.status.value}', so n - rank = {n - rank_eq} is only an upper bound",
         )
     implicit = res.x[n:] < 0.5
-    full = linear.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
-    rank_all = numerical_rank(full)
+    if sp.issparse(g):
+        rank_all = _sparse_rank_with_fixed(a_eq_n, g, implicit, kinds, where, n)
+    else:
+        full = linear.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
+        rank_all = numerical_rank(full)
 
     def mask(kind: int, size: int) -> np.ndarray:
         out = np.zeros(size, dtype=bool)
@@ -268,6 +271,25 @@ def _preimage_dimension(
     )
 
 
+def _sparse_rank_with_fixed(
+    a_eq: sp.csr_array, g: sp.csr_array, implicit: np.ndarray, kinds: np.ndarray, where: np.ndarray, n: int
+) -> int:
+    """``rank([A_eq; G_implicit])`` of a sparse layer without stacking the input-bound rows.
+
+    An implicit input bound contributes the row ``±e_i``; with ``S`` the set of those inputs,
+    ``rank([A; E_S]) = |S| + rank(A[:, ~S])`` (eliminate the fixed columns), so only the weight rows
+    restricted to the free inputs are ranked: a far smaller block than the stack.
+    """
+    fixed = np.zeros(n, dtype=bool)
+    fixed[where[implicit & (kinds >= 2)]] = True
+    rows = implicit & (kinds < 2)
+    block = linear.vstack([a_eq, g[rows]]) if rows.any() else a_eq
+    free = np.flatnonzero(~fixed)
+    if free.size == 0 or block.shape[0] == 0:
+        return int(fixed.sum())
+    return int(fixed.sum()) + numerical_rank(sp.csr_array(block)[:, free])
+
+
 def _leaves_every_constraint(a_eq: np.ndarray, g: np.ndarray) -> bool:
     """True when a direction ``d`` with ``A_eq d = 0`` and ``g_k d <= -1/2`` for every tight
     constraint ``k`` exists, shown by solving ``[A_eq; G] d = [0; -1]`` (least norm, when the stacked
@@ -279,15 +301,21 @@ def _leaves_every_constraint(a_eq: np.ndarray, g: np.ndarray) -> bool:
     if m.shape[0] == 0 or m.shape[0] > m.shape[1]:
         return False
     rhs = np.concatenate([np.zeros(a_eq.shape[0]), -np.ones(g.shape[0])])
-    # a sparse stack has at most n rows here, so its (rows, rows) Gram matrix is at most (n, n)
-    gram = linear.dense(m @ m.T)
-    factor, info = linear._potrf(gram.T, lower=0, clean=1, overwrite_a=1)
-    if info != 0:
-        return False
-    y, info = linear._potrs(factor, rhs, lower=0)
-    if info != 0 or not np.all(np.isfinite(y)):
-        return False
-    d = m.T @ y
+    if sp.issparse(m):
+        # no dense (rows, rows) Gram matrix of a sparse stack: LSMR from 0 converges to the least-norm
+        # solution of a consistent system; whatever it returns is only a candidate, checked below
+        from scipy.sparse.linalg import lsmr
+
+        d = np.asarray(lsmr(m, rhs, atol=1e-14, btol=1e-14, maxiter=20 * m.shape[1])[0])
+    else:
+        gram = m @ m.T
+        factor, info = linear._potrf(gram.T, lower=0, clean=1, overwrite_a=1)
+        if info != 0:
+            return False
+        y, info = linear._potrs(factor, rhs, lower=0)
+        if info != 0 or not np.all(np.isfinite(y)):
+            return False
+        d = m.T @ y
     size = float(np.max(np.abs(d))) if d.size else 0.0
     if not (np.isfinite(size) and size > 0):
         return False
@@ -357,9 +385,16 @@ def mutual_coherence(a: np.ndarray) -> float:
         if np.any(norms == 0):
             return 1.0
         an = sp.csc_array(csc @ sp.diags_array(1.0 / norms))
-        gram = sp.coo_array(an.T @ an)
-        off = gram.row != gram.col
-        return float(np.max(np.abs(gram.data[off]))) if off.any() else 0.0
+        ant = sp.csr_array(an.T)
+        n = an.shape[1]
+        best = 0.0
+        step = max(1, n // 16)  # the column Gram matrix a block of columns at a time
+        for j in range(0, n, step):
+            block = sp.coo_array(ant[j : j + step] @ an)
+            off = block.row + j != block.col
+            if off.any():
+                best = max(best, float(np.max(np.abs(block.data[off]))))
+        return best
     norms = np.linalg.norm(a, axis=0)
     if np.any(norms == 0):
         return 1.0

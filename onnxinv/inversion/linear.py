@@ -125,10 +125,13 @@ def solve_rows(
 
 # Systems with more entries than this are never gathered as one copy (solve_rows).
 BLOCK_ENTRIES = 1 << 22
-# A sparse system's Gram matrix (n, n) is formed densely when n is at most this (32 MB) or when it
+# A sparse system's Gram matrix (n, n) is formed densely when n is at most this (8 MB) or when it
 # takes no more than SPARSE_GRAM_FACTOR times the bytes of the rows' stored entries.
-SPARSE_GRAM_COLUMNS = 2048
+SPARSE_GRAM_COLUMNS = 1024
 SPARSE_GRAM_FACTOR = 3.0
+# A block of sparse rows is copied densely only when the copy takes at most SPARSE_GRAM_FACTOR times
+# the bytes of its stored entries (value + column index), or at most this many bytes.
+DENSE_COPY_FLOOR = 1 << 20
 # LSMR's stopping tolerances (relative, on the residual and on Aᵀr) and iteration cap per unknown.
 LSMR_TOL = 1e-12
 LSMR_ITERATIONS = 20
@@ -139,6 +142,39 @@ def _sparse_gram_fits(n: int, nnz: int) -> bool:
     return n <= SPARSE_GRAM_COLUMNS or 8.0 * n * n <= SPARSE_GRAM_FACTOR * 12.0 * nnz
 
 
+def sparse_gram(a: sp.csr_array) -> np.ndarray:
+    """``AᵀA`` of sparse rows as a dense Fortran-order array with its upper triangle filled (the layout
+    :func:`_cholesky_solve` factors in place), accumulated by BLAS ``syrk`` over dense copies of
+    blocks of about ``DENSE_COPY_FLOOR`` bytes: the working set is the Gram matrix plus one block (the
+    sparse product ``AᵀA`` would hold the product's fill on top of the dense copy)."""
+    m, n = a.shape
+    gram = np.zeros((n, n), order="F")
+    step = max(1, DENSE_COPY_FLOOR // (8 * max(n, 1)))
+    for i in range(0, m, step):
+        part = a[i : i + step].toarray()
+        gram = _syrk(1.0, part.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+    return gram
+
+
+def _gram_norm(gram: np.ndarray) -> float:
+    """The 1-norm of a symmetric matrix stored as its upper triangle (syrk leaves the lower at 0),
+    a block of columns at a time (no full copy of ``|G|``)."""
+    n = gram.shape[0]
+    cols, rows = np.zeros(n), np.zeros(n)
+    step = max(1, DENSE_COPY_FLOOR // (8 * max(n, 1)))
+    for j in range(0, n, step):
+        magnitude = np.abs(gram[:, j : j + step])
+        cols[j : j + step] = magnitude.sum(axis=0)
+        rows += magnitude.sum(axis=1)
+    return float(np.max(cols + rows - np.abs(np.diag(gram)))) if n else 0.0
+
+
+def dense_copy_fits(m: int, n: int, nnz: int) -> bool:
+    """True when a dense copy of ``(m, n)`` sparse rows with ``nnz`` stored entries is affordable: the
+    working set stays within ``SPARSE_GRAM_FACTOR`` times the bytes of the stored entries."""
+    return 8.0 * m * n <= max(float(DENSE_COPY_FLOOR), SPARSE_GRAM_FACTOR * 12.0 * nnz)
+
+
 def _solve_sparse_rows(
     w: sp.csr_array, idx: np.ndarray, t: np.ndarray, weights: np.ndarray | None
 ) -> LeastSquares:
@@ -147,8 +183,8 @@ def _solve_sparse_rows(
     Which solver, and why: scipy has neither a sparse QR nor a sparse Cholesky (CHOLMOD is a separate
     package), so
 
-    * a small block (at most ``BLOCK_ENTRIES`` entries) is gathered densely and solved like a dense
-      one (Cholesky with ``pocon``, pivoted QR when ill-conditioned): the rank is sound;
+    * a small block (:func:`dense_copy_fits`) is gathered densely and solved like a dense one
+      (Cholesky with ``pocon``, pivoted QR when ill-conditioned): the rank is sound;
     * a tall block with an affordable Gram matrix (``_sparse_gram_fits``) forms ``AᵀA`` by a sparse
       product and factors it densely by LAPACK, with the products ``A u``, ``Aᵀ r`` sparse: the
       ``pocon`` condition estimate (``<= COND_LIMIT``) is the full-column-rank claim, as on the dense
@@ -165,15 +201,17 @@ def _solve_sparse_rows(
     """
     m, n = idx.size, w.shape[1]
     rows = w[idx]
-    if m * n <= BLOCK_ENTRIES or n == 0 or m == 0:
+    if n == 0 or m == 0 or dense_copy_fits(m, n, int(rows.nnz)):
         return solve_active(rows.toarray(), t, weights)
     unit = weights is None or _all_ones(weights)
     scale = np.ones(m) if weights is None or unit else np.asarray(weights, dtype=np.float64)
     aw = rows if unit else sp.csr_array(sp.diags_array(scale) @ rows)
     tw = t if unit else t * scale
     if m >= n and _sparse_gram_fits(n, int(rows.nnz)):
-        gram = (aw.T @ aw).toarray()
-        out = _cholesky_solve(gram, aw.T @ tw, lambda u: aw @ u, lambda r: aw.T @ r, tw, m)
+        gram = sparse_gram(aw)
+        out = _cholesky_solve(
+            gram, aw.T @ tw, lambda u: aw @ u, lambda r: aw.T @ r, tw, m, fortran=True, anorm=_gram_norm(gram)
+        )
         if out is not None:
             return out if unit else dataclasses.replace(out, residual=_maxabs(rows @ out.u - t))
     from scipy.sparse.linalg import lsmr
@@ -354,7 +392,7 @@ def factor_error_scale(factor: np.ndarray) -> float:
 def numerical_rank(a: np.ndarray | sp.sparray | sp.spmatrix) -> int:
     """Rank with the same relative threshold as the QR path (``RANK_RTOL``).
 
-    A sparse ``a`` is densified only when it has at most ``DENSE_RANK_ENTRIES`` entries (the singular
+    A sparse ``a`` is densified only when the copy is small (:func:`dense_copy_fits`; the singular
     values of the dense copy: sound). A larger sparse block gets :func:`sparse_rank_bound`, an upper
     bound that never overstates the rank (it is what may keep a layer from being called identifiable).
     """
@@ -362,7 +400,7 @@ def numerical_rank(a: np.ndarray | sp.sparray | sp.spmatrix) -> int:
         m, n = a.shape
         if m == 0 or n == 0:
             return 0
-        if m * n > DENSE_RANK_ENTRIES:
+        if m * n > DENSE_RANK_ENTRIES or not dense_copy_fits(m, n, int(a.nnz)):
             return sparse_rank_bound(a)
         a = a.toarray()
     if a.size == 0:
@@ -379,20 +417,25 @@ def sparse_rank_bound(a: sp.sparray | sp.spmatrix) -> int:
     """An upper bound on the rank of a large sparse ``(m, n)`` block, without densifying it.
 
     The rank is at most ``min(m, n)``, at most the number of non-zero rows and of non-zero columns. When
-    the block is tall and its Gram matrix is affordable (``_sparse_gram_fits``), the Cholesky test of
-    :func:`gram_full_rank` on ``AᵀA`` (formed by a sparse product) shows full column rank soundly;
-    without that proof the bound returned is below ``n``: "not shown", never a claim of full rank.
+    that bound is the smaller side ``s`` and the ``(s, s)`` Gram matrix (``AᵀA`` when tall, ``AAᵀ`` when
+    wide, formed by a sparse product) is affordable, the Cholesky test of :func:`gram_full_rank` shows
+    full rank ``s`` soundly; without that proof the bound returned is ``s - 1``: "not shown", never a
+    claim of full rank. (Rank of a wide block only bounds a preimage's dimension from below; no
+    uniqueness claim rests on it.)
     """
     csr = sp.csr_array(a)
     m, n = csr.shape
     nonzero_rows = int(np.count_nonzero(np.diff(csr.indptr)))
     nonzero_cols = int(np.unique(csr.indices).size)
-    bound = min(m, n, nonzero_rows, nonzero_cols)
-    if bound < n:
+    side = min(m, n)
+    bound = min(side, nonzero_rows, nonzero_cols)
+    if bound < side:
         return bound
-    if _sparse_gram_fits(n, int(csr.nnz)) and gram_full_rank((csr.T @ csr).toarray()):
-        return n
-    return n - 1
+    if _sparse_gram_fits(side, int(csr.nnz)):
+        gram = csr.T @ csr if m >= n else csr @ csr.T
+        if gram_full_rank(gram.toarray()):
+            return side
+    return side - 1
 
 
 def _maxabs(v: np.ndarray) -> float:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from onnxinv.inversion import linear, lp
 from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
@@ -206,10 +207,14 @@ class _Family:
         n = ctx.layer.in_features
         w, b = targets.matrices(ctx.layer)
         m = targets.count
-        a = np.empty((2 * m, n + 1))
-        a[:m, :n] = w
-        a[m:, :n] = -w
-        a[:, n] = -1.0
+        if sp.issparse(w):  # the rows [W, -1; -W, -1] stay sparse (HiGHS takes them so)
+            minus = sp.csr_array(np.full((m, 1), -1.0))
+            a = sp.csr_array(sp.vstack([sp.hstack([w, minus]), sp.hstack([-w, minus])], format="csr"))
+        else:
+            a = np.empty((2 * m, n + 1))
+            a[:m, :n] = w
+            a[m:, :n] = -w
+            a[:, n] = -1.0
         lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if ctx.bounds is None else ctx.bounds
         bounds = (np.append(lower, 0.0), np.append(upper, np.inf))
         c = np.zeros(n + 1)

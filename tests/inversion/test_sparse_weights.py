@@ -194,7 +194,7 @@ def test_sparse_least_squares_routes_agree_with_the_dense_solve(monkeypatch, rou
     t = (w @ u_true)[select]
     weights = np.random.default_rng(4).uniform(0.5, 2.0, int(select.sum()))
     dense = linear.solve_active(w.toarray()[select], t, weights)
-    monkeypatch.setattr(linear, "BLOCK_ENTRIES", 10)  # force the sparse routes
+    monkeypatch.setattr(linear, "DENSE_COPY_FLOOR", 0)  # force the sparse routes
     if route == "lsmr":
         monkeypatch.setattr(linear, "SPARSE_GRAM_COLUMNS", 1)
         monkeypatch.setattr(linear, "SPARSE_GRAM_FACTOR", 0.0)
@@ -212,7 +212,7 @@ def test_sparse_gram_route_does_not_claim_full_rank_for_a_rank_deficient_block(m
     w = _conv_like(400, 60, seed=5).toarray()
     w[:, 7] = w[:, 3]  # two equal columns
     ws = sp.csr_array(w)
-    monkeypatch.setattr(linear, "BLOCK_ENTRIES", 10)
+    monkeypatch.setattr(linear, "DENSE_COPY_FLOOR", 0)
     ls = linear.solve_rows(ws, np.arange(400), ws @ np.ones(60))
     assert ls.rank < 60
     assert linear.numerical_rank(ws) == np.linalg.matrix_rank(w) == 59
@@ -247,3 +247,17 @@ def test_preimage_dimension_of_a_sparse_layer_equals_the_dense_one():
     assert sparse_dim.dim == dense_dim.dim and sparse_dim.rank == dense_dim.rank
     assert sparse_dim.implicit == dense_dim.implicit
     assert 0 < sparse_dim.dim < 50
+
+
+@pytest.mark.parametrize("method", ["linf", "l1", "relaxed", "sparse", "lsq", "gd"])
+def test_every_method_takes_sparse_weights(expanding, method):
+    z_true = np.random.default_rng(8).standard_normal(K)
+    x = expanding.run_onnx(z_true)
+    noisy = method in ("linf", "l1", "relaxed")
+    noise = 1e-3 if noisy else None
+    if noisy:
+        x = x + np.random.default_rng(9).uniform(-noise, noise, x.shape)
+    result = onnxinv.invert(expanding, x, method=method, noise=noise)
+    assert_contract(expanding, x, result, in_range=not noisy)
+    assert result.verdict.success, result.message
+    assert float(np.max(np.abs(result.z - z_true))) < (0.1 if noisy else 1e-3)
