@@ -117,7 +117,7 @@ class LayerAudit:
     Attributes
     ----------
     index, in_features, out_features, expansion, activation, source_nodes : the layer
-    rank : rank of the full weight matrix
+    rank : rank of the full weight matrix (an upper bound when ``rank_known`` is False)
     active_min, active_median : active rows over the samples (every row for non-ReLU layers)
     identifiable_share : share of samples where ``W_I`` has full column rank
     growth_share : share of samples with ``||h_i||_0 >= 2 ||h_{i-1}||_0``
@@ -138,6 +138,7 @@ class LayerAudit:
     growth_share: float = 0.0
     coherence_share: float = 0.0
     coherence_median: float = float("nan")
+    rank_known: bool = True  # False: a large sparse W whose rank was only bounded (no rank claim)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -230,7 +231,7 @@ class AuditReport:
                     f"{la.in_features} -> {la.out_features}",
                     f"{la.expansion:.2f}x",
                     la.activation,
-                    la.rank,
+                    la.rank if la.rank_known else "?",
                     f"{la.active_min}/{la.active_median:g}",
                     _pct(la.identifiable_share),
                     _pct(la.growth_share),
@@ -520,11 +521,11 @@ def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.nd
     rank only when its Cholesky / QR shows it); the coherence from the sparse column Gram matrix.
     """
     from onnxinv.inversion.identifiability import active_rank, mutual_coherence
-    from onnxinv.inversion.linear import numerical_rank
+    from onnxinv.inversion.linear import sparse_rank
 
     n_in = layer.in_features
     weight = layer.weight
-    rank = numerical_rank(weight)
+    rank, rank_known = sparse_rank(weight)
     relu = _is_relu(layer)
     active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
     static_mu: float | None = None
@@ -564,6 +565,7 @@ def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.nd
         growth_share=float(np.mean(growth)),
         coherence_share=float(np.mean(coherence_ok)),
         coherence_median=float(np.median(mus)),
+        rank_known=rank_known,
     )
 
 
@@ -605,7 +607,7 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                         nodes,
                     )
                 )
-            elif la.rank < n_in:
+            elif la.rank < n_in and la.rank_known:
                 findings.append(
                     Finding(
                         "rank-deficient",
@@ -641,6 +643,8 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                     nodes,
                 )
             )
+        if not la.rank_known:
+            continue  # no rank claim either way (the sampled rows' test still runs)
         if la.rank == n_in:
             findings.append(
                 Finding(
@@ -686,7 +690,7 @@ def _sampled_findings(generator: Generator, layers: tuple[LayerAudit, ...], coun
                 )
             )
             continue
-        if layer.out_features >= layer.in_features and la.rank == layer.in_features:  # else: static finding
+        if layer.out_features >= layer.in_features and (la.rank == layer.in_features or not la.rank_known):
             if la.identifiable_share == 0.0:
                 severity = Severity.ERROR
                 text = (
@@ -801,7 +805,7 @@ def _verdict_line(
         layer = generator.layers[failing]
         if _is_relu(layer) and layer.out_features < layer.in_features:
             why = "a ReLU layer with fewer outputs than inputs is never identifiable"
-        elif la.rank < la.in_features:
+        elif la.rank < la.in_features and la.rank_known:
             why = f"rank(W) = {la.rank} < {la.in_features} inputs"
         else:
             why = (

@@ -409,6 +409,18 @@ def numerical_rank(a: np.ndarray | sp.sparray | sp.spmatrix) -> int:
     return int(np.sum(s > RANK_RTOL * s[0])) if s[0] > 0 else 0
 
 
+def sparse_rank(a: sp.sparray | sp.spmatrix) -> tuple[int, bool]:
+    """``(rank, exact)`` of a sparse block: ``exact`` is False when only the bound of
+    :func:`sparse_rank_bound` is known (its value is then not a rank to report as a fact)."""
+    m, n = a.shape
+    if m == 0 or n == 0:
+        return 0, True
+    if m * n <= DENSE_RANK_ENTRIES and dense_copy_fits(m, n, int(a.nnz)):
+        return numerical_rank(a.toarray()), True
+    bound = sparse_rank_bound(a)
+    return bound, bound == min(m, n)
+
+
 # Sparse blocks with at most this many entries are densified for their singular values (64 MB).
 DENSE_RANK_ENTRIES = 1 << 23
 

@@ -60,3 +60,19 @@ def test_audit_of_a_contracting_last_conv_names_the_layer_and_claims_nothing(con
     (finding,) = [f for f in doc["findings"] if f["code"] == "contracting"]
     assert finding["layer"] == 2
     assert doc["layers"][2]["identifiable_share"] == 0.0
+
+
+def test_audit_makes_no_rank_claim_where_a_sparse_rank_was_only_bounded(expanding_path, monkeypatch):
+    from onnxinv.audit import audit
+    from onnxinv.inversion import linear
+
+    # as if every sparse block were too large for a dense copy or a Gram matrix
+    monkeypatch.setattr(linear, "DENSE_COPY_FLOOR", 0)
+    monkeypatch.setattr(linear, "SPARSE_GRAM_COLUMNS", 0)
+    monkeypatch.setattr(linear, "SPARSE_GRAM_FACTOR", 0.0)
+    report = audit(expanding_path, samples=2, workers=1)
+    last = report.layers[2]
+    assert not last.rank_known and report.layers[0].rank_known
+    assert not [f for f in report.findings if f.layer == 2 and f.code in ("rank-deficient", "injective")]
+    assert report.status.value != "invertible"  # nothing proved without a rank test
+    assert " ? " in report.describe()
