@@ -71,6 +71,7 @@ def test_expanding_conv_generator_through_auto_and_the_cli_json(expanding, tmp_p
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # the CLI writes obs.z.npy to the working directory
     )
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
