@@ -37,7 +37,8 @@ LeakyReLU, identity, tanh and sigmoid every row.
 
 Finding codes
 -------------
-``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``injective``, ``identifiable``,
+``unsupported-node``, ``rank-deficient``, ``relu-contracting``, ``contracting`` (a layer of another
+activation with fewer outputs than inputs), ``injective``, ``identifiable``,
 ``not-identifiable``, ``sparse-recovery``, ``inversion-unique``, ``inversion-not-unique``,
 ``inversion-fits``, ``inversion-not-found``, ``inversion-no-preimage``, and for the whole network
 ``layerwise-identifiable``, ``milp-certified``, ``not-injective`` (with the pair in its data),
@@ -131,7 +132,7 @@ class LayerAudit:
     Attributes
     ----------
     index, in_features, out_features, expansion, activation, source_nodes : the layer
-    rank : rank of the full weight matrix
+    rank : rank of the full weight matrix (an upper bound when ``rank_known`` is False)
     active_min, active_median : active rows over the samples (every row for non-ReLU layers)
     identifiable_share : share of samples where ``W_I`` has full column rank
     growth_share : share of samples with ``||h_i||_0 >= 2 ||h_{i-1}||_0``
@@ -152,6 +153,7 @@ class LayerAudit:
     growth_share: float = 0.0
     coherence_share: float = 0.0
     coherence_median: float = float("nan")
+    rank_known: bool = True  # False: a large sparse W whose rank was only bounded (no rank claim)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -244,7 +246,7 @@ class AuditReport:
                     f"{la.in_features} -> {la.out_features}",
                     f"{la.expansion:.2f}x",
                     la.activation,
-                    la.rank,
+                    la.rank if la.rank_known else "?",
                     f"{la.active_min}/{la.active_median:g}",
                     _pct(la.identifiable_share),
                     _pct(la.growth_share),
@@ -503,6 +505,8 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     from onnxinv.inversion.linear import gram_full_rank, numerical_rank
 
     n_in = layer.in_features
+    if layer.sparse:
+        return _sparse_layer_audit(index, layer, h_in, h_out)
     weight = layer.dense_weight()
     rank = numerical_rank(weight)
     relu = _is_relu(layer)
@@ -549,6 +553,63 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     )
 
 
+def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
+    """:func:`_layer_audit` for a scipy.sparse weight, never densifying it.
+
+    Ranks come from :func:`~onnxinv.inversion.linear.numerical_rank` (dense singular values of blocks
+    small enough, else a bound that never overstates the rank) and the active rows' test from
+    :func:`~onnxinv.inversion.identifiability.active_rank` (the sparse least-squares route: a full
+    rank only when its Cholesky / QR shows it); the coherence from the sparse column Gram matrix.
+    """
+    from onnxinv.inversion.identifiability import active_rank, mutual_coherence
+    from onnxinv.inversion.linear import sparse_rank
+
+    n_in = layer.in_features
+    weight = layer.weight
+    rank, rank_known = sparse_rank(weight)
+    relu = _is_relu(layer)
+    active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
+    static_mu: float | None = None
+    for h_prev, h in zip(h_in, h_out):
+        if relu:
+            tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
+            active = h > tau
+        else:
+            active = np.ones(h.shape[0], dtype=bool)
+        count = int(active.sum())
+        active_counts.append(count)
+        if not relu:
+            identifiable.append(rank == n_in)
+            if static_mu is None:  # every row takes part at every sample: one coherence
+                static_mu = mutual_coherence(weight)
+            mu = static_mu
+        else:
+            w_active = weight[np.flatnonzero(active)]
+            identifiable.append(count >= n_in and active_rank(w_active) == n_in)
+            mu = mutual_coherence(w_active) if count else 1.0
+        nnz_prev = _nnz(h_prev)
+        growth.append(_nnz(h) >= 2 * nnz_prev)
+        mus.append(mu)
+        coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
+    counts = np.array(active_counts)
+    return LayerAudit(
+        index=index,
+        in_features=n_in,
+        out_features=layer.out_features,
+        expansion=layer.expansion,
+        activation=layer.describe_activation(),
+        rank=rank,
+        source_nodes=layer.source_nodes,
+        active_min=int(counts.min()),
+        active_median=float(np.median(counts)),
+        identifiable_share=float(np.mean(identifiable)),
+        growth_share=float(np.mean(growth)),
+        coherence_share=float(np.mean(coherence_ok)),
+        coherence_median=float(np.median(mus)),
+        rank_known=rank_known,
+    )
+
+
 def _coherence_from_gram(gram: np.ndarray) -> float:
     """:func:`onnxinv.inversion.identifiability.mutual_coherence` of ``A`` from its Gram matrix
     ``AᵀA``: the largest ``|g_ij| / sqrt(g_ii g_jj)`` over ``i != j`` (1.0 if a column is zero)."""
@@ -587,7 +648,7 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                         nodes,
                     )
                 )
-            elif la.rank < n_in:
+            elif la.rank < n_in and la.rank_known:
                 findings.append(
                     Finding(
                         "rank-deficient",
@@ -609,7 +670,23 @@ def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> li
                     nodes,
                 )
             )
-        elif la.rank == n_in:
+            continue
+        if n_out < n_in:
+            findings.append(
+                Finding(
+                    "contracting",
+                    Severity.WARNING,
+                    f"This {where} contracts {n_in} values onto {n_out}: layer-wise inversion cannot recover "
+                    "its input (every output has a preimage of dimension at least "
+                    f"{n_in - n_out}); the whole network may still determine the latent (invert fits it on the "
+                    "whole network, and the verdict says what was proved).",
+                    la.index,
+                    nodes,
+                )
+            )
+        if not la.rank_known:
+            continue  # no rank claim either way (the sampled rows' test still runs)
+        if la.rank == n_in:
             findings.append(
                 Finding(
                     "injective",
@@ -654,7 +731,7 @@ def _sampled_findings(generator: Generator, layers: tuple[LayerAudit, ...], coun
                 )
             )
             continue
-        if layer.out_features >= layer.in_features and la.rank == layer.in_features:  # else: static finding
+        if layer.out_features >= layer.in_features and (la.rank == layer.in_features or not la.rank_known):
             if la.identifiable_share == 0.0:
                 severity = Severity.ERROR
                 text = (
@@ -775,7 +852,7 @@ def _verdict_line(
         layer = generator.layers[failing]
         if _is_relu(layer) and layer.out_features < layer.in_features:
             why = "a ReLU layer with fewer outputs than inputs is never identifiable"
-        elif la.rank < la.in_features:
+        elif la.rank < la.in_features and la.rank_known:
             why = f"rank(W) = {la.rank} < {la.in_features} inputs"
         else:
             why = (

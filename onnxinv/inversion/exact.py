@@ -177,7 +177,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
                 f"{proof[0]} by at least {proof[1]:.3g}: no input of layer {ctx.index} produces its output",
                 u_error=u_error,
             )
-        res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta_all, time_limit=ctx.remaining)
+        res = linear.layer_lp(layer, targets, ctx.bounds, slack=delta_all, time_limit=ctx.lp_time)
         if res.ok and res.x is not None:
             return LayerOutcome(
                 res.x,
@@ -203,13 +203,18 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
         )
 
     rank = ls.rank if ls is not None else linear.numerical_rank(w[eq])
-    res = linear.layer_lp(layer, targets, ctx.bounds, objective=objective, time_limit=ctx.remaining)
+    # LSMR (a large sparse system) tests no rank: its rank below n means "not shown", not a value
+    rank_text = (
+        f"of rank {rank}" if ls is None or ls.method != "lsmr" else "of a rank not shown to be full (LSMR)"
+    )
+    res = linear.layer_lp(layer, targets, ctx.bounds, objective=objective, time_limit=ctx.lp_time)
     tight = 1e-6 * max(ctx.scale, 1.0)
     what = "basis pursuit" if objective is not None else "the eq. (4) LP"
     closest = False
-    if not res.ok or res.x is None:
+    if (not res.ok or res.x is None) and res.status is not SolverStatus.TIME_LIMIT:
         # rounding can leave the exact system without a point: take the one that comes closest
-        wide = linear.min_widening(layer, targets, ctx.bounds, time_limit=ctx.remaining)
+        # (not after a time limit: the widened LP is no easier)
+        wide = linear.min_widening(layer, targets, ctx.bounds, time_limit=ctx.lp_time)
         if wide.ok and wide.x is not None and wide.x[-1] <= delta:
             t_star = float(wide.x[-1])
             tight += 2.0 * t_star
@@ -227,12 +232,12 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
             n_eq,
             rank,
             n - rank,
-            f"{n_eq} active rows of rank {rank} < {n} unknowns, and the eq. (4) LP ended "
+            f"{n_eq} active rows {rank_text} < {n} unknowns, and the eq. (4) LP ended "
             f"'{res.status.value}' ({res.message}): no point of this layer's preimage was found",
         )
     u = res.x
     dim = identifiability.preimage_dimension(
-        layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.remaining
+        layer, targets, ctx.bounds, u, tight_tol=tight, time_limit=ctx.lp_time
     )
     u_error = res.violation * max(scale, 1.0)
     dimension, cert, note = dim.dim, "", dim.message
@@ -248,7 +253,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
             u, u_error = u_pin, solution_error(ctx, pinned, n_eq + dim.implicit, n)
             cert = "preimage is a single point (rank with implicit equalities = n)"
             msg = (
-                f"{n_eq} active rows of rank {rank} < {n} unknowns, but {dim.implicit} tight inequalities "
+                f"{n_eq} active rows {rank_text} < {n} unknowns, but {dim.implicit} tight inequalities "
                 f"pin the preimage to the point {what} found; least squares ({pinned.method}) on the "
                 f"active rows and those equalities gives it within {delta:.2g} on the layer's output "
                 f"(largest misfit {worst:.3g})"
@@ -256,7 +261,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
         elif not closest:
             cert = "preimage is a single point (rank with implicit equalities = n)"
             msg = (
-                f"{n_eq} active rows of rank {rank} < {n} unknowns, but {dim.implicit} tight inequalities "
+                f"{n_eq} active rows {rank_text} < {n} unknowns, but {dim.implicit} tight inequalities "
                 f"pin the preimage to the point {what} found"
             )
         else:
@@ -264,7 +269,7 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
             # consistent least-squares point nothing shows that the unrounded preimage is a point
             dimension = n - rank
             msg = (
-                f"{n_eq} active rows of rank {rank} < {n} unknowns; {what} is fixed by {dim.implicit} tight "
+                f"{n_eq} active rows {rank_text} < {n} unknowns; {what} is fixed by {dim.implicit} tight "
                 f"inequalities, but least squares on them misses the data by {worst:.3g} (tolerance "
                 f"{delta:.2g}), so the preimage is not shown to be a point: its dimension is at most "
                 f"{dimension}"
@@ -272,12 +277,12 @@ def clean_layer(ctx: LayerContext, targets: Targets, *, objective: np.ndarray | 
     elif closest:
         dimension = n - rank
         msg = (
-            f"{n_eq} active rows of rank {rank} < {n} unknowns: the preimage has dimension at most "
+            f"{n_eq} active rows {rank_text} < {n} unknowns: the preimage has dimension at most "
             f"{dimension}; {what} is one point of it"
         )
     else:
         msg = (
-            f"{n_eq} active rows of rank {rank} < {n} unknowns: the preimage has dimension {dim.dim}; "
+            f"{n_eq} active rows {rank_text} < {n} unknowns: the preimage has dimension {dim.dim}; "
             f"{what} picked one point of it"
         )
     if note:
@@ -345,7 +350,7 @@ def row_gain(w: np.ndarray, targets: Targets) -> float:
     if targets.count == 0:
         return 0.0
     scale = np.minimum(targets.lower_scale, targets.upper_scale)
-    return float(np.max(np.linalg.norm(w, axis=1) / scale))
+    return float(np.max(linear.row_norms(w) / scale))
 
 
 METHOD = Method(

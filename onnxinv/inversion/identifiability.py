@@ -179,7 +179,7 @@ def _preimage_dimension(
     eq = targets.equality
     a_eq = w[eq]
     if extra_equalities is not None:
-        a_eq = np.vstack([a_eq, np.atleast_2d(extra_equalities)])
+        a_eq = linear.vstack([a_eq, np.atleast_2d(extra_equalities)])
     rank_eq = numerical_rank(a_eq)
     if rank_eq == n:
         return Dimension(0, rank_eq, 0, SolverStatus.OPTIMAL)
@@ -198,10 +198,9 @@ def _preimage_dimension(
         lower, upper = bounds
         at_lo = np.isfinite(lower) & (u - lower <= tight_tol)
         at_hi = np.isfinite(upper) & (upper - u <= tight_tol)
-        eye = np.eye(n)
-        normals.append(-eye[at_lo])
-        normals.append(eye[at_hi])
-    g = np.vstack(normals) if normals else np.zeros((0, n))
+        normals.append(-linear.identity_rows(n, at_lo, w))
+        normals.append(linear.identity_rows(n, at_hi, w))
+    g = linear.vstack(normals) if normals else np.zeros((0, n))
     # where each candidate came from: (kind, index) with kind 0 upper row, 1 lower row, 2/3 input bound
     kinds = np.concatenate([np.full(int(up.sum()), 0), np.full(int(lo.sum()), 1)])
     kinds = np.concatenate([kinds, np.full(int(at_lo.sum()), 2), np.full(int(at_hi.sum()), 3)])
@@ -210,11 +209,11 @@ def _preimage_dimension(
     )
     if g.shape[0] == 0:
         return Dimension(n - rank_eq, rank_eq, 0, SolverStatus.OPTIMAL)
-    norms = np.linalg.norm(g, axis=1)
+    norms = linear.row_norms(g)
     kinds, where = kinds[norms > 0], where[norms > 0]
-    g = g[norms > 0] / norms[norms > 0, None]
-    eq_norms = np.linalg.norm(a_eq, axis=1) if a_eq.size else np.zeros(0)
-    a_eq_n = a_eq[eq_norms > 0] / eq_norms[eq_norms > 0, None] if a_eq.size else a_eq
+    g = linear.scale_rows(g[norms > 0], 1.0 / norms[norms > 0])
+    eq_norms = linear.row_norms(a_eq) if a_eq.shape[0] else np.zeros(0)
+    a_eq_n = linear.scale_rows(a_eq[eq_norms > 0], 1.0 / eq_norms[eq_norms > 0]) if a_eq.shape[0] else a_eq
     t = g.shape[0]
     if _leaves_every_constraint(a_eq_n, g):
         # the LP's optimum would be s = 1 everywhere: no tight constraint is an implicit equality
@@ -248,8 +247,11 @@ def _preimage_dimension(
             f"the dimension LP ended '{res.status.value}', so n - rank = {n - rank_eq} is only an upper bound",
         )
     implicit = res.x[n:] < 0.5
-    full = np.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
-    rank_all = numerical_rank(full)
+    if sp.issparse(g):
+        rank_all = _sparse_rank_with_fixed(a_eq_n, g, implicit, kinds, where, n)
+    else:
+        full = linear.vstack([a_eq_n, g[implicit]]) if implicit.any() else a_eq_n
+        rank_all = numerical_rank(full)
 
     def mask(kind: int, size: int) -> np.ndarray:
         out = np.zeros(size, dtype=bool)
@@ -269,6 +271,25 @@ def _preimage_dimension(
     )
 
 
+def _sparse_rank_with_fixed(
+    a_eq: sp.csr_array, g: sp.csr_array, implicit: np.ndarray, kinds: np.ndarray, where: np.ndarray, n: int
+) -> int:
+    """``rank([A_eq; G_implicit])`` of a sparse layer without stacking the input-bound rows.
+
+    An implicit input bound contributes the row ``±e_i``; with ``S`` the set of those inputs,
+    ``rank([A; E_S]) = |S| + rank(A[:, ~S])`` (eliminate the fixed columns), so only the weight rows
+    restricted to the free inputs are ranked: a far smaller block than the stack.
+    """
+    fixed = np.zeros(n, dtype=bool)
+    fixed[where[implicit & (kinds >= 2)]] = True
+    rows = implicit & (kinds < 2)
+    block = linear.vstack([a_eq, g[rows]]) if rows.any() else a_eq
+    free = np.flatnonzero(~fixed)
+    if free.size == 0 or block.shape[0] == 0:
+        return int(fixed.sum())
+    return int(fixed.sum()) + numerical_rank(sp.csr_array(block)[:, free])
+
+
 def _leaves_every_constraint(a_eq: np.ndarray, g: np.ndarray) -> bool:
     """True when a direction ``d`` with ``A_eq d = 0`` and ``g_k d <= -1/2`` for every tight
     constraint ``k`` exists, shown by solving ``[A_eq; G] d = [0; -1]`` (least norm, when the stacked
@@ -276,18 +297,25 @@ def _leaves_every_constraint(a_eq: np.ndarray, g: np.ndarray) -> bool:
     ends with every ``s_k = 1`` (``2 d`` is feasible with all of them), so none of them is an implicit
     equality: the LP's answer without the LP. Generic when the tight constraints and equalities are
     fewer than the unknowns (a contracting layer, an input pinned by few zeros)."""
-    m = np.vstack([a_eq, g]) if a_eq.shape[0] else g
+    m = linear.vstack([a_eq, g]) if a_eq.shape[0] else g
     if m.shape[0] == 0 or m.shape[0] > m.shape[1]:
         return False
     rhs = np.concatenate([np.zeros(a_eq.shape[0]), -np.ones(g.shape[0])])
-    gram = m @ m.T
-    factor, info = linear._potrf(gram.T, lower=0, clean=1, overwrite_a=1)
-    if info != 0:
-        return False
-    y, info = linear._potrs(factor, rhs, lower=0)
-    if info != 0 or not np.all(np.isfinite(y)):
-        return False
-    d = m.T @ y
+    if sp.issparse(m):
+        # no dense (rows, rows) Gram matrix of a sparse stack: LSMR from 0 converges to the least-norm
+        # solution of a consistent system; whatever it returns is only a candidate, checked below
+        from scipy.sparse.linalg import lsmr
+
+        d = np.asarray(lsmr(m, rhs, atol=1e-14, btol=1e-14, maxiter=20 * m.shape[1])[0])
+    else:
+        gram = m @ m.T
+        factor, info = linear._potrf(gram.T, lower=0, clean=1, overwrite_a=1)
+        if info != 0:
+            return False
+        y, info = linear._potrs(factor, rhs, lower=0)
+        if info != 0 or not np.all(np.isfinite(y)):
+            return False
+        d = m.T @ y
     size = float(np.max(np.abs(d))) if d.size else 0.0
     if not (np.isfinite(size) and size > 0):
         return False
@@ -326,7 +354,10 @@ def pinned_point(
     t = target[rows] - b[rows] - w[rows][:, fixed] @ value[fixed]
     if a.shape[0] < a.shape[1]:
         return None
-    ls = solve_active(a, t, 1.0 / scale[rows])
+    if sp.issparse(a):
+        ls = linear.solve_rows(sp.csr_array(a), np.arange(a.shape[0]), t, 1.0 / scale[rows])
+    else:
+        ls = solve_active(a, t, 1.0 / scale[rows])
     if ls.rank < a.shape[1]:
         return None
     u = value.copy()
@@ -347,6 +378,23 @@ def mutual_coherence(a: np.ndarray) -> float:
     """Largest absolute cosine between two distinct columns of ``a`` (1.0 if a column is zero)."""
     if a.shape[1] < 2:
         return 0.0
+    if sp.issparse(a):
+        # the column Gram matrix of a sparse block stays sparse (a convolution's columns overlap little)
+        csc = sp.csc_array(a)
+        norms = np.sqrt(np.asarray(csc.multiply(csc).sum(axis=0)).reshape(-1))
+        if np.any(norms == 0):
+            return 1.0
+        an = sp.csc_array(csc @ sp.diags_array(1.0 / norms))
+        ant = sp.csr_array(an.T)
+        n = an.shape[1]
+        best = 0.0
+        step = max(1, n // 16)  # the column Gram matrix a block of columns at a time
+        for j in range(0, n, step):
+            block = sp.coo_array(ant[j : j + step] @ an)
+            off = block.row + j != block.col
+            if off.any():
+                best = max(best, float(np.max(np.abs(block.data[off]))))
+        return best
     norms = np.linalg.norm(a, axis=0)
     if np.any(norms == 0):
         return 1.0
@@ -367,6 +415,8 @@ def active_rank(
     n = w.shape[1]
     if w.shape[0] >= n:
         rhs = np.zeros(w.shape[0]) if targets_rhs is None else targets_rhs
+        if sp.issparse(w):  # the sparse route of solve_rows: its rank claims are sound (see there)
+            return linear.solve_rows(sp.csr_array(w), np.arange(w.shape[0]), rhs, weights).rank
         return solve_active(w, rhs, weights).rank
     return numerical_rank(w)
 
@@ -384,7 +434,7 @@ def _certain_rows(ctx: LayerContext, targets: Targets) -> np.ndarray:
 def two_sided_rank(ctx: LayerContext, targets: Targets) -> tuple[int, int]:
     """(number of sign-certain two-sided rows, rank of their weights); see :func:`noisy_rows`."""
     rows = _certain_rows(ctx, targets)
-    w = ctx.layer.dense_weight()[targets.rows[rows]]
+    w = ctx.layer.weight_rows(targets.rows[rows])
     return int(rows.sum()), active_rank(w)
 
 
@@ -402,10 +452,15 @@ def noisy_rows(ctx: LayerContext, targets: Targets, u: np.ndarray) -> tuple[int,
     """
     n = ctx.layer.in_features
     rows = _certain_rows(ctx, targets)
-    w = ctx.layer.dense_weight()[targets.rows[rows]]
+    w = ctx.layer.weight_rows(targets.rows[rows])
     scale = targets.upper_scale[rows]
     unit = bool(scale.size == 0 or (scale.min() == 1.0 and scale.max() == 1.0))
-    ls = solve_active(w, np.zeros(w.shape[0])) if w.shape[0] >= n else None
+    if w.shape[0] < n:
+        ls = None
+    elif sp.issparse(w):
+        ls = linear.solve_rows(w, np.arange(w.shape[0]), np.zeros(w.shape[0]))
+    else:
+        ls = solve_active(w, np.zeros(w.shape[0]))
     if unit and ls is not None and ls.factor is not None:
         # ReLU / identity rows: the rank's Cholesky factor is also error_scale's
         rank, spread = n, linear.factor_error_scale(ls.factor)
@@ -590,8 +645,15 @@ def layerwise_radius(
         pre = layer.preactivation(hidden[i])[rows]
         two, beta, upper = _row_bounds(layer, rows, ref, own, pre, e, spread)
         w = layer.weight_rows(rows)
-        w = w.toarray() if sp.issparse(w) else np.asarray(w)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
         n = layer.in_features
+        if sp.issparse(w):
+            if w.shape[0] * n > linear.DENSE_RANK_ENTRIES:
+                # the pseudo-inverse bound needs the dense rows; no radius rather than a dense copy
+                return None, (
+                    f"layer {i}: its {w.shape[0]}x{n} sparse weight is too large for the pseudo-inverse "
+                    "bound of the stability radius"
+                )
+            w = w.toarray()  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
         if int(two.sum()) < n:
             return None, (
                 f"layer {i}: {int(two.sum())} sign-certain rows for {n} inputs (the error bound "
@@ -758,6 +820,8 @@ def null_direction(
     k = layer.in_features
     z = np.asarray(z, dtype=np.float64)
     pre = layer.preactivation(z)
+    if layer.sparse and layer.out_features * k > linear.DENSE_RANK_ENTRIES:
+        return None  # no dense copy of a large sparse layer 0; the witness search still runs
     w = layer.dense_weight()
     relu = layer.activation is Activation.RELU
     active = pre > tau if relu else np.ones(layer.out_features, dtype=bool)

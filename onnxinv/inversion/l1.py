@@ -118,7 +118,7 @@ def _min_l1(ctx: LayerContext, targets: Targets) -> lp.LPResult:
     c = np.concatenate([np.zeros(n), np.ones(r)])
     lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if ctx.bounds is None else ctx.bounds
     bounds = (np.concatenate([lower, np.zeros(r)]), np.concatenate([upper, np.full(r, np.inf)]))
-    return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)
+    return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.lp_time)
 
 
 class _Dual:
@@ -177,7 +177,7 @@ class _Dual:
             free = ctx.bounds is None
             self.session = lp.LPSession(
                 cost,
-                np.ascontiguousarray(w.T),
+                sp.csr_array(w.T) if sp.issparse(w) else np.ascontiguousarray(w.T),
                 np.zeros(n) if free else np.full(n, np.inf),
                 (low, np.ones(targets.count)),
                 b_lb=np.zeros(n),
@@ -186,7 +186,7 @@ class _Dual:
         else:
             self.session.set_objective(cost)
             self.session.set_bounds(low, np.ones(targets.count))
-        res = self.session.solve(time_limit=ctx.remaining)
+        res = self.session.solve(time_limit=ctx.lp_time)
         u = self.session.row_dual
         if not res.ok or res.x is None or u is None or not np.all(np.isfinite(u)):
             return None

@@ -83,8 +83,8 @@ def solve_rows(
     """
     idx = np.flatnonzero(select) if select.dtype == bool else np.asarray(select, dtype=np.intp)
     m, n = idx.size, w.shape[1]
-    if sp.issparse(w):  # gathered rows of a sparse weight are solved densely (small layers only)
-        return solve_active(np.asarray(w[idx].toarray()), t, weights)  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
+    if sp.issparse(w):
+        return _solve_sparse_rows(w, idx, t, weights)
     if m * n <= BLOCK_ENTRIES or m < n or n == 0:
         return solve_active(w[idx], t, weights)
     unit = weights is None or _all_ones(weights)
@@ -126,6 +126,104 @@ def solve_rows(
 
 # Systems with more entries than this are never gathered as one copy (solve_rows).
 BLOCK_ENTRIES = 1 << 22
+# A sparse system's Gram matrix (n, n) is formed densely when n is at most this (8 MB) or when it
+# takes no more than SPARSE_GRAM_FACTOR times the bytes of the rows' stored entries.
+SPARSE_GRAM_COLUMNS = 1024
+SPARSE_GRAM_FACTOR = 3.0
+# A block of sparse rows is copied densely only when the copy takes at most SPARSE_GRAM_FACTOR times
+# the bytes of its stored entries (value + column index), or at most this many bytes.
+DENSE_COPY_FLOOR = 1 << 20
+# LSMR's stopping tolerances (relative, on the residual and on Aᵀr) and iteration cap per unknown.
+LSMR_TOL = 1e-12
+LSMR_ITERATIONS = 20
+
+
+def _sparse_gram_fits(n: int, nnz: int) -> bool:
+    """True when the dense ``(n, n)`` Gram matrix of a sparse system is affordable (see the limits)."""
+    return n <= SPARSE_GRAM_COLUMNS or 8.0 * n * n <= SPARSE_GRAM_FACTOR * 12.0 * nnz
+
+
+def sparse_gram(a: sp.csr_array) -> np.ndarray:
+    """``AᵀA`` of sparse rows as a dense Fortran-order array with its upper triangle filled (the layout
+    :func:`_cholesky_solve` factors in place), accumulated by BLAS ``syrk`` over dense copies of
+    blocks of about ``DENSE_COPY_FLOOR`` bytes: the working set is the Gram matrix plus one block (the
+    sparse product ``AᵀA`` would hold the product's fill on top of the dense copy)."""
+    m, n = a.shape
+    gram = np.zeros((n, n), order="F")
+    step = max(1, DENSE_COPY_FLOOR // (8 * max(n, 1)))
+    for i in range(0, m, step):
+        part = a[i : i + step].toarray()
+        gram = _syrk(1.0, part.T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
+    return gram
+
+
+def _gram_norm(gram: np.ndarray) -> float:
+    """The 1-norm of a symmetric matrix stored as its upper triangle (syrk leaves the lower at 0),
+    a block of columns at a time (no full copy of ``|G|``)."""
+    n = gram.shape[0]
+    cols, rows = np.zeros(n), np.zeros(n)
+    step = max(1, DENSE_COPY_FLOOR // (8 * max(n, 1)))
+    for j in range(0, n, step):
+        magnitude = np.abs(gram[:, j : j + step])
+        cols[j : j + step] = magnitude.sum(axis=0)
+        rows += magnitude.sum(axis=1)
+    return float(np.max(cols + rows - np.abs(np.diag(gram)))) if n else 0.0
+
+
+def dense_copy_fits(m: int, n: int, nnz: int) -> bool:
+    """True when a dense copy of ``(m, n)`` sparse rows with ``nnz`` stored entries is affordable: the
+    working set stays within ``SPARSE_GRAM_FACTOR`` times the bytes of the stored entries."""
+    return 8.0 * m * n <= max(float(DENSE_COPY_FLOOR), SPARSE_GRAM_FACTOR * 12.0 * nnz)
+
+
+def _solve_sparse_rows(
+    w: sp.csr_array, idx: np.ndarray, t: np.ndarray, weights: np.ndarray | None
+) -> LeastSquares:
+    """:func:`solve_rows` for a scipy.sparse weight; never densifies the rows of a large system.
+
+    Which solver, and why: scipy has neither a sparse QR nor a sparse Cholesky (CHOLMOD is a separate
+    package), so
+
+    * a small block (:func:`dense_copy_fits`) is gathered densely and solved like a dense one
+      (Cholesky with ``pocon``, pivoted QR when ill-conditioned): the rank is sound;
+    * a tall block with an affordable Gram matrix (``_sparse_gram_fits``) forms ``AᵀA`` by a sparse
+      product and factors it densely by LAPACK, with the products ``A u``, ``Aᵀ r`` sparse: the
+      ``pocon`` condition estimate (``<= COND_LIMIT``) is the full-column-rank claim, as on the dense
+      path (``σ_min/σ_max >= 1/COND_LIMIT``, far above ``RANK_RTOL``);
+    * otherwise LSMR [2]_ (``scipy.sparse.linalg.lsmr``, only products with ``A`` and ``Aᵀ``; preferred
+      to LSQR for its monotone ``||Aᵀr||``) gives the least-squares point, and **no rank is claimed**:
+      the rank reported is ``min(m, n) - 1`` when ``m >= n`` (not shown to be full) so that no caller
+      can read uniqueness into it.
+
+    References
+    ----------
+    .. [2] D. C.-L. Fong, M. A. Saunders, "LSMR: An iterative algorithm for sparse least-squares
+       problems", SIAM J. Sci. Comput. 33(5), 2011.
+    """
+    m, n = idx.size, w.shape[1]
+    rows = w[idx]
+    if n == 0 or m == 0 or dense_copy_fits(m, n, int(rows.nnz)):
+        return solve_active(rows.toarray(), t, weights)
+    unit = weights is None or _all_ones(weights)
+    scale = np.ones(m) if weights is None or unit else np.asarray(weights, dtype=np.float64)
+    aw = rows if unit else sp.csr_array(sp.diags_array(scale) @ rows)
+    tw = t if unit else t * scale
+    if m >= n and _sparse_gram_fits(n, int(rows.nnz)):
+        gram = sparse_gram(aw)
+        out = _cholesky_solve(
+            gram, aw.T @ tw, lambda u: aw @ u, lambda r: aw.T @ r, tw, m, fortran=True, anorm=_gram_norm(gram)
+        )
+        if out is not None:
+            return out if unit else dataclasses.replace(out, residual=_maxabs(rows @ out.u - t))
+    from scipy.sparse.linalg import lsmr
+
+    sol = lsmr(aw, tw, atol=LSMR_TOL, btol=LSMR_TOL, maxiter=LSMR_ITERATIONS * max(n, 1))
+    u = np.asarray(sol[0], dtype=np.float64)
+    rw = float(np.linalg.norm(tw - aw @ u))
+    rank = min(m, n - 1)
+    return LeastSquares(
+        u, rank, float("inf"), _maxabs(rows @ u - t), float("inf"), "lsmr", float("inf"), rw / np.sqrt(m)
+    )
 
 
 def _all_ones(v: np.ndarray) -> bool:
@@ -259,7 +357,7 @@ def _solve_qr(a: np.ndarray, t: np.ndarray, aw: np.ndarray, tw: np.ndarray) -> L
     return LeastSquares(u, rank, cond, _maxabs(res), err, "qr", spread, rw / np.sqrt(m))
 
 
-def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
+def error_scale(a: np.ndarray | sp.csr_array, row_scale: np.ndarray | None = None) -> float:
     """``sqrt(trace((AᵀS⁻²A)⁻¹) / n)`` for a tall ``A`` of full column rank (inf otherwise).
 
     If the rows' errors, divided by ``S = diag(row_scale)``, are independent with standard deviation
@@ -271,8 +369,14 @@ def error_scale(a: np.ndarray, row_scale: np.ndarray | None = None) -> float:
         return 0.0
     if m < n:
         return float("inf")
-    aw = a if row_scale is None or _all_ones(row_scale) else a / row_scale[:, None]
-    gram = aw.T @ aw
+    if sp.issparse(a):
+        aw = a if row_scale is None or _all_ones(row_scale) else scale_rows(a, 1.0 / row_scale)
+        if not _sparse_gram_fits(n, int(a.nnz)):  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
+            return float("inf")
+        gram = np.asarray((aw.T @ aw).toarray())
+    else:
+        aw = a if row_scale is None or _all_ones(row_scale) else a / row_scale[:, None]
+        gram = aw.T @ aw
     if not np.all(np.isfinite(gram)):
         return float("inf")
     factor, info = _potrf(gram.T, lower=0, clean=1, overwrite_a=1)
@@ -294,12 +398,65 @@ def factor_error_scale(factor: np.ndarray) -> float:
     return value if np.isfinite(value) else float("inf")
 
 
-def numerical_rank(a: np.ndarray) -> int:
-    """Rank with the same relative threshold as the QR path (``RANK_RTOL``)."""
+def numerical_rank(a: np.ndarray | sp.sparray | sp.spmatrix) -> int:
+    """Rank with the same relative threshold as the QR path (``RANK_RTOL``).
+
+    A sparse ``a`` is densified only when the copy is small (:func:`dense_copy_fits`; the singular
+    values of the dense copy: sound). A larger sparse block gets :func:`sparse_rank_bound`, an upper
+    bound that never overstates the rank (it is what may keep a layer from being called identifiable).
+    """
+    if sp.issparse(a):
+        m, n = a.shape
+        if m == 0 or n == 0:
+            return 0
+        if m * n > DENSE_RANK_ENTRIES or not dense_copy_fits(m, n, int(a.nnz)):  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
+            return sparse_rank_bound(a)
+        a = a.toarray()  # type: ignore[union-attr]  # scipy has no stubs, so sp.issparse cannot narrow the union
     if a.size == 0:
         return 0
     s = np.linalg.svd(a, compute_uv=False)
     return int(np.sum(s > RANK_RTOL * s[0])) if s[0] > 0 else 0
+
+
+def sparse_rank(a: sp.sparray | sp.spmatrix) -> tuple[int, bool]:
+    """``(rank, exact)`` of a sparse block: ``exact`` is False when only the bound of
+    :func:`sparse_rank_bound` is known (its value is then not a rank to report as a fact)."""
+    m, n = a.shape
+    if m == 0 or n == 0:
+        return 0, True
+    if m * n <= DENSE_RANK_ENTRIES and dense_copy_fits(m, n, int(a.nnz)):
+        return numerical_rank(a.toarray()), True
+    bound = sparse_rank_bound(a)
+    return bound, bound == min(m, n)
+
+
+# Sparse blocks with at most this many entries are densified for their singular values (64 MB).
+DENSE_RANK_ENTRIES = 1 << 23
+
+
+def sparse_rank_bound(a: sp.sparray | sp.spmatrix) -> int:
+    """An upper bound on the rank of a large sparse ``(m, n)`` block, without densifying it.
+
+    The rank is at most ``min(m, n)``, at most the number of non-zero rows and of non-zero columns. When
+    that bound is the smaller side ``s`` and the ``(s, s)`` Gram matrix (``AᵀA`` when tall, ``AAᵀ`` when
+    wide, formed by a sparse product) is affordable, the Cholesky test of :func:`gram_full_rank` shows
+    full rank ``s`` soundly; without that proof the bound returned is ``s - 1``: "not shown", never a
+    claim of full rank. (Rank of a wide block only bounds a preimage's dimension from below; no
+    uniqueness claim rests on it.)
+    """
+    csr = sp.csr_array(a)
+    m, n = csr.shape
+    nonzero_rows = int(np.count_nonzero(np.diff(csr.indptr)))
+    nonzero_cols = int(np.unique(csr.indices).size)
+    side = min(m, n)
+    bound = min(side, nonzero_rows, nonzero_cols)
+    if bound < side:
+        return bound
+    if _sparse_gram_fits(side, int(csr.nnz)):
+        gram = csr.T @ csr if m >= n else csr @ csr.T
+        if gram_full_rank(gram.toarray()):
+            return side
+    return side - 1
 
 
 def _maxabs(v: np.ndarray) -> float:
@@ -325,7 +482,7 @@ def layer_lp(
     eq = targets.equality if slack == 0.0 else np.zeros(targets.count, dtype=bool)
     up = np.isfinite(targets.upper) & ~eq
     lo = np.isfinite(targets.lower) & ~eq
-    a_ub = np.vstack([w[up], -w[lo]])
+    a_ub = vstack([w[up], -w[lo]])
     b_ub = np.concatenate(
         [
             targets.upper[up] - b[up] + slack * targets.upper_scale[up],
@@ -387,14 +544,59 @@ def widening_lp(
     n = layer.in_features
     up = np.isfinite(targets.upper)
     lo = np.isfinite(targets.lower)
-    a_ub = np.vstack(
-        [
-            np.hstack([w[up], -targets.upper_scale[up, None]]),
-            np.hstack([-w[lo], -targets.lower_scale[lo, None]]),
-        ]
-    )
+    if sp.issparse(w):
+        # HiGHS takes the rows sparse (lp.py): the column of t appended without densifying W
+        a_ub = sp.vstack(
+            [
+                sp.hstack([w[up], sp.csr_array(-targets.upper_scale[up, None])]),
+                sp.hstack([-w[lo], sp.csr_array(-targets.lower_scale[lo, None])]),
+            ],
+            format="csr",
+        )
+    else:
+        a_ub = np.vstack(
+            [
+                np.hstack([w[up], -targets.upper_scale[up, None]]),
+                np.hstack([-w[lo], -targets.lower_scale[lo, None]]),
+            ]
+        )
     b_ub = np.concatenate([targets.upper[up] - b[up], -(targets.lower[lo] - b[lo])])
     c = np.zeros(n + 1)
     c[-1] = 1.0
     lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if bounds is None else bounds
     return c, a_ub, b_ub, (np.append(lower, 0.0), np.append(upper, np.inf))
+
+
+def vstack(blocks: list) -> np.ndarray | sp.csr_array:
+    """Rows stacked in the blocks' storage: sparse blocks stay sparse (CSR), dense ones dense."""
+    if any(sp.issparse(b) for b in blocks):
+        return sp.csr_array(sp.vstack(blocks, format="csr"))
+    return np.vstack(blocks)
+
+
+def row_norms(a: np.ndarray | sp.csr_array) -> np.ndarray:
+    """Euclidean norm of each row, for dense or sparse ``a`` (no dense copy of a sparse one)."""
+    if sp.issparse(a):
+        sq = sp.csr_array(a)
+        return np.sqrt(np.asarray(sq.multiply(sq).sum(axis=1)).reshape(-1))
+    return np.linalg.norm(a, axis=1)
+
+
+def scale_rows(a: np.ndarray | sp.csr_array, s: np.ndarray) -> np.ndarray | sp.csr_array:
+    """``diag(s) a`` in ``a``'s storage."""
+    if sp.issparse(a):
+        return sp.csr_array(sp.diags_array(np.asarray(s, dtype=np.float64)) @ a)
+    return a * s[:, None]
+
+
+def identity_rows(n: int, select: np.ndarray, like: object) -> np.ndarray | sp.csr_array:
+    """Rows ``select`` of the ``(n, n)`` identity, sparse when ``like`` is sparse."""
+    if sp.issparse(like):
+        idx = np.flatnonzero(select) if select.dtype == bool else np.asarray(select, dtype=np.intp)
+        return sp.csr_array((np.ones(idx.size), (np.arange(idx.size), idx)), shape=(idx.size, n))
+    return np.eye(n)[select]
+
+
+def dense(a: object) -> np.ndarray:
+    """A dense array of ``a`` (a copy for sparse input: only for blocks known to be small)."""
+    return a.toarray() if sp.issparse(a) else np.asarray(a)  # type: ignore[attr-defined]  # scipy has no stubs, so sp.issparse cannot narrow

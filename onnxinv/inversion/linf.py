@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 
 from onnxinv.inversion import linear, lp
 from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
@@ -151,7 +152,7 @@ def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
     n = ctx.layer.in_features
     start = _start_point(ctx, targets, w, b)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
-        return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.remaining)
+        return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.lp_time)
     viol = a_ub[:, :n] @ start - b_ub
     count = min(b_ub.size, 2 * (n + 1))
     initial = np.argsort(-viol)[:count]
@@ -160,7 +161,7 @@ def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
         a_ub,
         b_ub,
         bounds=bounds,
-        time_limit=ctx.remaining,
+        time_limit=ctx.lp_time,
         row_generation=True,
         initial_rows=initial,
     )
@@ -201,15 +202,19 @@ class _Family:
         rhs = _family_rhs(self.ctx.layer, targets)
         if self.session is not None and self.rows is not None and np.array_equal(self.rows, targets.rows):
             self.session.set_rhs(rhs)
-            return self.session.solve(time_limit=self.ctx.remaining)
+            return self.session.solve(time_limit=self.ctx.lp_time)
         ctx = self.ctx
         n = ctx.layer.in_features
         w, b = targets.matrices(ctx.layer)
         m = targets.count
-        a = np.empty((2 * m, n + 1))
-        a[:m, :n] = w
-        a[m:, :n] = -w
-        a[:, n] = -1.0
+        if sp.issparse(w):  # the rows [W, -1; -W, -1] stay sparse (HiGHS takes them so)
+            minus = sp.csr_array(np.full((m, 1), -1.0))
+            a = sp.csr_array(sp.vstack([sp.hstack([w, minus]), sp.hstack([-w, minus])], format="csr"))
+        else:
+            a = np.empty((2 * m, n + 1))
+            a[:m, :n] = w
+            a[m:, :n] = -w
+            a[:, n] = -1.0
         lower, upper = (np.full(n, -np.inf), np.full(n, np.inf)) if ctx.bounds is None else ctx.bounds
         bounds = (np.append(lower, 0.0), np.append(upper, np.inf))
         c = np.zeros(n + 1)
@@ -227,7 +232,7 @@ class _Family:
             initial = reduced[np.argsort(-viol[reduced])[:count]]
         self.session = lp.LPSession(c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial)
         self.rows = targets.rows.copy()
-        return self.session.solve(time_limit=ctx.remaining)
+        return self.session.solve(time_limit=ctx.lp_time)
 
 
 def _unit_scales(targets: Targets) -> bool:

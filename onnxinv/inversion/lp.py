@@ -855,9 +855,9 @@ def _pass_arrays(
             _to_highs_inf(lower),
             _to_highs_inf(upper),
             int(csc.nnz),
-            csc.indptr[:-1].astype(np.int32),
-            csc.indices.astype(np.int32),
-            csc.data.astype(np.float64),
+            csc.indptr[:-1].astype(np.int32, copy=False),
+            csc.indices.astype(np.int32, copy=False),
+            csc.data.astype(np.float64, copy=False),
         )
     if status == highspy.HighsStatus.kError:
         raise SolverError(

@@ -165,6 +165,10 @@ MAX_UNITS = 4000
 """Hidden units above which :func:`applicability` calls a network too large for the MILP."""
 MAX_NNZ = 2_000_000
 """Weight entries above which :func:`applicability` calls a network too large for the MILP."""
+MAX_SPARSE_DENSE = 1 << 20
+"""Entries of a sparse layer's dense copy above which :func:`applicability` calls the network too
+large for the MILP (8 MB): its bound steps densify every stage, and a large sparse weight is never
+densified."""
 
 _LINEAR, _ACTIVE, _INACTIVE, _AMBIGUOUS, _RELAXED = range(5)
 
@@ -555,6 +559,15 @@ def applicability(
             "entry and the MILP does not apply"
         )
     if check_size:
+        for i, layer in enumerate(layers):
+            entries = layer.out_features * layer.in_features
+            if layer.sparse and entries > MAX_SPARSE_DENSE:
+                # the bound steps work on dense copies of each stage (pseudo-inverses, composed maps)
+                return (
+                    f"layer {i} is a sparse {layer.out_features}x{layer.in_features} map ({layer.nnz} stored "
+                    f"entries): too large for the MILP, whose bound tightening works on a dense copy of "
+                    f"every layer ({entries} entries; the limit for a sparse layer is {MAX_SPARSE_DENSE})"
+                )
         units = sum(layer.out_features for layer in layers[:-1])
         nnz = sum(layer.nnz for layer in layers)
         if units > max_units or nnz > max_nnz:

@@ -65,7 +65,7 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
     res = None
     growth = 0
     for growth in range(ctx.settings.max_growth + 1):  # noqa: B007 - reported below
-        res = lp.solve_lp(c, w, y + eps - b, bounds=ctx.bounds, time_limit=ctx.remaining)
+        res = lp.solve_lp(c, w, y + eps - b, bounds=ctx.bounds, time_limit=ctx.lp_time)
         if res.status is not SolverStatus.INFEASIBLE:
             break
         eps *= ctx.settings.alpha

@@ -102,7 +102,7 @@ def _noisy_layer(ctx: LayerContext, relu_input: bool) -> LayerOutcome:
     for step in range(ctx.settings.max_growth + 1):  # noqa: B007 - reported below
         targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
         res = linear.layer_lp(
-            ctx.layer, targets, ctx.bounds, objective=np.ones(n), slack=eps, time_limit=ctx.remaining
+            ctx.layer, targets, ctx.bounds, objective=np.ones(n), slack=eps, time_limit=ctx.lp_time
         )
         if res.status is not SolverStatus.INFEASIBLE:
             break
@@ -140,7 +140,7 @@ def _certify(ctx: LayerContext, targets: Targets, out: LayerOutcome) -> None:
         out.u,
         tight_tol=1e-6 * scale,
         extra_equalities=np.ones((1, n)),
-        time_limit=ctx.remaining,
+        time_limit=ctx.lp_time,
     )
     if face.status.ok and face.dim == 0:
         out.certificate = "unique minimum-l1 code (optimal face of basis pursuit is a point)"
