@@ -190,6 +190,9 @@ def _solve_sparse_rows(
       product and factors it densely by LAPACK, with the products ``A u``, ``Aᵀ r`` sparse: the
       ``pocon`` condition estimate (``<= COND_LIMIT``) is the full-column-rank claim, as on the dense
       path (``σ_min/σ_max >= 1/COND_LIMIT``, far above ``RANK_RTOL``);
+    * a block whose rows hold at most one non-zero each (diagonal scalings, permutations, nearest
+      upsampling, selections, padding: :func:`_one_per_row`) has orthogonal columns, so its singular
+      values are the column norms and the least-squares point is ``u_j = a_jᵀt / ||a_j||²``, exactly;
     * otherwise LSMR [2]_ (``scipy.sparse.linalg.lsmr``, only products with ``A`` and ``Aᵀ``; preferred
       to LSQR for its monotone ``||Aᵀr||``) gives the least-squares point, and **no rank is claimed**:
       the rank reported is ``min(m, n) - 1`` when ``m >= n`` (not shown to be full) so that no caller
@@ -208,6 +211,8 @@ def _solve_sparse_rows(
     scale = np.ones(m) if weights is None or unit else np.asarray(weights, dtype=np.float64)
     aw = rows if unit else sp.csr_array(sp.diags_array(scale) @ rows)
     tw = t if unit else t * scale
+    if _one_per_row(aw):
+        return _orthogonal_solve(rows, aw, t, tw)
     if m >= n and _sparse_gram_fits(n, int(rows.nnz)):
         gram = sparse_gram(aw)
         out = _cholesky_solve(
@@ -223,6 +228,35 @@ def _solve_sparse_rows(
     rank = min(m, n - 1)
     return LeastSquares(
         u, rank, float("inf"), _maxabs(rows @ u - t), float("inf"), "lsmr", float("inf"), rw / np.sqrt(m)
+    )
+
+
+def _one_per_row(a: sp.csr_array) -> bool:
+    """True when every row of ``a`` stores at most one non-zero: its columns then have disjoint
+    supports, hence are orthogonal."""
+    csr = sp.csr_array(a)
+    if csr.nnz and not np.all(csr.data != 0):
+        csr = csr.copy()
+        csr.eliminate_zeros()
+    return bool(csr.shape[0] == 0 or int(np.max(np.diff(csr.indptr))) <= 1)
+
+
+def _orthogonal_solve(rows: sp.csr_array, aw: sp.csr_array, t: np.ndarray, tw: np.ndarray) -> LeastSquares:
+    """Least squares for orthogonal columns (:func:`_one_per_row`): ``σ_j = ||a_j||``, exact."""
+    m, n = aw.shape
+    norms2 = np.asarray(aw.multiply(aw).sum(axis=0), dtype=np.float64).reshape(-1)
+    live = norms2 > 0
+    u = np.zeros(n)
+    u[live] = np.asarray(aw.T @ tw, dtype=np.float64)[live] / norms2[live]
+    sigma = np.sqrt(norms2[live])
+    rank = int(np.count_nonzero(sigma > RANK_RTOL * sigma.max())) if sigma.size else 0
+    cond = float(sigma.max() / sigma.min()) if rank == n and n else float("inf")
+    resid = aw @ u - tw
+    rw = float(np.linalg.norm(resid))
+    err = rw / float(sigma.min()) if rank == n and n else float("inf")
+    spread = float(np.sqrt(np.mean(1.0 / norms2))) if rank == n and n else float("inf")
+    return LeastSquares(
+        u, rank, cond, _maxabs(rows @ u - t), err, "orthogonal columns", spread, rw / np.sqrt(max(m, 1))
     )
 
 
@@ -451,6 +485,8 @@ def sparse_rank_bound(a: sp.sparray | sp.spmatrix) -> int:
     side = min(m, n)
     bound = min(side, nonzero_rows, nonzero_cols)
     if bound < side:
+        return bound
+    if _one_per_row(csr):  # orthogonal non-zero columns: the rank is their number, exactly
         return bound
     if _sparse_gram_fits(side, int(csr.nnz)):
         gram = csr.T @ csr if m >= n else csr @ csr.T

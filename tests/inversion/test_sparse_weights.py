@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from builders import assert_matches_onnxruntime, save
 from contract import assert_contract
 from conv_builders import K, contracting_model, expanding_model
+from scipy.sparse.linalg import lsqr
 
 import onnxinv
 from onnxinv.inversion import EvidenceKind, Verdict, linear, milp
@@ -148,6 +149,29 @@ def test_sparse_least_squares_routes_agree_with_the_dense_solve(monkeypatch, rou
     else:
         # LSMR finds the point but claims no full rank: nothing may read uniqueness into it
         assert ls.method == "lsmr" and ls.rank < 80
+
+
+@pytest.mark.parametrize("missing_column", [False, True])
+def test_one_non_zero_per_row_is_solved_exactly_with_its_true_rank(monkeypatch, missing_column):
+    """Diagonal scalings, nearest upsampling, selections: orthogonal columns, whose rank and least-squares
+    point need no factorisation (a 2x nearest upsampling of 3000 values with random gains here)."""
+    n = 3000
+    cols = np.repeat(np.arange(n), 2)
+    if missing_column:
+        cols = np.where(cols == 17, 18, cols)  # column 17 never used: rank n - 1
+    gains = np.random.default_rng(0).uniform(0.5, 2.0, cols.size)
+    w = sp.csr_array((gains, (np.arange(cols.size), cols)), shape=(cols.size, n))
+    u_true = np.random.default_rng(1).standard_normal(n)
+    if missing_column:
+        u_true[17] = 0.0
+    t = w @ u_true + np.random.default_rng(2).normal(scale=1e-3, size=cols.size)
+    monkeypatch.setattr(linear, "DENSE_COPY_FLOOR", 0)  # no dense copy: the sparse routes
+    ls = linear.solve_rows(w, np.arange(cols.size), t)
+    expected = lsqr(w, t, atol=1e-14, btol=1e-14)[0]
+    np.testing.assert_allclose(ls.u, expected, atol=1e-8)
+    assert ls.method == "orthogonal columns" and ls.rank == n - int(missing_column)
+    monkeypatch.setattr(linear, "DENSE_RANK_ENTRIES", 10)  # the large-block rank bound: exact here
+    assert linear.numerical_rank(w) == n - int(missing_column)
 
 
 def test_sparse_gram_route_does_not_claim_full_rank_for_a_rank_deficient_block(monkeypatch):

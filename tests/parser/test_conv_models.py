@@ -249,7 +249,7 @@ def test_separable_convolution_stays_two_layers(tmp_path):
     assert any("kept as 2 linear layers" in note for note in generator.notes)
 
 
-def test_wide_dense_decoder_loads(tmp_path):
+def test_wide_dense_decoder_loads_and_inverts(tmp_path):
     # 20-256-12288 Tanh decoder of 64x64 RGB images, then x * 0.5 + 0.5: the elementwise ops after the
     # last layer become a diagonal, not a 12288 x 12288 matrix
     from onnxinv.building import build_model, random_generator_layers
@@ -268,6 +268,13 @@ def test_wide_dense_decoder_loads(tmp_path):
     assert not first.sparse and not second.sparse and second.weight.shape == (12288, 256)
     assert scale.sparse and scale.nnz == 12288 and scale.activation is Activation.IDENTITY
     np.testing.assert_allclose(scale.bias, 0.5)
+    # the diagonal's orthogonal columns give its rank exactly, so Theorem 2 holds at every layer
+    z = np.random.default_rng(1).standard_normal(20)
+    x = generator.run_onnx(z).reshape(-1)
+    result = onnxinv.invert(generator, x)
+    assert result.verdict is onnxinv.Verdict.UNIQUE, result.message
+    assert result.evidence.kind.value == "layerwise"
+    np.testing.assert_allclose(result.z, z, atol=1e-5)
 
 
 def test_float64_conv_model_parses_without_onnxruntime_kernels(tmp_path):
