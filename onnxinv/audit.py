@@ -496,80 +496,20 @@ def _is_relu(layer: Layer) -> bool:
     )
 
 
+# What one sample says about a layer, given its active rows: (identifiable there, coherence there).
+_SampleTest = Callable[[np.ndarray, int], tuple[bool, float]]
+
+
 def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
     """Statistics of one layer at the samples: ``h_in`` (N, n_in) its inputs, ``h_out`` (N, n_out) outputs.
 
     Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
     so "identifiable" here and in an inversion's layer steps mean the same thing.
     """
-    from onnxinv.inversion.linear import gram_full_rank, numerical_rank
-
     n_in = layer.in_features
-    if layer.sparse:
-        return _sparse_layer_audit(index, layer, h_in, h_out)
-    weight = layer.dense_weight()
-    rank = numerical_rank(weight)
     relu = _is_relu(layer)
+    rank, rank_known, test = (_sparse_tests if layer.sparse else _dense_tests)(layer, relu)
     active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
-    for h_prev, h in zip(h_in, h_out):
-        if relu:
-            tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
-            active = h > tau
-        else:
-            active = np.ones(h.shape[0], dtype=bool)
-        w_active = weight[active]
-        count = int(active.sum())
-        active_counts.append(count)
-        # one Gram matrix of the active rows serves the rank test and the coherence
-        gram = w_active.T @ w_active if count else None
-        if not relu:
-            identifiable.append(rank == n_in)
-        else:
-            identifiable.append(
-                count >= n_in
-                and gram is not None
-                and (gram_full_rank(gram) or numerical_rank(w_active) == n_in)
-            )
-        nnz_prev = _nnz(h_prev)
-        growth.append(_nnz(h) >= 2 * nnz_prev)
-        mu = _coherence_from_gram(gram) if gram is not None else 1.0
-        mus.append(mu)
-        coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
-    counts = np.array(active_counts)
-    return LayerAudit(
-        index=index,
-        in_features=n_in,
-        out_features=layer.out_features,
-        expansion=layer.expansion,
-        activation=layer.describe_activation(),
-        rank=rank,
-        source_nodes=layer.source_nodes,
-        active_min=int(counts.min()),
-        active_median=float(np.median(counts)),
-        identifiable_share=float(np.mean(identifiable)),
-        growth_share=float(np.mean(growth)),
-        coherence_share=float(np.mean(coherence_ok)),
-        coherence_median=float(np.median(mus)),
-    )
-
-
-def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
-    """:func:`_layer_audit` for a scipy.sparse weight, never densifying it.
-
-    Ranks come from :func:`~onnxinv.inversion.linear.numerical_rank` (dense singular values of blocks
-    small enough, else a bound that never overstates the rank) and the active rows' test from
-    :func:`~onnxinv.inversion.identifiability.active_rank` (the sparse least-squares route: a full
-    rank only when its Cholesky / QR shows it); the coherence from the sparse column Gram matrix.
-    """
-    from onnxinv.inversion.identifiability import active_rank, mutual_coherence
-    from onnxinv.inversion.linear import sparse_rank
-
-    n_in = layer.in_features
-    weight = layer.weight
-    rank, rank_known = sparse_rank(weight)
-    relu = _is_relu(layer)
-    active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
-    static_mu: float | None = None
     for h_prev, h in zip(h_in, h_out):
         if relu:
             tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
@@ -578,15 +518,8 @@ def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.nd
             active = np.ones(h.shape[0], dtype=bool)
         count = int(active.sum())
         active_counts.append(count)
-        if not relu:
-            identifiable.append(rank == n_in)
-            if static_mu is None:  # every row takes part at every sample: one coherence
-                static_mu = mutual_coherence(weight)
-            mu = static_mu
-        else:
-            w_active = weight[np.flatnonzero(active)]
-            identifiable.append(count >= n_in and active_rank(w_active) == n_in)
-            mu = mutual_coherence(w_active) if count else 1.0
+        ok, mu = test(active, count)
+        identifiable.append(rank == n_in if not relu else ok)
         nnz_prev = _nnz(h_prev)
         growth.append(_nnz(h) >= 2 * nnz_prev)
         mus.append(mu)
@@ -608,6 +541,53 @@ def _sparse_layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.nd
         coherence_median=float(np.median(mus)),
         rank_known=rank_known,
     )
+
+
+def _dense_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
+    """Rank of a dense weight, and the per-sample test: one Gram matrix of the active rows serves the
+    rank test and the coherence."""
+    from onnxinv.inversion.linear import gram_full_rank, numerical_rank
+
+    weight = layer.dense_weight()
+    n_in = layer.in_features
+
+    def test(active: np.ndarray, count: int) -> tuple[bool, float]:
+        if not count:
+            return False, 1.0
+        w_active = weight[active]
+        gram = w_active.T @ w_active
+        ok = relu and count >= n_in and (gram_full_rank(gram) or numerical_rank(w_active) == n_in)
+        return ok, _coherence_from_gram(gram)
+
+    return numerical_rank(weight), True, test
+
+
+def _sparse_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
+    """:func:`_dense_tests` for a scipy.sparse weight, never densifying it.
+
+    Ranks come from :func:`~onnxinv.inversion.linear.sparse_rank` (dense singular values of blocks
+    small enough, else a bound that never overstates the rank) and the active rows' test from
+    :func:`~onnxinv.inversion.identifiability.active_rank` (the sparse least-squares route: a full
+    rank only when its Cholesky / QR shows it); the coherence from the sparse column Gram matrix.
+    """
+    from onnxinv.inversion.identifiability import active_rank, mutual_coherence
+    from onnxinv.inversion.linear import sparse_rank
+
+    weight = layer.weight
+    n_in = layer.in_features
+    rank, rank_known = sparse_rank(weight)
+    static: list[float] = []  # without ReLU every row takes part at every sample: one coherence
+
+    def test(active: np.ndarray, count: int) -> tuple[bool, float]:
+        if not relu:
+            if not static:
+                static.append(mutual_coherence(weight))
+            return False, static[0]
+        w_active = weight[np.flatnonzero(active)]
+        ok = count >= n_in and active_rank(w_active) == n_in
+        return bool(ok), mutual_coherence(w_active) if count else 1.0
+
+    return rank, rank_known, test
 
 
 def _coherence_from_gram(gram: np.ndarray) -> float:
