@@ -14,6 +14,8 @@ attribute or tensor that did not fit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from onnxinv.layers import Weight
@@ -77,6 +79,33 @@ def _ints(value: object) -> list[int] | None:
     return [int(v) for v in np.asarray(value).reshape(-1)]
 
 
+def _conv_operands(ctx: NodeContext) -> tuple[tuple[int, ...], np.ndarray, dict[str, Any]] | str:
+    """The sample shape, the constant weight and the attributes Conv and ConvTranspose share, or why
+    the node does not qualify."""
+    node = ctx.node
+    if ctx.variable_position != 0:
+        return f"its weight '{ctx.var_input}', not its data, comes from the model input"
+    weight = ctx.constant(1)
+    if weight is None:
+        return f"its weight '{node.input[1]}' is not a constant"
+    in_shape = _sample_shape(ctx, ctx.var_input)
+    if isinstance(in_shape, str):
+        return in_shape
+    kernel = _ints(_attr(node, "kernel_shape", None))
+    if kernel and list(weight.shape[2:]) != kernel:
+        return (
+            f"kernel_shape {kernel} does not match the weight '{node.input[1]}' of shape {list(weight.shape)}"
+        )
+    options = {
+        "strides": _ints(_attr(node, "strides", None)),
+        "pads": _ints(_attr(node, "pads", None)),
+        "dilations": _ints(_attr(node, "dilations", None)),
+        "group": int(_attr(node, "group", 1)),
+        "auto_pad": _text(_attr(node, "auto_pad", "NOTSET")),
+    }
+    return in_shape, np.asarray(weight, dtype=np.float64), options
+
+
 class ConvHandler(Handler):
     """``Conv(x, W, B)`` with a constant weight: a sparse matrix, plus the bias per output channel."""
 
@@ -84,29 +113,12 @@ class ConvHandler(Handler):
     name = "Conv with a constant weight"
 
     def match(self, ctx: NodeContext) -> Step | str:
-        node = ctx.node
-        if ctx.variable_position != 0:
-            return f"its weight '{ctx.var_input}', not its data, comes from the model input"
-        weight = ctx.constant(1)
-        if weight is None:
-            return f"its weight '{node.input[1]}' is not a constant"
-        in_shape = _sample_shape(ctx, ctx.var_input)
-        if isinstance(in_shape, str):
-            return in_shape
-        kernel = _ints(_attr(node, "kernel_shape", None))
-        if kernel and list(weight.shape[2:]) != kernel:
-            return f"kernel_shape {kernel} does not match the weight '{node.input[1]}' of shape {list(weight.shape)}"
+        got = _conv_operands(ctx)
+        if isinstance(got, str):
+            return got
+        in_shape, weight, options = got
         try:
-            matrix, out_shape = conv_matrix(
-                in_shape,
-                np.asarray(weight, dtype=np.float64),
-                strides=_ints(_attr(node, "strides", None)),
-                pads=_ints(_attr(node, "pads", None)),
-                dilations=_ints(_attr(node, "dilations", None)),
-                group=int(_attr(node, "group", 1)),
-                auto_pad=_text(_attr(node, "auto_pad", "NOTSET")),
-                max_entries=MAX_LAYER_ELEMENTS,
-            )
+            matrix, out_shape = conv_matrix(in_shape, weight, **options, max_entries=MAX_LAYER_ELEMENTS)
         except LoweringError as exc:
             return str(exc)
         return _with_bias(ctx, matrix, out_shape)
@@ -120,29 +132,18 @@ class ConvTransposeHandler(Handler):
     name = "ConvTranspose with a constant weight"
 
     def match(self, ctx: NodeContext) -> Step | str:
+        got = _conv_operands(ctx)
+        if isinstance(got, str):
+            return got
+        in_shape, weight, options = got
         node = ctx.node
-        if ctx.variable_position != 0:
-            return f"its weight '{ctx.var_input}', not its data, comes from the model input"
-        weight = ctx.constant(1)
-        if weight is None:
-            return f"its weight '{node.input[1]}' is not a constant"
-        in_shape = _sample_shape(ctx, ctx.var_input)
-        if isinstance(in_shape, str):
-            return in_shape
-        kernel = _ints(_attr(node, "kernel_shape", None))
-        if kernel and list(weight.shape[2:]) != kernel:
-            return f"kernel_shape {kernel} does not match the weight '{node.input[1]}' of shape {list(weight.shape)}"
         try:
             matrix, out_shape = conv_transpose_matrix(
                 in_shape,
-                np.asarray(weight, dtype=np.float64),
-                strides=_ints(_attr(node, "strides", None)),
-                pads=_ints(_attr(node, "pads", None)),
-                dilations=_ints(_attr(node, "dilations", None)),
-                group=int(_attr(node, "group", 1)),
+                weight,
+                **options,
                 output_padding=_ints(_attr(node, "output_padding", None)),
                 output_shape=_ints(_attr(node, "output_shape", None)),
-                auto_pad=_text(_attr(node, "auto_pad", "NOTSET")),
                 max_entries=MAX_LAYER_ELEMENTS,
             )
         except LoweringError as exc:
