@@ -124,8 +124,11 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
                     f"δ* = {_delta(res):.3g} still exceeds ε = {eps:.3g} after {hi} growth steps (max_growth)",
                 )
             lo = hi
+        # galloping search up from lo (steps 1, 2, 4, ... never past the midpoint): the guess from
+        # δ* at a far too small ε can overshoot by many steps, and each step is an LP solve
+        step = 1
         while hi - lo > 1:
-            mid = (lo + hi) // 2
+            mid = min(lo + step, (lo + hi) // 2)
             ok = feasible(mid)
             if ok is None:
                 return _failed(ctx, *attempt(mid))
@@ -133,6 +136,7 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
                 hi = mid
             else:
                 lo = mid
+                step *= 2
     eps, targets, res = attempt(hi)
     return _outcome(
         ctx,
