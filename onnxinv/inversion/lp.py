@@ -40,8 +40,9 @@ Notes
   violated. The answer is that of the full problem: the subset problem is a relaxation, so its
   optimum is optimal for the full problem once it satisfies every row. It pays off when few of many
   inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_. A warm re-solve
-  that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations) is abandoned for
-  one cold solve of the full problem.
+  that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations, or in a session
+  more than ``max(ROUND_MINIMUM, ROUND_FACTOR k + variables)`` after adding ``k`` rows) is abandoned
+  for one cold solve of the full problem.
 
 References
 ----------
