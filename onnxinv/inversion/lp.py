@@ -40,8 +40,9 @@ Notes
   violated. The answer is that of the full problem: the subset problem is a relaxation, so its
   optimum is optimal for the full problem once it satisfies every row. It pays off when few of many
   inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_. A warm re-solve
-  that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations) is abandoned for
-  one cold solve of the full problem.
+  that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations, or in a session
+  more than ``max(ROUND_MINIMUM, ROUND_FACTOR k + variables)`` after adding ``k`` rows) is abandoned
+  for one cold solve of the full problem.
 
 References
 ----------
@@ -95,6 +96,10 @@ RECHECK_TOL = 1e-6
 # Simplex iteration cap when the caller gives none: max(STALL_MINIMUM, STALL_FACTOR * (variables + rows)).
 STALL_FACTOR = 20
 STALL_MINIMUM = 10_000
+# Simplex iterations of an LPSession round after adding k violated rows: max(ROUND_MINIMUM,
+# ROUND_FACTOR * k + variables); beyond, the round counts as stalled (see LPSession.solve).
+ROUND_MINIMUM = 300
+ROUND_FACTOR = 4
 # Algorithms tried, in order, after an unconverged end (see solve()).
 RETRY_STRATEGIES = ("primal simplex", "interior point")
 _UNCONVERGED = (SolverStatus.UNKNOWN, SolverStatus.NUMERICAL)
@@ -454,6 +459,7 @@ class LPSession:
         assert highs is not None
         iterations = 0
         rounds = 0
+        added = 0  # rows added before this round
         while True:
             rounds += 1
             if deadline is not None:
@@ -466,6 +472,11 @@ class LPSession:
             if warm or rounds > 1:
                 # a warm re-solve that stalls (degenerate optimum) is abandoned for a cold solve
                 limit = max(1000, 5 * (self.num_vars + int(self._order.size)))
+                if rounds > 1:
+                    # after adding k violated rows the dual simplex needs about k pivots; on degenerate
+                    # layer LPs it can instead stall for thousands (measured: 2500+ where the cold
+                    # solve of all rows takes 650), so the cold solve takes over much sooner
+                    limit = max(ROUND_MINIMUM, ROUND_FACTOR * added + self.num_vars)
                 highs.setOptionValue("simplex_iteration_limit", min(limit, cap))
             highs.run()
             if self._cold == "interior point":
@@ -495,12 +506,15 @@ class LPSession:
                 if sol.value_valid:
                     x = np.asarray(sol.col_value, dtype=np.float64)
             if status is SolverStatus.OPTIMAL and x is not None and missing.size:
-                viol = self._a[missing] @ x - self._b[missing]
-                bad = missing[viol > 1e-9 * (1.0 + np.abs(self._b[missing]))]
+                # one product with all rows: cheaper than slicing the CSR matrix to the missing ones
+                viol = (self._a @ x)[missing] - self._b[missing]
+                hit = viol > 1e-9 * (1.0 + np.abs(self._b[missing]))
+                bad = missing[hit]
                 if bad.size:
                     batch = max(10, self.num_vars // 2)
-                    order = np.argsort(-(self._a[bad] @ x - self._b[bad]))[:batch]
+                    order = np.argsort(-viol[hit])[:batch]
                     self._add(bad[order])
+                    added = int(order.size)
                     continue
             if (
                 status is SolverStatus.OPTIMAL

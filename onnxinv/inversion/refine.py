@@ -117,45 +117,78 @@ def least_squares(problem: Problem, settings: Settings, start: np.ndarray, deadl
 
 def _linf(problem: Problem, z: np.ndarray) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
-        out = problem.observe(problem.generator.forward(z))
-        value = float(np.max(np.abs(out - problem.observed))) if out.size else 0.0
-    return value if np.isfinite(value) else float("inf")
+        return _misfit(problem, problem.generator.forward(z))
 
 
 def linf_steps(
     problem: Problem, z: np.ndarray, deadline: float, max_steps: int = 30
 ) -> tuple[np.ndarray, int]:
-    """Lower ``max |M ⊙ (A·G(z) - x)|`` by the trust-region LPs of the module docstring; (z, steps taken)."""
+    """Lower ``max |M ⊙ (A·G(z) - x)|`` by the trust-region LPs of the module docstring; (z, steps taken).
+
+    Each LP is solved by row generation (:func:`onnxinv.inversion.lp.solve_lp`) from the rows of the
+    largest residuals: few of the ``2 m`` rows bind at an l_inf optimum. The steps stop when the LP
+    predicts no decrease (the model is convex in ``d``, so no smaller trust region predicts one), or
+    when a step was exact (the activation pattern did not change along it) and ended inside the trust
+    region: it is then the minimiser of the model over all ``d``, and the next LP would return ``d = 0``.
+    """
     layers = problem.generator.layers
     k = z.size
-    best = _linf(problem, z)
+    state = network.forward(layers, z)
+    best = _misfit(problem, state.output)
     radius = max(1e-3, 0.1 * float(np.max(np.abs(z)))) if k else 0.0
     taken = 0
     c = np.zeros(k + 1)
     c[-1] = 1.0
     rows = problem.rows
+    model: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the LP's rows at the current z
     for _ in range(max_steps):
         if time.perf_counter() >= deadline or not np.isfinite(best) or best == 0.0 or radius < 1e-12:
             break
-        state = network.forward(layers, z)
-        jac = network.jacobian(layers, state=state, measure=problem.measure, rows=rows, kind="dense")
-        r = problem.observe(state.output) - problem.observed
-        m = r.size
-        a_ub = np.vstack([np.hstack([jac, -np.ones((m, 1))]), np.hstack([-jac, -np.ones((m, 1))])])
-        b_ub = np.concatenate([-r, r])
+        if model is None:  # z moved: linearise again (a rejected step keeps z, and so the rows)
+            jac = network.jacobian(layers, state=state, measure=problem.measure, rows=rows, kind="dense")
+            r = problem.observe(state.output) - problem.observed
+            m = r.size
+            a_ub = np.vstack([np.hstack([jac, -np.ones((m, 1))]), np.hstack([-jac, -np.ones((m, 1))])])
+            b_ub = np.concatenate([-r, r])
+            # the rows the step d = 0 comes closest to violating: those of the largest residuals
+            first = np.argsort(b_ub)[: min(b_ub.size, 2 * (k + 1))]
+            model = (a_ub, b_ub, first)
         bounds = (np.append(np.full(k, -radius), 0.0), np.append(np.full(k, radius), np.inf))
-        res = lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=max(deadline - time.perf_counter(), 0.0))
+        res = lp.solve_lp(
+            c,
+            model[0],
+            model[1],
+            bounds=bounds,
+            time_limit=max(deadline - time.perf_counter(), 0.0),
+            row_generation=True,
+            initial_rows=model[2],
+        )
         if not res.ok or res.x is None:
             break
-        candidate = z + res.x[:k]
-        value = _linf(problem, candidate)
+        if res.x[-1] >= best * (1.0 - 1e-9):
+            break  # no decrease predicted (docstring)
+        step = res.x[:k]
+        candidate = z + step
+        after = network.forward(layers, candidate)
+        value = _misfit(problem, after.output)
         if value < best * (1.0 - 1e-12):
             gain = (best - value) / best
-            z, best = candidate, value
+            exact = all(np.array_equal(d0, d1) for d0, d1 in zip(state.derivatives, after.derivatives))
+            inside = float(np.max(np.abs(step))) < radius * (1.0 - 1e-9) if k else True
+            z, best, state = candidate, value, after
+            model = None
             taken += 1
-            radius = radius * 2.0 if float(np.max(np.abs(res.x[:k]))) >= 0.5 * radius else radius
-            if gain < 1e-9:
+            radius = radius * 2.0 if float(np.max(np.abs(step))) >= 0.5 * radius else radius
+            if gain < 1e-9 or (exact and inside):
                 break
         else:
             radius /= 4.0
     return z, taken
+
+
+def _misfit(problem: Problem, output: np.ndarray) -> float:
+    """``max |M ⊙ (A·output - x)|`` (inf when not finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = problem.observe(output)
+        value = float(np.max(np.abs(out - problem.observed))) if out.size else 0.0
+    return value if np.isfinite(value) else float("inf")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxinv.inversion import exact, identifiability, l1, linear, lp
+from onnxinv.inversion import exact, identifiability, l1, linear, linf, lp
 from onnxinv.inversion.framework import LayerContext, Settings, clean_targets
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.inversion.targets import build_targets, input_bounds
@@ -209,3 +209,70 @@ def test_l1_dual_gives_the_primal_optimum(hidden: bool) -> None:
         assert via_dual is not None and via_dual.ok and primal.ok
         assert via_dual.objective == pytest.approx(primal.objective, rel=1e-7, abs=1e-10)
     assert dual.session is not None and dual.session.solves == 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("hidden", [False, True])
+def test_linf_layer_lp_by_row_generation_matches_the_full_lp(seed: int, hidden: bool) -> None:
+    """Algorithm 1's layer LP on random ReLU layers, solved on a working set of rows grown by the
+    violated ones (alone and as the warm ε family of one session), has the optimum of the full LP."""
+    rng = np.random.default_rng(seed)
+    m, n = (120 + 40 * seed, 10 + 3 * seed)
+    layer = Layer(rng.standard_normal((m, n)) / np.sqrt(m), rng.normal(0.0, 0.1, m), Activation.RELU)
+    u0 = np.abs(rng.standard_normal(n)) if hidden else rng.standard_normal(n)
+    clean = layer.forward(u0)
+    y = clean + rng.uniform(-1e-3, 1e-3, m) * np.max(np.abs(clean))
+    layers = (Layer(np.eye(n), np.zeros(n), Activation.RELU), layer) if hidden else (layer,)
+    bounds = input_bounds(layers, len(layers) - 1)
+    ctx = LayerContext(len(layers) - 1, layer, y, None, bounds, 0.0, 1e-3, float("inf"), Settings(), 0.0)
+    family = linf._Family(ctx)
+    scale = float(np.max(np.abs(y)))
+    for eps in (1e-4 * scale, 1e-3 * scale, 3e-3 * scale):  # infeasible at first, then feasible
+        targets = build_targets(layer, y, None, eps, noisy=True)
+        c, a_ub, b_ub, box = linear.widening_lp(layer, targets, bounds)
+        full = lp.solve_lp(c, a_ub, b_ub, bounds=box)
+        alone = linf.min_delta(ctx, targets)
+        warm = family.min_delta(targets)
+        assert full.ok and alone.ok and warm.ok
+        for res in (alone, warm):
+            assert res.objective == pytest.approx(full.objective, rel=1e-7, abs=1e-12)
+            assert float(np.max(a_ub @ res.x - b_ub)) <= 1e-9 * (1.0 + float(np.max(np.abs(b_ub))))
+    assert family.session is not None and family.session.solves == 3
+
+
+def test_row_generation_proves_infeasibility_like_the_full_lp() -> None:
+    """Two contradicting rows (x_0 <= -1 and x_0 >= 1) among many slack ones, outside the first
+    working set: the grown relaxation ends infeasible, as the full LP does."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((300, 8))
+    b = rng.uniform(1.0, 2.0, 300)
+    a[250], b[250] = np.eye(8)[0], -1.0
+    a[280], b[280] = -np.eye(8)[0], -1.0
+    c = rng.standard_normal(8)
+    full = lp.solve_lp(c, a, b, bounds=(-3.0, 3.0))
+    gen = lp.solve_lp(c, a, b, bounds=(-3.0, 3.0), row_generation=True, initial_rows=np.arange(20))
+    session = lp.LPSession(c, a, b, (-3.0, 3.0), row_generation=True, initial_rows=np.arange(20))
+    assert full.status is SolverStatus.INFEASIBLE
+    assert gen.status is SolverStatus.INFEASIBLE
+    assert session.solve().status is SolverStatus.INFEASIBLE
+
+
+def test_row_generation_on_a_degenerate_fit() -> None:
+    """An exact fit (every two-sided row tight at δ = 0) with duplicated rows: the most degenerate
+    l_inf LP; row generation and the full LP both end at δ = 0 at a point that meets every row."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((100, 6))
+    w = np.vstack([w, w[:40]])  # duplicated rows
+    y = w @ rng.standard_normal(6)
+    c = np.zeros(7)
+    c[-1] = 1.0
+    a = np.vstack([np.hstack([w, -np.ones((140, 1))]), np.hstack([-w, -np.ones((140, 1))])])
+    b = np.concatenate([y, -y])
+    box = (np.append(np.full(6, -np.inf), 0.0), np.full(7, np.inf))
+    full = lp.solve_lp(c, a, b, bounds=box)
+    gen = lp.solve_lp(c, a, b, bounds=box, row_generation=True, initial_rows=np.arange(5))
+    session = lp.LPSession(c, a, b, box, row_generation=True, initial_rows=np.arange(5))
+    for res in (full, gen, session.solve()):
+        assert res.ok and res.x is not None
+        assert res.objective == pytest.approx(0.0, abs=1e-9)
+        assert float(np.max(a @ res.x - b)) <= 1e-8
