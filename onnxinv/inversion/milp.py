@@ -161,6 +161,9 @@ PATTERN_LP_TERMS = 300
 CLOSE_RTOL = 0.02
 """A side of :meth:`MilpEngine.bound` counts as solved when a re-checked latent comes within this share
 of the coordinate's proved width of the proved bound."""
+PULL_STEPS = (1.0, 1.0 - 1e-6, 1.0 - 1e-4, 1.0 - 1e-2)
+"""Shares of the way from a known latent to a solver's point that :meth:`MilpEngine.bound` re-checks
+as the values reached."""
 MAX_UNITS = 4000
 """Hidden units above which :func:`applicability` calls a network too large for the MILP."""
 MAX_NNZ = 2_000_000
@@ -933,7 +936,8 @@ def _input_bounds(
         # spoiling tight ones): P = (D W_E)⁺ D with D = diag(1 / half)
         weight = 1.0 / np.maximum(half, 1e-300 + 1e-12 * float(np.max(half)))
         try:
-            uu, sv, vt = np.linalg.svd(w_e * weight[:, None], full_matrices=True)
+            # the whole of V for the null space; U only as far as the rank (thin when rows >= columns)
+            uu, sv, vt = np.linalg.svd(w_e * weight[:, None], full_matrices=bool(two.size < n))
         except np.linalg.LinAlgError:
             return u_lo, u_hi, False
         rank = int(np.count_nonzero(sv > 1e-9 * sv[0])) if sv.size and sv[0] > 0 else 0
@@ -1730,11 +1734,15 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
         todo = work.candidates(s)
         if not todo.size:
             continue
-        session, layout = work.relaxation()
+        relax, layout = work.relaxation()
+        # the same LP by row generation: each objective over the few rows near binding
+        session = _LazyLP.of(
+            relax.program(), _full_vector(stages, layout, 0.5 * (work.box_lo + work.box_hi))
+        )
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
-        first = session.solve(time_limit=remaining)
+        first = session.minimize(np.zeros(layout.num_cols), remaining)
         bounds.lps += 1
         if first.status is SolverStatus.INFEASIBLE:
             return SolverStatus.INFEASIBLE, ""
@@ -1749,14 +1757,13 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
                 return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
             lo, hi = float(bounds.lo[s][j]), float(bounds.hi[s][j])
             for sign in (1.0, -1.0):
-                session.set_objective(sign * a_mat[j], sign * a_off[j])
-                res = session.solve(time_limit=max(deadline - time.perf_counter(), 0.0))
+                res = session.minimize(sign * a_mat[j], max(deadline - time.perf_counter(), 0.0))
                 bounds.lps += 1
                 if res.status is SolverStatus.INFEASIBLE:
                     return SolverStatus.INFEASIBLE, ""
                 if res.status is not SolverStatus.OPTIMAL:
                     continue
-                value = sign * res.objective
+                value = sign * res.objective + a_off[j]
                 out_lo, out_hi = _outward(np.array([value]), np.array([value]))
                 if sign > 0:
                     lo = max(lo, float(out_lo[0]))
@@ -1822,6 +1829,20 @@ class _LazyLP:
     def _add(self, rows: np.ndarray) -> None:
         self.session.add_rows(self.a_ub[rows], -np.inf, self.b_ub[rows])
         self.work[rows] = True
+
+    @classmethod
+    def of(cls, program: lp.MixedIntegerProgram, x0: np.ndarray) -> _LazyLP:
+        """The LP ``program`` (its rows as ``a x <= b``, its column bounds) solved by row generation:
+        the same optimum, each LP over the few rows near binding instead of all of them."""
+        a = program.a.toarray()
+        up, dn = np.isfinite(program.row_upper), np.isfinite(program.row_lower)
+        return cls(
+            np.vstack([a[up], -a[dn]]),
+            np.concatenate([program.row_upper[up], -program.row_lower[dn]]),
+            program.lower,
+            program.upper,
+            x0,
+        )
 
 
 def _row_generation_lp(
@@ -2586,6 +2607,8 @@ class MilpEngine:
             best, _ = self._accept(start)
         nodes = solves = 0
         status = SolverStatus.OPTIMAL
+        lazy: _LazyLP | None = None  # the LP relaxation by row generation, shared by every side
+        anchor = best  # a latent of the set away from the band's edge, for _pulled
         jobs = [(i, col) for i in range(k) for col in (0, 1)]
         scale = float(np.max(np.abs(box.upper - box.lower))) or 1.0
         huge = self._work.model_size() > OBBT_MAX_NNZ
@@ -2606,17 +2629,26 @@ class MilpEngine:
             objective[i] = sign
             # the LP relaxation first: its optimum is a proved bound, and closes the side when a
             # re-checked latent reaches it; the MILP only for the sides it leaves open
-            models = [("LP", self._work.relaxation())]
+            if lazy is None:
+                relax, relax_layout = self._work.relaxation()
+                x0 = 0.5 * (box.lower + box.upper) if best is None else best
+                lazy = _LazyLP.of(relax.program(), _full_vector(self._work.stages, relax_layout, x0))
+            models: list[tuple[str, lp.MilpSession | _LazyLP]] = [("LP", lazy)]
             if self.binaries:
-                models.append(("MILP", self._model()))
-            for what, (session, layout) in models:
+                models.append(("MILP", self._model()[0]))
+            for what, session in models:
                 left = share - (time.perf_counter() - side_start)
                 if left <= 0:
                     status = SolverStatus.TIME_LIMIT
                     break
-                session.set_objective({i: sign})
-                warm = None if best is None or what == "LP" else _full_vector(self._work.stages, layout, best)
-                res = session.solve(time_limit=left, start=warm, mip_abs_gap=gap_tol)
+                if isinstance(session, _LazyLP):
+                    c = np.zeros(session.a_ub.shape[1])
+                    c[i] = sign
+                    res = session.minimize(c, left)
+                else:
+                    session.set_objective({i: sign})
+                    warm = None if best is None else _full_vector(self._work.stages, self._model()[1], best)
+                    res = session.solve(time_limit=left, start=warm, mip_abs_gap=gap_tol)
                 nodes += res.nodes
                 solves += 1
                 if res.status is SolverStatus.INFEASIBLE:
@@ -2639,7 +2671,9 @@ class MilpEngine:
                     else:
                         upper[i] = min(upper[i], float(hi_v[0]))
                 if res.x is not None:
-                    z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
+                    z = self._pulled(res.x[:k], anchor)
+                    if z is None and self.binaries:
+                        z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
                     if z is not None:
                         better = reached[i, col] if not np.isnan(reached[i, col]) else z[i]
                         reached[i, col] = min(better, z[i]) if col == 0 else max(better, z[i])
@@ -2673,6 +2707,21 @@ class MilpEngine:
         lower = np.minimum(lower, np.where(np.isnan(reached[:, 0]), lower, reached[:, 0]))
         upper = np.maximum(upper, np.where(np.isnan(reached[:, 1]), upper, reached[:, 1]))
         return self._bounded(Finding.BOUNDED, status, lower, upper, reached, exact, nodes, solves, begin)
+
+    def _pulled(self, z: np.ndarray, best: np.ndarray | None) -> np.ndarray | None:
+        """A re-checked latent of the set on the segment from ``best`` (a latent of the set) to a
+        solver's point ``z``, as near ``z`` as a few steps find; None when none of them fits.
+
+        The solver's optimum sits on the band's edge, where float64 rounding decides the re-check; a
+        point a little way back toward ``best`` fits and still reaches almost as far."""
+        for t in PULL_STEPS:
+            cand = z if best is None or t == 1.0 else best + t * (z - best)
+            got, _ = self._accept(cand)
+            if got is not None:
+                return got
+            if best is None:
+                return None
+        return None
 
     def _bounded(
         self,
