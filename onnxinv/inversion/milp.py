@@ -151,6 +151,8 @@ WALK_SHARE = 0.5
 PATTERN_MAX_FLOPS = 2e9
 """Largest factorisation (rows × columns²) :func:`_pattern_box` attempts."""
 PATTERN_ROUNDS = 4
+PATTERN_LP_SHARE = 0.25
+"""Share of the remaining time :func:`_pattern_box`'s LPs may take."""
 """Rounds of composed bounds and interval arithmetic in :func:`tighten`."""
 OBBT_MAX_NNZ = 400_000
 """Largest LP relaxation (rows × columns) that bound tightening by LPs is tried on."""
@@ -1247,6 +1249,10 @@ class _Work:
     relax: tuple[lp.MilpSession, _Layout] | None = None  # the LP relaxation, kept warm
     piece: bool = False  # every hidden unit is fixed, or open only at the tolerance's scale
 
+    def open_units(self) -> int:
+        """Hidden units whose sign is open (ambiguous or relaxed)."""
+        return sum(int(np.count_nonzero(st >= _AMBIGUOUS)) for st in self.bounds.state[:-1])
+
     def model_size(self) -> int:
         """Entries of the (dense) condensed model: rows times columns."""
         open_units = sum(int(np.count_nonzero(st >= _AMBIGUOUS)) for st in self.bounds.state[:-1])
@@ -1342,36 +1348,22 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
         ), None
 
     # 1. bounds implied by the observation, from the last stage down
-    g_lo: list[np.ndarray] = [np.full(st.n, -np.inf) for st in stages]
-    g_hi: list[np.ndarray] = [np.full(st.n, np.inf) for st in stages]
-    g_lo[-1], g_hi[-1] = obs_lo.copy(), obs_hi.copy()
-    z_lo, z_hi = free
-    for s in range(depth - 1, -1, -1):
-        u_lo, u_hi, bad = _input_bounds(
-            stages[s], g_lo[s], g_hi[s], _input_domain(stages, s), deadline, counter
-        )
-        if bad:
-            return finish(
-                SolverStatus.INFEASIBLE,
-                "layer LP",
-                True,
-                assumed_box,
-                free,
-                None,
-                f"the LP over layer {s}'s rows is infeasible: no input of layer {s} meets the bounds the "
-                "observation implies on its outputs, so no latent reproduces the observation",
-            ), None
-        if s == 0:
-            z_lo, z_hi = u_lo, u_hi
-        else:
-            lo, hi = _pre_from_output(stages[s - 1], u_lo, u_hi)
-            g_lo[s - 1], g_hi[s - 1] = np.maximum(g_lo[s - 1], lo), np.minimum(g_hi[s - 1], hi)
+    g_lo, g_hi, z_lo, z_hi, bad_layer = _implied(stages, obs_lo, obs_hi, deadline, counter)
+    if bad_layer is not None:
+        s = bad_layer
+        return finish(
+            SolverStatus.INFEASIBLE,
+            "layer LP",
+            True,
+            assumed_box,
+            free,
+            None,
+            f"the LP over layer {s}'s rows is infeasible: no input of layer {s} meets the bounds the "
+            "observation implies on its outputs, so no latent reproduces the observation",
+        ), None
     implied = (z_lo, z_hi)
-    tiny = 1e-9 * (1.0 + np.abs(spec.box_lower) + np.abs(spec.box_upper))
-    box_lo = np.maximum(spec.box_lower, z_lo)
-    box_hi = np.minimum(spec.box_upper, z_hi)
-    assumed = (spec.box_lower > z_lo + tiny) | (spec.box_upper < z_hi - tiny)
-    box = LatentBox(box_lo, box_hi, spec.box_lower, spec.box_upper, assumed)
+    box = _searched_box(spec, z_lo, z_hi)
+    box_lo, box_hi, assumed = box.lower, box.upper, box.assumed
     if np.any(box_lo > box_hi):
         return finish(
             SolverStatus.INFEASIBLE,
@@ -1411,14 +1403,15 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
     status = SolverStatus.OPTIMAL
     notes = []
 
-    def rounds() -> str:
-        """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain."""
+    def rounds(lps: bool) -> str:
+        """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain;
+        ``lps``: the first round refines by LPs."""
         nonlocal box
         for n_round in range(PATTERN_ROUNDS):
             if time.perf_counter() >= deadline:
                 return ""
             # LPs in the first round only: they fix most open units, least squares then suffices
-            tight = _pattern_box(work, deadline, counter, refine=n_round == 0)
+            tight = _pattern_box(work, deadline, counter, refine=lps and n_round == 0)
             if tight is None:
                 return ""
             lo, hi, bad = tight
@@ -1449,10 +1442,20 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
 
     if _symbolic(stages, bounds, work.box_lo, work.box_hi, theta) is not None:
         return refuted("interval"), work
-    how = rounds()
+
+    def wide() -> bool:
+        return any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise)
+
+    # least squares first (cheap); then OBBT over the whole network's relaxation when it is small enough,
+    # else the composed bounds' LPs over (z, e), which bound z only and cost more per open unit
+    how = rounds(lps=not obbt)
     if how:
         return refuted(how), work
-    if obbt and any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise):
+    if obbt and wide() and work.model_size() > OBBT_MAX_NNZ and work.open_units() <= PATTERN_LP_TERMS:
+        how = rounds(lps=True)
+        if how:
+            return refuted(how), work
+    if obbt and wide():
         size = work.model_size()
         if size > OBBT_MAX_NNZ:
             notes.append(f"bound tightening by LPs skipped (an LP relaxation of ~{size:.2g} entries)")
@@ -1472,7 +1475,7 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
                     "the LP relaxation of the whole network, constrained by the observation, is infeasible: no "
                     f"latent in {('the box' if not box.implied else 'the implied box')} reproduces the observation",
                 ), work
-            how = rounds()
+            how = rounds(lps=False)
             if how:
                 return refuted(how), work
     counter.lps = bounds.lps
@@ -1488,6 +1491,57 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
         Tightening(**{**result.__dict__, "message": message}),
         work,
     )
+
+
+def _implied(
+    stages: Sequence[_Stage], obs_lo: np.ndarray, obs_hi: np.ndarray, deadline: float, counter: _Bounds
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, int | None]:
+    """Step 1 of :func:`tighten`: per stage the pre-activation bounds the observation implies (valid for
+    every latent), from the last stage down, and the bounds on ``z``; the last item is the layer whose LP
+    proved the observation infeasible (None when none did)."""
+    depth = len(stages)
+    k = stages[0].n_in
+    g_lo: list[np.ndarray] = [np.full(st.n, -np.inf) for st in stages]
+    g_hi: list[np.ndarray] = [np.full(st.n, np.inf) for st in stages]
+    g_lo[-1], g_hi[-1] = obs_lo.copy(), obs_hi.copy()
+    z_lo, z_hi = np.full(k, -np.inf), np.full(k, np.inf)
+    for s in range(depth - 1, -1, -1):
+        u_lo, u_hi, bad = _input_bounds(
+            stages[s], g_lo[s], g_hi[s], _input_domain(stages, s), deadline, counter
+        )
+        if bad:
+            return g_lo, g_hi, z_lo, z_hi, s
+        if s == 0:
+            z_lo, z_hi = u_lo, u_hi
+        else:
+            lo, hi = _pre_from_output(stages[s - 1], u_lo, u_hi)
+            g_lo[s - 1], g_hi[s - 1] = np.maximum(g_lo[s - 1], lo), np.minimum(g_hi[s - 1], hi)
+    return g_lo, g_hi, z_lo, z_hi, None
+
+
+def _searched_box(spec: PreimageSpec, z_lo: np.ndarray, z_hi: np.ndarray) -> LatentBox:
+    """The assumed box cut by the implied bounds ``[z_lo, z_hi]`` (lower may exceed upper: empty)."""
+    tiny = 1e-9 * (1.0 + np.abs(spec.box_lower) + np.abs(spec.box_upper))
+    box_lo = np.maximum(spec.box_lower, z_lo)
+    box_hi = np.minimum(spec.box_upper, z_hi)
+    assumed = (spec.box_lower > z_lo + tiny) | (spec.box_upper < z_hi - tiny)
+    return LatentBox(box_lo, box_hi, spec.box_lower, spec.box_upper, assumed)
+
+
+def implied_box(spec: PreimageSpec, *, time_limit: float = 10.0) -> LatentBox | None:
+    """The box :func:`tighten` would search, from the bounds the observation implies alone (its step 1,
+    without the bounds from the assumed box that follow); None when that step proves "no preimage" or
+    the observation is outside the output map's range (:func:`tighten` then says why).
+
+    Cheap next to :func:`build`: a caller whose claim needs the box implied (``LatentBox.implied``) can
+    ask first and skip the rest when it is not."""
+    stages, _ = spec.stages()
+    obs_lo, obs_hi, empty = _observed_interval(stages[-1], spec.observed, spec.slack)
+    if np.any(empty):
+        return None
+    deadline = time.perf_counter() + max(float(time_limit), 0.0)
+    _, _, z_lo, z_hi, bad = _implied(stages, obs_lo, obs_hi, deadline, _Bounds([], [], []))
+    return None if bad is not None else _searched_box(spec, z_lo, z_hi)
 
 
 def _linearize(
@@ -1590,7 +1644,9 @@ def _pattern_box(
     wide = any(work.candidates(s).size for s in range(last) if stages[s].piecewise)
     if bad or not refine or not cols or not wide or sum(c[0].shape[1] for c in cols) > PATTERN_LP_TERMS:
         return lo[:k], hi[:k], bad
-    # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation
+    # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation;
+    # they get a share of the time only (HiGHS can take seconds per LP on these dense, narrow rows)
+    deadline = time.perf_counter() + PATTERN_LP_SHARE * max(deadline - time.perf_counter(), 0.0)
     dom_lo[:k], dom_hi[:k] = np.maximum(dom_lo[:k], lo[:k]), np.minimum(dom_hi[:k], hi[:k])
     w = composed.dense()
     up, dn = np.isfinite(a_hi), np.isfinite(a_lo)
@@ -1736,9 +1792,7 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
             continue
         relax, layout = work.relaxation()
         # the same LP by row generation: each objective over the few rows near binding
-        session = _LazyLP.of(
-            relax.program(), _full_vector(stages, layout, 0.5 * (work.box_lo + work.box_hi))
-        )
+        session = _LazyLP.of(relax.program(), _full_vector(stages, layout, 0.5 * (work.box_lo + work.box_hi)))
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
