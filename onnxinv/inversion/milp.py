@@ -111,6 +111,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -163,6 +164,8 @@ PATTERN_LP_TERMS = 300
 CLOSE_RTOL = 0.02
 """A side of :meth:`MilpEngine.bound` counts as solved when a re-checked latent comes within this share
 of the coordinate's proved width of the proved bound."""
+ENUMERATE_BINARIES = 3
+"""Binaries up to which :meth:`MilpEngine.bound` solves the MILP as one LP per sign pattern."""
 PULL_STEPS = (1.0, 1.0 - 1e-6, 1.0 - 1e-4, 1.0 - 1e-2)
 """Shares of the way from a known latent to a solver's point that :meth:`MilpEngine.bound` re-checks
 as the values reached."""
@@ -1806,11 +1809,14 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
                 f"the LP relaxation ended '{first.status.value}'; bounds left as they were",
             )
         a_mat, a_off = layout.expr[s]
+        # the side a unit likely lies on at a point of the relaxation goes first: when the unit's sign
+        # is certain, one LP proves it
+        guess = a_mat @ first.x + a_off if first.x is not None else np.zeros(a_off.size)
         for j in todo.tolist():
             if time.perf_counter() >= deadline:
                 return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
             lo, hi = float(bounds.lo[s][j]), float(bounds.hi[s][j])
-            for sign in (1.0, -1.0):
+            for sign in (1.0, -1.0) if guess[j] >= 0.0 else (-1.0, 1.0):
                 res = session.minimize(sign * a_mat[j], max(deadline - time.perf_counter(), 0.0))
                 bounds.lps += 1
                 if res.status is SolverStatus.INFEASIBLE:
@@ -1935,6 +1941,64 @@ def _row_generation_lp(
         bad = bad[np.argsort(-viol[bad])[: max(10, n)]]
         session.add_rows(a_ub[bad], -np.inf, b_ub[bad])
         work[bad] = True
+
+
+class _Pieces:
+    """``min cᵀx`` over the MILP's feasible set as the least of one LP per sign pattern of its binary
+    units (each :class:`_LazyLP` over the LP relaxation with the pattern's rows added: ``a >= 0`` and
+    ``r <= a`` for an active unit, ``a <= 0`` and ``r <= 0`` for an inactive one), for models with at
+    most ``ENUMERATE_BINARIES`` binaries. With the binary fixed the big-M rows say exactly this, so the
+    least optimum is the MILP's; a pattern whose LP is infeasible is empty and dropped for good."""
+
+    def __init__(self, work: _Work, base: _LazyLP, layout: _Layout, x0: np.ndarray) -> None:
+        units = []
+        for s, st in enumerate(work.bounds.state[:-1]):
+            for pos, j in enumerate(layout.r_units[s].tolist()):
+                if st[j] == _AMBIGUOUS:
+                    units.append((s, j, int(layout.r_cols[s][pos])))
+        n = base.a_ub.shape[1]
+        lower, upper = base.session.col_bounds()
+        lower, upper = lower[:n], upper[:n]
+        self.lps: list[_LazyLP] = []
+        for pattern in range(1 << len(units)):
+            rows, rhs = [], []
+            up = upper.copy()
+            for bit, (s, j, rc) in enumerate(units):
+                a_mat, a_off = layout.expr[s]
+                if pattern >> bit & 1:
+                    e_r = np.zeros(n)
+                    e_r[rc] = 1.0
+                    rows += [-a_mat[j], e_r - a_mat[j]]
+                    rhs += [a_off[j], a_off[j]]
+                else:
+                    rows.append(a_mat[j])
+                    rhs.append(-a_off[j])
+                    up[rc] = 0.0
+            a_ub = np.vstack([base.a_ub, np.array(rows)])
+            b_ub = np.concatenate([base.b_ub, np.array(rhs)])
+            self.lps.append(_LazyLP(a_ub, b_ub, lower, up, np.clip(x0, lower, up)))
+
+    def minimize(self, c: np.ndarray, time_limit: float) -> tuple[SolverStatus, float, np.ndarray | None]:
+        """(status, least optimum, its point): ``OPTIMAL`` when every live pattern was solved,
+        ``INFEASIBLE`` when none is left, else the status that stopped one (the value is then -inf)."""
+        begin = time.perf_counter()
+        best, x_best = float("inf"), None
+        status = SolverStatus.OPTIMAL
+        live = []
+        for lazy in self.lps:
+            res = lazy.minimize(c, max(time_limit - (time.perf_counter() - begin), 0.0))
+            if res.status is SolverStatus.INFEASIBLE:
+                continue
+            live.append(lazy)
+            if res.status is not SolverStatus.OPTIMAL or res.x is None:
+                status = res.status if res.status is not SolverStatus.OPTIMAL else SolverStatus.NUMERICAL
+                continue
+            if res.objective < best:
+                best, x_best = res.objective, res.x
+        self.lps = live
+        if not live:
+            return SolverStatus.INFEASIBLE, float("inf"), None
+        return status, (best if status is SolverStatus.OPTIMAL else float("-inf")), x_best
 
 
 @dataclass(frozen=True)
@@ -2662,6 +2726,7 @@ class MilpEngine:
         nodes = solves = 0
         status = SolverStatus.OPTIMAL
         lazy: _LazyLP | None = None  # the LP relaxation by row generation, shared by every side
+        pieces: _Pieces | None = None  # the MILP as one LP per pattern, for a few binaries
         anchor = best  # a latent of the set away from the band's edge, for _pulled
         jobs = [(i, col) for i in range(k) for col in (0, 1)]
         scale = float(np.max(np.abs(box.upper - box.lower))) or 1.0
@@ -2687,8 +2752,16 @@ class MilpEngine:
                 relax, relax_layout = self._work.relaxation()
                 x0 = 0.5 * (box.lower + box.upper) if best is None else best
                 lazy = _LazyLP.of(relax.program(), _full_vector(self._work.stages, relax_layout, x0))
-            models: list[tuple[str, lp.MilpSession | _LazyLP]] = [("LP", lazy)]
-            if self.binaries:
+            models: list[tuple[str, lp.MilpSession | _LazyLP | _Pieces]] = [("LP", lazy)]
+            if 0 < self.binaries <= ENUMERATE_BINARIES:
+                if pieces is None:
+                    relax_layout = self._work.relaxation()[1]
+                    x0 = 0.5 * (box.lower + box.upper) if best is None else best
+                    pieces = _Pieces(
+                        self._work, lazy, relax_layout, _full_vector(self._work.stages, relax_layout, x0)
+                    )
+                models.append(("MILP", pieces))
+            elif self.binaries:
                 models.append(("MILP", self._model()[0]))
             for what, session in models:
                 left = share - (time.perf_counter() - side_start)
@@ -2699,6 +2772,11 @@ class MilpEngine:
                     c = np.zeros(session.a_ub.shape[1])
                     c[i] = sign
                     res = session.minimize(c, left)
+                elif isinstance(session, _Pieces):
+                    c = np.zeros(lazy.a_ub.shape[1])
+                    c[i] = sign
+                    got, value, x_p = session.minimize(c, left)
+                    res = dataclasses.replace(res, status=got, x=x_p, bound=value, objective=value, nodes=0)
                 else:
                     session.set_objective({i: sign})
                     warm = None if best is None else _full_vector(self._work.stages, self._model()[1], best)

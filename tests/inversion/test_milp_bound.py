@@ -13,7 +13,7 @@ from scipy.optimize import linprog
 
 from onnxinv.building import random_generator_layers
 from onnxinv.inversion import milp
-from onnxinv.inversion.milp import _full_vector, _LazyLP
+from onnxinv.inversion.milp import _full_vector, _LazyLP, _Pieces
 from onnxinv.inversion.result import SolverStatus
 from onnxinv.layers import Activation, Layer
 
@@ -145,3 +145,29 @@ def test_row_generation_lp_equals_the_full_lp() -> None:
         assert abs(full.objective - part.objective) <= 1e-7 * (1.0 + abs(full.objective))
     # it works on a subset of the rows
     assert lazy.work.sum() < lazy.work.size
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_pattern_lps_equal_the_milp(seed: int) -> None:
+    # with a few binaries, bound() solves the MILP as one LP per sign pattern: the same optima
+    layers, z_star, noisy, eps = _problem([3, 8, 12], seed, 2e-2)
+    spec = milp.PreimageSpec.create(layers, noisy, noise=eps, precision=F64)
+    engine = milp.build(spec)
+    work = engine._work
+    assert work is not None and 0 < engine.binaries <= milp.ENUMERATE_BINARIES
+    relax, layout = work.relaxation()
+    lazy = _LazyLP.of(relax.program(), _full_vector(work.stages, layout, z_star))
+    pieces = _Pieces(work, lazy, layout, _full_vector(work.stages, layout, z_star))
+    session, milp_layout = engine._model()
+    for i in range(spec.latent_dim):
+        for sign in (1.0, -1.0):
+            c = np.zeros(layout.num_cols)
+            c[i] = sign
+            status, value, x = pieces.minimize(c, 30.0)
+            assert status is SolverStatus.OPTIMAL and x is not None
+            session.set_objective({i: sign})
+            res = session.solve(mip_rel_gap=1e-9, mip_abs_gap=1e-12)
+            assert res.status is SolverStatus.OPTIMAL
+            assert abs(value - res.objective) <= 1e-6 * (1.0 + abs(value))
+            # the pattern LP's point lies on a real piece: its latent fits up to the LP's tolerances
+            assert spec.misfit(x[: spec.latent_dim]) <= 1.0 + 1e-3
