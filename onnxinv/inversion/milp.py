@@ -55,13 +55,20 @@ Bounds (:func:`tighten`), in this order
    pre-activations as affine forms of ``z`` and one bounded term per open unit, the zonotope
    relaxation of Singh et al. [3]_).
 3. **Composed bounds** (:func:`_pattern_box`): the observed rows as ``M z + Σ F e`` through the same
-   relaxation, bounding ``z`` by least squares (and in the first round by LPs over ``(z, e)``), in
-   rounds with step 2 while the box shrinks.
+   relaxation, bounding ``z`` by least squares, in rounds with step 2 while the box shrinks. Only when
+   step 4 cannot run (a relaxation above ``OBBT_MAX_NNZ`` entries, or ``obbt=False``) and at most
+   ``PATTERN_LP_TERMS`` units are open, the first round refines these bounds by LPs over ``(z, e)``,
+   within ``PATTERN_LP_SHARE`` of the time (HiGHS can take seconds per LP on these dense rows).
 4. **Optimisation-based bound tightening** (OBBT; [1]_): ``min`` / ``max a_j`` over the LP relaxation of
-   the whole network *constrained by the observation*, one HiGHS object re-used with only the
-   objective changed, from its last basis, stage by stage; skipped for units open only at the
-   tolerance's scale (``OBBT_FRACTION``) and for relaxations above ``OBBT_MAX_NNZ`` entries. An
-   infeasible relaxation proves "no preimage in ``B``".
+   the whole network *constrained by the observation*, stage by stage, the side the unit lies on at a
+   point of the relaxation first (one LP proves a certain sign); skipped for units open only at the
+   tolerance's scale (``OBBT_FRACTION``) and for relaxations above ``OBBT_MAX_NNZ`` entries. Then step 3
+   again. An infeasible relaxation proves "no preimage in ``B``".
+
+The LPs of steps 4 and of :meth:`MilpEngine.bound` run by **row generation** (:class:`_LazyLP`): each
+over the rows nearest to binding, growing by the rows its optimum violates (checked in numpy), so the
+optimum is the full LP's, and one HiGHS object carries rows and basis from one objective to the next. A
+relaxation's optimum is a valid bound even before the rows are complete (fewer rows, a lower minimum).
 
 A unit whose ``min(u, -l)`` is below ``θ = RELAX_FRACTION · min_i s_i / gain`` (``gain`` bounds how far a
 unit's change moves the output: the product of the later layers' ``‖W‖_∞``) keeps its LP relaxation
@@ -79,7 +86,10 @@ Uses
   ends it: *not unique*.
 * refute: :meth:`find` (or :func:`tighten`) proving ``P`` empty.
 * :meth:`MilpEngine.bound`: ``min`` and ``max z_i`` over ``P`` for every ``i``, by the LP relaxation and
-  the MILP; dual bounds are valid even when a solve stops at its time limit.
+  the MILP (with at most ``ENUMERATE_BINARIES`` binaries: one LP per sign pattern of the binary units,
+  which is the MILP with each binary fixed; :class:`_Pieces`); dual bounds are valid even when a solve
+  stops at its time limit. A side counts as solved when the MILP finished, or when a re-checked latent
+  comes within ``CLOSE_RTOL`` of the coordinate's width of the LP bound: that is the box's precision.
 
 Every point a solver returns is re-checked through the layer list in float64
 (:meth:`PreimageSpec.misfit`). A point that misses by a little (solver tolerances, relaxed units) is
@@ -1781,9 +1791,10 @@ def _symbolic(
 def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
     """Optimisation-based bound tightening over the LP relaxation (module docstring, Bounds, step 3).
 
-    Stage by stage from the latent side: ``min`` / ``max a_j`` for every candidate unit (objectives only
-    change, so HiGHS goes on from its last basis), then interval arithmetic forward from the new
-    bounds, and the relaxation rebuilt with them for the next stage.
+    Stage by stage from the latent side: ``min`` / ``max a_j`` for every candidate unit, by row generation
+    on one :class:`_LazyLP` per stage (only the objective changes, so HiGHS goes on from its last basis
+    and rows), then interval arithmetic forward from the new bounds, and the relaxation rebuilt with
+    them for the next stage.
     """
     stages, bounds = work.stages, work.bounds
     last = len(stages) - 1
