@@ -55,13 +55,20 @@ Bounds (:func:`tighten`), in this order
    pre-activations as affine forms of ``z`` and one bounded term per open unit, the zonotope
    relaxation of Singh et al. [3]_).
 3. **Composed bounds** (:func:`_pattern_box`): the observed rows as ``M z + Σ F e`` through the same
-   relaxation, bounding ``z`` by least squares (and in the first round by LPs over ``(z, e)``), in
-   rounds with step 2 while the box shrinks.
+   relaxation, bounding ``z`` by least squares, in rounds with step 2 while the box shrinks. Only when
+   step 4 cannot run (a relaxation above ``OBBT_MAX_NNZ`` entries, or ``obbt=False``) and at most
+   ``PATTERN_LP_TERMS`` units are open, the first round refines these bounds by LPs over ``(z, e)``,
+   within ``PATTERN_LP_SHARE`` of the time (HiGHS can take seconds per LP on these dense rows).
 4. **Optimisation-based bound tightening** (OBBT; [1]_): ``min`` / ``max a_j`` over the LP relaxation of
-   the whole network *constrained by the observation*, one HiGHS object re-used with only the
-   objective changed, from its last basis, stage by stage; skipped for units open only at the
-   tolerance's scale (``OBBT_FRACTION``) and for relaxations above ``OBBT_MAX_NNZ`` entries. An
-   infeasible relaxation proves "no preimage in ``B``".
+   the whole network *constrained by the observation*, stage by stage, the side the unit lies on at a
+   point of the relaxation first (one LP proves a certain sign); skipped for units open only at the
+   tolerance's scale (``OBBT_FRACTION``) and for relaxations above ``OBBT_MAX_NNZ`` entries. Then step 3
+   again. An infeasible relaxation proves "no preimage in ``B``".
+
+The LPs of steps 4 and of :meth:`MilpEngine.bound` run by **row generation** (:class:`_LazyLP`): each
+over the rows nearest to binding, growing by the rows its optimum violates (checked in numpy), so the
+optimum is the full LP's, and one HiGHS object carries rows and basis from one objective to the next. A
+relaxation's optimum is a valid bound even before the rows are complete (fewer rows, a lower minimum).
 
 A unit whose ``min(u, -l)`` is below ``θ = RELAX_FRACTION · min_i s_i / gain`` (``gain`` bounds how far a
 unit's change moves the output: the product of the later layers' ``‖W‖_∞``) keeps its LP relaxation
@@ -79,7 +86,10 @@ Uses
   ends it: *not unique*.
 * refute: :meth:`find` (or :func:`tighten`) proving ``P`` empty.
 * :meth:`MilpEngine.bound`: ``min`` and ``max z_i`` over ``P`` for every ``i``, by the LP relaxation and
-  the MILP; dual bounds are valid even when a solve stops at its time limit.
+  the MILP (with at most ``ENUMERATE_BINARIES`` binaries: one LP per sign pattern of the binary units,
+  which is the MILP with each binary fixed; :class:`_Pieces`); dual bounds are valid even when a solve
+  stops at its time limit. A side counts as solved when the MILP finished, or when a re-checked latent
+  comes within ``CLOSE_RTOL`` of the coordinate's width of the LP bound: that is the box's precision.
 
 Every point a solver returns is re-checked through the layer list in float64
 (:meth:`PreimageSpec.misfit`). A point that misses by a little (solver tolerances, relaxed units) is
@@ -111,6 +121,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import time
@@ -151,6 +162,8 @@ WALK_SHARE = 0.5
 PATTERN_MAX_FLOPS = 2e9
 """Largest factorisation (rows × columns²) :func:`_pattern_box` attempts."""
 PATTERN_ROUNDS = 4
+PATTERN_LP_SHARE = 0.25
+"""Share of the remaining time :func:`_pattern_box`'s LPs may take."""
 """Rounds of composed bounds and interval arithmetic in :func:`tighten`."""
 OBBT_MAX_NNZ = 400_000
 """Largest LP relaxation (rows × columns) that bound tightening by LPs is tried on."""
@@ -161,6 +174,11 @@ PATTERN_LP_TERMS = 300
 CLOSE_RTOL = 0.02
 """A side of :meth:`MilpEngine.bound` counts as solved when a re-checked latent comes within this share
 of the coordinate's proved width of the proved bound."""
+ENUMERATE_BINARIES = 3
+"""Binaries up to which :meth:`MilpEngine.bound` solves the MILP as one LP per sign pattern."""
+PULL_STEPS = (1.0, 1.0 - 1e-6, 1.0 - 1e-4, 1.0 - 1e-2)
+"""Shares of the way from a known latent to a solver's point that :meth:`MilpEngine.bound` re-checks
+as the values reached."""
 MAX_UNITS = 4000
 """Hidden units above which :func:`applicability` calls a network too large for the MILP."""
 MAX_NNZ = 2_000_000
@@ -933,7 +951,8 @@ def _input_bounds(
         # spoiling tight ones): P = (D W_E)⁺ D with D = diag(1 / half)
         weight = 1.0 / np.maximum(half, 1e-300 + 1e-12 * float(np.max(half)))
         try:
-            uu, sv, vt = np.linalg.svd(w_e * weight[:, None], full_matrices=True)
+            # the whole of V for the null space; U only as far as the rank (thin when rows >= columns)
+            uu, sv, vt = np.linalg.svd(w_e * weight[:, None], full_matrices=bool(two.size < n))
         except np.linalg.LinAlgError:
             return u_lo, u_hi, False
         rank = int(np.count_nonzero(sv > 1e-9 * sv[0])) if sv.size and sv[0] > 0 else 0
@@ -1243,6 +1262,10 @@ class _Work:
     relax: tuple[lp.MilpSession, _Layout] | None = None  # the LP relaxation, kept warm
     piece: bool = False  # every hidden unit is fixed, or open only at the tolerance's scale
 
+    def open_units(self) -> int:
+        """Hidden units whose sign is open (ambiguous or relaxed)."""
+        return sum(int(np.count_nonzero(st >= _AMBIGUOUS)) for st in self.bounds.state[:-1])
+
     def model_size(self) -> int:
         """Entries of the (dense) condensed model: rows times columns."""
         open_units = sum(int(np.count_nonzero(st >= _AMBIGUOUS)) for st in self.bounds.state[:-1])
@@ -1338,36 +1361,22 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
         ), None
 
     # 1. bounds implied by the observation, from the last stage down
-    g_lo: list[np.ndarray] = [np.full(st.n, -np.inf) for st in stages]
-    g_hi: list[np.ndarray] = [np.full(st.n, np.inf) for st in stages]
-    g_lo[-1], g_hi[-1] = obs_lo.copy(), obs_hi.copy()
-    z_lo, z_hi = free
-    for s in range(depth - 1, -1, -1):
-        u_lo, u_hi, bad = _input_bounds(
-            stages[s], g_lo[s], g_hi[s], _input_domain(stages, s), deadline, counter
-        )
-        if bad:
-            return finish(
-                SolverStatus.INFEASIBLE,
-                "layer LP",
-                True,
-                assumed_box,
-                free,
-                None,
-                f"the LP over layer {s}'s rows is infeasible: no input of layer {s} meets the bounds the "
-                "observation implies on its outputs, so no latent reproduces the observation",
-            ), None
-        if s == 0:
-            z_lo, z_hi = u_lo, u_hi
-        else:
-            lo, hi = _pre_from_output(stages[s - 1], u_lo, u_hi)
-            g_lo[s - 1], g_hi[s - 1] = np.maximum(g_lo[s - 1], lo), np.minimum(g_hi[s - 1], hi)
+    g_lo, g_hi, z_lo, z_hi, bad_layer = _implied(stages, obs_lo, obs_hi, deadline, counter)
+    if bad_layer is not None:
+        s = bad_layer
+        return finish(
+            SolverStatus.INFEASIBLE,
+            "layer LP",
+            True,
+            assumed_box,
+            free,
+            None,
+            f"the LP over layer {s}'s rows is infeasible: no input of layer {s} meets the bounds the "
+            "observation implies on its outputs, so no latent reproduces the observation",
+        ), None
     implied = (z_lo, z_hi)
-    tiny = 1e-9 * (1.0 + np.abs(spec.box_lower) + np.abs(spec.box_upper))
-    box_lo = np.maximum(spec.box_lower, z_lo)
-    box_hi = np.minimum(spec.box_upper, z_hi)
-    assumed = (spec.box_lower > z_lo + tiny) | (spec.box_upper < z_hi - tiny)
-    box = LatentBox(box_lo, box_hi, spec.box_lower, spec.box_upper, assumed)
+    box = _searched_box(spec, z_lo, z_hi)
+    box_lo, box_hi, assumed = box.lower, box.upper, box.assumed
     if np.any(box_lo > box_hi):
         return finish(
             SolverStatus.INFEASIBLE,
@@ -1407,14 +1416,15 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
     status = SolverStatus.OPTIMAL
     notes = []
 
-    def rounds() -> str:
-        """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain."""
+    def rounds(lps: bool) -> str:
+        """Composed bounds (:func:`_pattern_box`) and interval arithmetic, in turn, while they gain;
+        ``lps``: the first round refines by LPs."""
         nonlocal box
         for n_round in range(PATTERN_ROUNDS):
             if time.perf_counter() >= deadline:
                 return ""
             # LPs in the first round only: they fix most open units, least squares then suffices
-            tight = _pattern_box(work, deadline, counter, refine=n_round == 0)
+            tight = _pattern_box(work, deadline, counter, refine=lps and n_round == 0)
             if tight is None:
                 return ""
             lo, hi, bad = tight
@@ -1445,10 +1455,20 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
 
     if _symbolic(stages, bounds, work.box_lo, work.box_hi, theta) is not None:
         return refuted("interval"), work
-    how = rounds()
+
+    def wide() -> bool:
+        return any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise)
+
+    # least squares first (cheap); then OBBT over the whole network's relaxation when it is small enough,
+    # else the composed bounds' LPs over (z, e), which bound z only and cost more per open unit
+    how = rounds(lps=not obbt)
     if how:
         return refuted(how), work
-    if obbt and any(work.candidates(s).size for s in range(depth - 1) if stages[s].piecewise):
+    if obbt and wide() and work.model_size() > OBBT_MAX_NNZ and work.open_units() <= PATTERN_LP_TERMS:
+        how = rounds(lps=True)
+        if how:
+            return refuted(how), work
+    if obbt and wide():
         size = work.model_size()
         if size > OBBT_MAX_NNZ:
             notes.append(f"bound tightening by LPs skipped (an LP relaxation of ~{size:.2g} entries)")
@@ -1468,7 +1488,7 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
                     "the LP relaxation of the whole network, constrained by the observation, is infeasible: no "
                     f"latent in {('the box' if not box.implied else 'the implied box')} reproduces the observation",
                 ), work
-            how = rounds()
+            how = rounds(lps=False)
             if how:
                 return refuted(how), work
     counter.lps = bounds.lps
@@ -1484,6 +1504,57 @@ def _tighten(spec: PreimageSpec, deadline: float, obbt: bool) -> tuple[Tightenin
         Tightening(**{**result.__dict__, "message": message}),
         work,
     )
+
+
+def _implied(
+    stages: Sequence[_Stage], obs_lo: np.ndarray, obs_hi: np.ndarray, deadline: float, counter: _Bounds
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, int | None]:
+    """Step 1 of :func:`tighten`: per stage the pre-activation bounds the observation implies (valid for
+    every latent), from the last stage down, and the bounds on ``z``; the last item is the layer whose LP
+    proved the observation infeasible (None when none did)."""
+    depth = len(stages)
+    k = stages[0].n_in
+    g_lo: list[np.ndarray] = [np.full(st.n, -np.inf) for st in stages]
+    g_hi: list[np.ndarray] = [np.full(st.n, np.inf) for st in stages]
+    g_lo[-1], g_hi[-1] = obs_lo.copy(), obs_hi.copy()
+    z_lo, z_hi = np.full(k, -np.inf), np.full(k, np.inf)
+    for s in range(depth - 1, -1, -1):
+        u_lo, u_hi, bad = _input_bounds(
+            stages[s], g_lo[s], g_hi[s], _input_domain(stages, s), deadline, counter
+        )
+        if bad:
+            return g_lo, g_hi, z_lo, z_hi, s
+        if s == 0:
+            z_lo, z_hi = u_lo, u_hi
+        else:
+            lo, hi = _pre_from_output(stages[s - 1], u_lo, u_hi)
+            g_lo[s - 1], g_hi[s - 1] = np.maximum(g_lo[s - 1], lo), np.minimum(g_hi[s - 1], hi)
+    return g_lo, g_hi, z_lo, z_hi, None
+
+
+def _searched_box(spec: PreimageSpec, z_lo: np.ndarray, z_hi: np.ndarray) -> LatentBox:
+    """The assumed box cut by the implied bounds ``[z_lo, z_hi]`` (lower may exceed upper: empty)."""
+    tiny = 1e-9 * (1.0 + np.abs(spec.box_lower) + np.abs(spec.box_upper))
+    box_lo = np.maximum(spec.box_lower, z_lo)
+    box_hi = np.minimum(spec.box_upper, z_hi)
+    assumed = (spec.box_lower > z_lo + tiny) | (spec.box_upper < z_hi - tiny)
+    return LatentBox(box_lo, box_hi, spec.box_lower, spec.box_upper, assumed)
+
+
+def implied_box(spec: PreimageSpec, *, time_limit: float = 10.0) -> LatentBox | None:
+    """The box :func:`tighten` would search, from the bounds the observation implies alone (its step 1,
+    without the bounds from the assumed box that follow); None when that step proves "no preimage" or
+    the observation is outside the output map's range (:func:`tighten` then says why).
+
+    Cheap next to :func:`build`: a caller whose claim needs the box implied (``LatentBox.implied``) can
+    ask first and skip the rest when it is not."""
+    stages, _ = spec.stages()
+    obs_lo, obs_hi, empty = _observed_interval(stages[-1], spec.observed, spec.slack)
+    if np.any(empty):
+        return None
+    deadline = time.perf_counter() + max(float(time_limit), 0.0)
+    _, _, z_lo, z_hi, bad = _implied(stages, obs_lo, obs_hi, deadline, _Bounds([], [], []))
+    return None if bad is not None else _searched_box(spec, z_lo, z_hi)
 
 
 def _linearize(
@@ -1586,7 +1657,9 @@ def _pattern_box(
     wide = any(work.candidates(s).size for s in range(last) if stages[s].piecewise)
     if bad or not refine or not cols or not wide or sum(c[0].shape[1] for c in cols) > PATTERN_LP_TERMS:
         return lo[:k], hi[:k], bad
-    # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation
+    # with error terms, least squares is loose: LPs over (z, e) give the exact bounds of this relaxation;
+    # they get a share of the time only (HiGHS can take seconds per LP on these dense, narrow rows)
+    deadline = time.perf_counter() + PATTERN_LP_SHARE * max(deadline - time.perf_counter(), 0.0)
     dom_lo[:k], dom_hi[:k] = np.maximum(dom_lo[:k], lo[:k]), np.minimum(dom_hi[:k], hi[:k])
     w = composed.dense()
     up, dn = np.isfinite(a_hi), np.isfinite(a_lo)
@@ -1718,9 +1791,10 @@ def _symbolic(
 def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
     """Optimisation-based bound tightening over the LP relaxation (module docstring, Bounds, step 3).
 
-    Stage by stage from the latent side: ``min`` / ``max a_j`` for every candidate unit (objectives only
-    change, so HiGHS goes on from its last basis), then interval arithmetic forward from the new
-    bounds, and the relaxation rebuilt with them for the next stage.
+    Stage by stage from the latent side: ``min`` / ``max a_j`` for every candidate unit, by row generation
+    on one :class:`_LazyLP` per stage (only the objective changes, so HiGHS goes on from its last basis
+    and rows), then interval arithmetic forward from the new bounds, and the relaxation rebuilt with
+    them for the next stage.
     """
     stages, bounds = work.stages, work.bounds
     last = len(stages) - 1
@@ -1730,11 +1804,13 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
         todo = work.candidates(s)
         if not todo.size:
             continue
-        session, layout = work.relaxation()
+        relax, layout = work.relaxation()
+        # the same LP by row generation: each objective over the few rows near binding
+        session = _LazyLP.of(relax.program(), _full_vector(stages, layout, 0.5 * (work.box_lo + work.box_hi)))
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
-        first = session.solve(time_limit=remaining)
+        first = session.minimize(np.zeros(layout.num_cols), remaining)
         bounds.lps += 1
         if first.status is SolverStatus.INFEASIBLE:
             return SolverStatus.INFEASIBLE, ""
@@ -1744,19 +1820,21 @@ def _obbt(work: _Work, deadline: float) -> tuple[SolverStatus, str]:
                 f"the LP relaxation ended '{first.status.value}'; bounds left as they were",
             )
         a_mat, a_off = layout.expr[s]
+        # the side a unit likely lies on at a point of the relaxation goes first: when the unit's sign
+        # is certain, one LP proves it
+        guess = a_mat @ first.x + a_off if first.x is not None else np.zeros(a_off.size)
         for j in todo.tolist():
             if time.perf_counter() >= deadline:
                 return SolverStatus.TIME_LIMIT, "time limit during bound tightening"
             lo, hi = float(bounds.lo[s][j]), float(bounds.hi[s][j])
-            for sign in (1.0, -1.0):
-                session.set_objective(sign * a_mat[j], sign * a_off[j])
-                res = session.solve(time_limit=max(deadline - time.perf_counter(), 0.0))
+            for sign in (1.0, -1.0) if guess[j] >= 0.0 else (-1.0, 1.0):
+                res = session.minimize(sign * a_mat[j], max(deadline - time.perf_counter(), 0.0))
                 bounds.lps += 1
                 if res.status is SolverStatus.INFEASIBLE:
                     return SolverStatus.INFEASIBLE, ""
                 if res.status is not SolverStatus.OPTIMAL:
                     continue
-                value = sign * res.objective
+                value = sign * res.objective + a_off[j]
                 out_lo, out_hi = _outward(np.array([value]), np.array([value]))
                 if sign > 0:
                     lo = max(lo, float(out_lo[0]))
@@ -1823,6 +1901,20 @@ class _LazyLP:
         self.session.add_rows(self.a_ub[rows], -np.inf, self.b_ub[rows])
         self.work[rows] = True
 
+    @classmethod
+    def of(cls, program: lp.MixedIntegerProgram, x0: np.ndarray) -> _LazyLP:
+        """The LP ``program`` (its rows as ``a x <= b``, its column bounds) solved by row generation:
+        the same optimum, each LP over the few rows near binding instead of all of them."""
+        a = program.a.toarray()
+        up, dn = np.isfinite(program.row_upper), np.isfinite(program.row_lower)
+        return cls(
+            np.vstack([a[up], -a[dn]]),
+            np.concatenate([program.row_upper[up], -program.row_lower[dn]]),
+            program.lower,
+            program.upper,
+            x0,
+        )
+
 
 def _row_generation_lp(
     c: np.ndarray,
@@ -1860,6 +1952,64 @@ def _row_generation_lp(
         bad = bad[np.argsort(-viol[bad])[: max(10, n)]]
         session.add_rows(a_ub[bad], -np.inf, b_ub[bad])
         work[bad] = True
+
+
+class _Pieces:
+    """``min cᵀx`` over the MILP's feasible set as the least of one LP per sign pattern of its binary
+    units (each :class:`_LazyLP` over the LP relaxation with the pattern's rows added: ``a >= 0`` and
+    ``r <= a`` for an active unit, ``a <= 0`` and ``r <= 0`` for an inactive one), for models with at
+    most ``ENUMERATE_BINARIES`` binaries. With the binary fixed the big-M rows say exactly this, so the
+    least optimum is the MILP's; a pattern whose LP is infeasible is empty and dropped for good."""
+
+    def __init__(self, work: _Work, base: _LazyLP, layout: _Layout, x0: np.ndarray) -> None:
+        units = []
+        for s, st in enumerate(work.bounds.state[:-1]):
+            for pos, j in enumerate(layout.r_units[s].tolist()):
+                if st[j] == _AMBIGUOUS:
+                    units.append((s, j, int(layout.r_cols[s][pos])))
+        n = base.a_ub.shape[1]
+        lower, upper = base.session.col_bounds()
+        lower, upper = lower[:n], upper[:n]
+        self.lps: list[_LazyLP] = []
+        for pattern in range(1 << len(units)):
+            rows, rhs = [], []
+            up = upper.copy()
+            for bit, (s, j, rc) in enumerate(units):
+                a_mat, a_off = layout.expr[s]
+                if pattern >> bit & 1:
+                    e_r = np.zeros(n)
+                    e_r[rc] = 1.0
+                    rows += [-a_mat[j], e_r - a_mat[j]]
+                    rhs += [a_off[j], a_off[j]]
+                else:
+                    rows.append(a_mat[j])
+                    rhs.append(-a_off[j])
+                    up[rc] = 0.0
+            a_ub = np.vstack([base.a_ub, np.array(rows)])
+            b_ub = np.concatenate([base.b_ub, np.array(rhs)])
+            self.lps.append(_LazyLP(a_ub, b_ub, lower, up, np.clip(x0, lower, up)))
+
+    def minimize(self, c: np.ndarray, time_limit: float) -> tuple[SolverStatus, float, np.ndarray | None]:
+        """(status, least optimum, its point): ``OPTIMAL`` when every live pattern was solved,
+        ``INFEASIBLE`` when none is left, else the status that stopped one (the value is then -inf)."""
+        begin = time.perf_counter()
+        best, x_best = float("inf"), None
+        status = SolverStatus.OPTIMAL
+        live = []
+        for lazy in self.lps:
+            res = lazy.minimize(c, max(time_limit - (time.perf_counter() - begin), 0.0))
+            if res.status is SolverStatus.INFEASIBLE:
+                continue
+            live.append(lazy)
+            if res.status is not SolverStatus.OPTIMAL or res.x is None:
+                status = res.status if res.status is not SolverStatus.OPTIMAL else SolverStatus.NUMERICAL
+                continue
+            if res.objective < best:
+                best, x_best = res.objective, res.x
+        self.lps = live
+        if not live:
+            return SolverStatus.INFEASIBLE, float("inf"), None
+        return status, (best if status is SolverStatus.OPTIMAL else float("-inf")), x_best
 
 
 @dataclass(frozen=True)
@@ -2586,6 +2736,9 @@ class MilpEngine:
             best, _ = self._accept(start)
         nodes = solves = 0
         status = SolverStatus.OPTIMAL
+        lazy: _LazyLP | None = None  # the LP relaxation by row generation, shared by every side
+        pieces: _Pieces | None = None  # the MILP as one LP per pattern, for a few binaries
+        anchor = best  # a latent of the set away from the band's edge, for _pulled
         jobs = [(i, col) for i in range(k) for col in (0, 1)]
         scale = float(np.max(np.abs(box.upper - box.lower))) or 1.0
         huge = self._work.model_size() > OBBT_MAX_NNZ
@@ -2606,17 +2759,39 @@ class MilpEngine:
             objective[i] = sign
             # the LP relaxation first: its optimum is a proved bound, and closes the side when a
             # re-checked latent reaches it; the MILP only for the sides it leaves open
-            models = [("LP", self._work.relaxation())]
-            if self.binaries:
-                models.append(("MILP", self._model()))
-            for what, (session, layout) in models:
+            if lazy is None:
+                relax, relax_layout = self._work.relaxation()
+                x0 = 0.5 * (box.lower + box.upper) if best is None else best
+                lazy = _LazyLP.of(relax.program(), _full_vector(self._work.stages, relax_layout, x0))
+            models: list[tuple[str, lp.MilpSession | _LazyLP | _Pieces]] = [("LP", lazy)]
+            if 0 < self.binaries <= ENUMERATE_BINARIES:
+                if pieces is None:
+                    relax_layout = self._work.relaxation()[1]
+                    x0 = 0.5 * (box.lower + box.upper) if best is None else best
+                    pieces = _Pieces(
+                        self._work, lazy, relax_layout, _full_vector(self._work.stages, relax_layout, x0)
+                    )
+                models.append(("MILP", pieces))
+            elif self.binaries:
+                models.append(("MILP", self._model()[0]))
+            for what, session in models:
                 left = share - (time.perf_counter() - side_start)
                 if left <= 0:
                     status = SolverStatus.TIME_LIMIT
                     break
-                session.set_objective({i: sign})
-                warm = None if best is None or what == "LP" else _full_vector(self._work.stages, layout, best)
-                res = session.solve(time_limit=left, start=warm, mip_abs_gap=gap_tol)
+                if isinstance(session, _LazyLP):
+                    c = np.zeros(session.a_ub.shape[1])
+                    c[i] = sign
+                    res = session.minimize(c, left)
+                elif isinstance(session, _Pieces):
+                    c = np.zeros(lazy.a_ub.shape[1])
+                    c[i] = sign
+                    got, value, x_p = session.minimize(c, left)
+                    res = dataclasses.replace(res, status=got, x=x_p, bound=value, objective=value, nodes=0)
+                else:
+                    session.set_objective({i: sign})
+                    warm = None if best is None else _full_vector(self._work.stages, self._model()[1], best)
+                    res = session.solve(time_limit=left, start=warm, mip_abs_gap=gap_tol)
                 nodes += res.nodes
                 solves += 1
                 if res.status is SolverStatus.INFEASIBLE:
@@ -2639,7 +2814,9 @@ class MilpEngine:
                     else:
                         upper[i] = min(upper[i], float(hi_v[0]))
                 if res.x is not None:
-                    z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
+                    z = self._pulled(res.x[:k], anchor)
+                    if z is None and self.binaries:
+                        z, _ = self._point_from(res.x, objective=objective, deadline=deadline)
                     if z is not None:
                         better = reached[i, col] if not np.isnan(reached[i, col]) else z[i]
                         reached[i, col] = min(better, z[i]) if col == 0 else max(better, z[i])
@@ -2673,6 +2850,21 @@ class MilpEngine:
         lower = np.minimum(lower, np.where(np.isnan(reached[:, 0]), lower, reached[:, 0]))
         upper = np.maximum(upper, np.where(np.isnan(reached[:, 1]), upper, reached[:, 1]))
         return self._bounded(Finding.BOUNDED, status, lower, upper, reached, exact, nodes, solves, begin)
+
+    def _pulled(self, z: np.ndarray, best: np.ndarray | None) -> np.ndarray | None:
+        """A re-checked latent of the set on the segment from ``best`` (a latent of the set) to a
+        solver's point ``z``, as near ``z`` as a few steps find; None when none of them fits.
+
+        The solver's optimum sits on the band's edge, where float64 rounding decides the re-check; a
+        point a little way back toward ``best`` fits and still reaches almost as far."""
+        for t in PULL_STEPS:
+            cand = z if best is None or t == 1.0 else best + t * (z - best)
+            got, _ = self._accept(cand)
+            if got is not None:
+                return got
+            if best is None:
+                return None
+        return None
 
     def _bounded(
         self,

@@ -57,22 +57,26 @@ def engine_for(problem: Problem, settings: Settings, deadline: float) -> tuple[m
     budget = _budget(settings, deadline)
     if budget <= 0:
         return None, "no time was left for the whole-network MILP"
-    noise, tol = _band(problem, settings)
-    radius = settings.latent_box if settings.latent_box is not None else SEARCH_RADIUS
     try:
-        spec = milp.PreimageSpec.create(
-            problem.generator.layers,
-            problem.x,
-            mask=problem.mask,
-            measure=problem.measure,
-            noise=noise,
-            tol=tol,
-            precision=problem.precision,
-            radius=radius,
-        )
-        return milp.build(spec, time_limit=0.5 * budget), ""
+        return milp.build(_spec(problem, settings), time_limit=0.5 * budget), ""
     except OnnxInvError as exc:
         return None, f"the whole-network MILP could not be set up: {exc}"
+
+
+def _spec(problem: Problem, settings: Settings) -> milp.PreimageSpec:
+    """The engine's problem: the fit rule's band, the stated latent box or the search box."""
+    noise, tol = _band(problem, settings)
+    radius = settings.latent_box if settings.latent_box is not None else SEARCH_RADIUS
+    return milp.PreimageSpec.create(
+        problem.generator.layers,
+        problem.x,
+        mask=problem.mask,
+        measure=problem.measure,
+        noise=noise,
+        tol=tol,
+        precision=problem.precision,
+        radius=radius,
+    )
 
 
 def _budget(settings: Settings, deadline: float) -> float:
@@ -192,7 +196,25 @@ def refute(problem: Problem, settings: Settings, deadline: float) -> tuple[Evide
 def bound_radius(
     problem: Problem, settings: Settings, z: np.ndarray, fit: FitCheck, deadline: float
 ) -> Evidence:
-    """A noisy radius from the MILP's bounds (``EvidenceKind.MILP_BOUNDS``), or a note."""
+    """A noisy radius from the MILP's bounds (``EvidenceKind.MILP_BOUNDS``), or a note.
+
+    Without a stated latent box the radius counts only when the observation bounds every latent inside
+    the search box; that is settled first, from the implied bounds alone, before any bound tightening or
+    MILP is paid for."""
+    if settings.latent_box is None and applies(problem, settings) is None:
+        try:
+            implied = milp.implied_box(
+                _spec(problem, settings), time_limit=max(_budget(settings, deadline), 0.0)
+            )
+        except OnnxInvError as exc:
+            return Evidence(EvidenceKind.NONE, f"the whole-network MILP could not be set up: {exc}")
+        if implied is not None and not implied.implied:
+            return Evidence(
+                EvidenceKind.NONE,
+                "the whole-network MILP gave no radius: the observation does not bound the latent inside "
+                f"its search box [-{SEARCH_RADIUS:g}, {SEARCH_RADIUS:g}]^k, so its bounds would hold only "
+                "inside that box (state a latent box to get them)",
+            )
     engine, why = engine_for(problem, settings, deadline)
     if engine is None:
         return Evidence(EvidenceKind.NONE, why)
