@@ -21,7 +21,7 @@ Clean observations:
 
 Bounded noise: ``linf``, ``l1``, ``relaxed``, then ``gd``, each refined. Gaussian noise
 (``noise_model="gaussian"``, with or without a measurement matrix): ``lsq``, the MAP fit (prior
-``λ = σ²``) from Algorithm 1's estimate, the zero latent and random restarts; if it does not reproduce
+``λ = σ²``) from Algorithm 1's estimate, the zero latent, a short Adam descent and random restarts; if it does not reproduce
 the observation, ``gd`` polished by the same MAP fit; the kept estimate is one that reproduces the
 observation if any does, the lowest MAP objective ``½‖M ⊙ (G(z) − x)‖² + ½σ²‖z‖²`` among those (the
 criterion the estimate is defined by; the smallest residual would favour the maximum-likelihood fit,
