@@ -42,11 +42,11 @@ import numpy as np
 
 from onnxinv.errors import InvalidArgumentError
 from onnxinv.inversion import evidence as evidence_stage
-from onnxinv.inversion import parallel
+from onnxinv.inversion import fastexact, parallel
 from onnxinv.inversion.framework import NOISE_MODELS, Draft, Problem, Settings, fit_check
 from onnxinv.inversion.refine import refine
 from onnxinv.inversion.registry import METHODS, get_method
-from onnxinv.inversion.result import BatchInversionResult, InversionResult
+from onnxinv.inversion.result import Attempt, BatchInversionResult, InversionResult
 from onnxinv.inversion.verdict import decide
 from onnxinv.layers import Generator
 from onnxinv.observations import (
@@ -223,7 +223,12 @@ def _settings(base: Settings | None, *, tol: object, time_limit: object, seed: o
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
             raise InvalidArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         overrides["seed"] = int(seed)
-    return dataclasses.replace(base or Settings(), **overrides)
+    if not overrides:
+        return base if base is not None else _DEFAULT_SETTINGS  # frozen: sharing one is safe
+    return dataclasses.replace(base or _DEFAULT_SETTINGS, **overrides)
+
+
+_DEFAULT_SETTINGS = Settings()
 
 
 def _positive(value: object, name: str, what: str) -> float:
@@ -271,6 +276,8 @@ def solve_chunk(
     problems: list[Problem] = []
     drafts: list[Draft] = []
     started: list[float] = []
+    hidden: list[list[np.ndarray] | None] = []
+    fast = record.name in FAST_METHODS and fastexact.generator_applies(generator)
     with parallel.blas_single_thread():
         for i in range(values.shape[0]):
             problems.append(
@@ -284,30 +291,60 @@ def solve_chunk(
                     measure,
                 )
             )
-        if record.solve_batch is not None and len(problems) > 1:
+        # the fast path first (fastexact: the same drafts as the exact method and the refine stage's
+        # test, where it applies); the rest go through the method's record
+        pending: list[int] = []
+        for i, problem in enumerate(problems):
             start = time.perf_counter()
-            batch = record.solve_batch(problems, settings, [start + settings.time_limit] * len(problems))
-            share = (time.perf_counter() - start) / len(problems)
-            for problem, draft in zip(problems, batch):
+            quick = fastexact.solve(problem, settings, start + settings.time_limit) if fast else None
+            if quick is None:
+                pending.append(i)
+                drafts.append(None)  # type: ignore[arg-type]  # filled below
+                hidden.append(None)
+                started.append(start)
+                continue
+            drafts.append(_as_method(quick.draft, record.name))
+            hidden.append(quick.hidden)
+            started.append(start)
+        rest = [problems[i] for i in pending]
+        if record.solve_batch is not None and len(rest) > 1:
+            start = time.perf_counter()
+            batch = record.solve_batch(rest, settings, [start + settings.time_limit] * len(rest))
+            share = (time.perf_counter() - start) / len(rest)
+            for i, problem, draft in zip(pending, rest, batch):
                 began = time.perf_counter() - share
                 if record.refine:
                     draft = refine(problem, settings, draft, began + settings.time_limit)
-                drafts.append(draft)
-                started.append(began)
+                drafts[i] = draft
+                started[i] = began
         else:
-            for problem in problems:
+            for i, problem in zip(pending, rest):
                 start = time.perf_counter()
                 deadline = start + settings.time_limit
                 draft = record.solve(problem, settings, deadline)
                 if record.refine:
                     draft = refine(problem, settings, draft, deadline)
-                drafts.append(draft)
-                started.append(start)
+                drafts[i] = draft
+                started[i] = start
         outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
         return [
-            _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i])
+            _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i], hidden[i])
             for i in range(len(drafts))
         ]
+
+
+# Methods whose answer the fast path gives where it applies: the exact method, and auto, whose first
+# attempt is the exact method (kept when it reproduces the observation, as the fast path's drafts do).
+FAST_METHODS = ("exact", "auto")
+
+
+def _as_method(draft: Draft, method: str) -> Draft:
+    """The fast path's exact draft as ``method`` returns it: ``auto`` records its one attempt and says
+    that it kept the exact method (:func:`onnxinv.inversion.auto.solve`)."""
+    if method == "auto":
+        draft.attempts = (Attempt("exact", draft.fit, "reproduces x"),)
+        draft.message = "auto tried exact; kept exact."
+    return draft
 
 
 def _decide(
@@ -318,13 +355,14 @@ def _decide(
     requested: str,
     start: float,
     source: str | None,
+    hidden: list[np.ndarray] | None = None,
 ) -> InversionResult:
     fit = fit_check(problem, settings, output)
     deadline = start + settings.time_limit
     origin = METHODS.get(draft.method)
     certifies = origin is not None and origin.certifies == "layer-wise"
     found, analysis = evidence_stage.gather(
-        problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies
+        problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies, hidden
     )
     decision = decide(fit, found, noisy=problem.noise is not None)
     z = np.array(draft.z, dtype=np.float64)
