@@ -46,8 +46,8 @@ from onnxinv.inversion import fastexact, parallel
 from onnxinv.inversion.framework import NOISE_MODELS, Draft, Problem, Settings, fit_check
 from onnxinv.inversion.refine import refine
 from onnxinv.inversion.registry import METHODS, get_method
-from onnxinv.inversion.result import Attempt, BatchInversionResult, InversionResult
-from onnxinv.inversion.verdict import decide
+from onnxinv.inversion.result import Attempt, BatchInversionResult, InversionResult, LayerStep
+from onnxinv.inversion.verdict import Evidence, FitCheck, decide
 from onnxinv.layers import Generator
 from onnxinv.observations import (
     Observations,
@@ -294,18 +294,23 @@ def solve_chunk(
         # the fast path first (fastexact: the same drafts as the exact method and the refine stage's
         # test, where it applies); the rest go through the method's record
         pending: list[int] = []
-        for i, problem in enumerate(problems):
-            start = time.perf_counter()
-            quick = fastexact.solve(problem, settings, start + settings.time_limit) if fast else None
-            if quick is None:
+        start = time.perf_counter()
+        quick = (
+            fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
+            if fast
+            else [None] * len(problems)
+        )
+        share = (time.perf_counter() - start) / max(len(problems), 1)
+        for i, found in enumerate(quick):
+            if found is None:
                 pending.append(i)
                 drafts.append(None)  # type: ignore[arg-type]  # filled below
                 hidden.append(None)
                 started.append(start)
                 continue
-            drafts.append(_as_method(quick.draft, record.name))
-            hidden.append(quick.hidden)
-            started.append(start)
+            drafts.append(_as_method(found.draft, record.name))
+            hidden.append(found.hidden)
+            started.append(time.perf_counter() - share)
         rest = [problems[i] for i in pending]
         if record.solve_batch is not None and len(rest) > 1:
             start = time.perf_counter()
@@ -327,8 +332,29 @@ def solve_chunk(
                 drafts[i] = draft
                 started[i] = start
         outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
+        # the fast path's drafts: their fit checks and certificate margins on the stacked rows
+        quick_rows = [i for i in range(len(drafts)) if hidden[i] is not None]
+        fits: dict[int, FitCheck] = {}
+        clear: dict[int, bool] = {}
+        if quick_rows:
+            chosen = [problems[i] for i in quick_rows]
+            checks = fastexact.clean_fits(chosen, settings, outputs[quick_rows])
+            margins = fastexact.margin_clear(chosen, settings, [hidden[i] for i in quick_rows])  # type: ignore[misc]  # not None on these rows
+            fits = dict(zip(quick_rows, checks))
+            clear = {i: bool(m) for i, m in zip(quick_rows, margins)}
         return [
-            _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i], hidden[i])
+            _decide(
+                problems[i],
+                drafts[i],
+                outputs[i],
+                settings,
+                method,
+                started[i],
+                sources[i],
+                hidden[i],
+                fits.get(i),
+                clear.get(i, False),
+            )
             for i in range(len(drafts))
         ]
 
@@ -356,14 +382,29 @@ def _decide(
     start: float,
     source: str | None,
     hidden: list[np.ndarray] | None = None,
+    fit: FitCheck | None = None,
+    margin_clear: bool = False,
 ) -> InversionResult:
-    fit = fit_check(problem, settings, output)
+    """Evidence, verdict and result of one draft. ``hidden``: the float64 hidden values of its latent;
+    ``fit``: its fit check, when already made; ``margin_clear``: no ReLU row near zero
+    (:func:`~onnxinv.inversion.fastexact.margin_clear`), so that for the exact method's unrefined chain
+    that reproduces the observation the evidence stage's answer is its own steps' certificate."""
+    if fit is None:
+        fit = fit_check(problem, settings, output)
     deadline = start + settings.time_limit
     origin = METHODS.get(draft.method)
     certifies = origin is not None and origin.certifies == "layer-wise"
-    found, analysis = evidence_stage.gather(
-        problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies, hidden
-    )
+    cert = None
+    if margin_clear and fit.reproduces and certifies and not draft.refined and problem.noise is None:
+        # evidence.gather's own first answer there (no measurement matrix on the fast path)
+        cert = evidence_stage.layerwise_certificate(draft.steps, "from the observation down")
+    if cert is not None and problem.measure is None:
+        found: tuple[Evidence, ...] = (cert,)
+        analysis: tuple[LayerStep, ...] = ()
+    else:
+        found, analysis = evidence_stage.gather(
+            problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies, hidden
+        )
     decision = decide(fit, found, noisy=problem.noise is not None)
     z = np.array(draft.z, dtype=np.float64)
     z.setflags(write=False)

@@ -36,22 +36,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from onnxinv.inversion import linear
-from onnxinv.inversion.framework import (
-    ERROR_FACTOR,
-    ROUNDING_FACTOR,
-    Draft,
-    Problem,
-    Settings,
-    residual_norms,
-)
+from onnxinv.inversion.evidence import MARGIN_FACTOR
+from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
 from onnxinv.inversion.result import LayerStep, SolverStatus
+from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Activation, Generator
 
-__all__ = ["FastDraft", "applies", "generator_applies", "solve"]
+__all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
 
 _CERTIFICATE = "full column rank (Theorem 2)"
 
@@ -69,12 +65,11 @@ class FastDraft:
 def applies(problem: Problem) -> bool:
     """True when the fast path may try ``problem``: clean, fully observed, no measurement matrix, and a
     generator of dense ReLU layers."""
-    return (
-        problem.noise is None
-        and problem.mask is None
-        and problem.measure is None
-        and generator_applies(problem.generator)
-    )
+    return _problem_applies(problem) and generator_applies(problem.generator)
+
+
+def _problem_applies(problem: Problem) -> bool:
+    return problem.noise is None and problem.mask is None and problem.measure is None
 
 
 def generator_applies(generator: Generator) -> bool:
@@ -92,6 +87,7 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | 
     passed (the generic walk then records the time limit)."""
     if not applies(problem):
         return None
+    # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here)
     layers = problem.generator.layers
     precision = problem.precision
     rtol = max(settings.tol, ROUNDING_FACTOR * precision)
@@ -163,11 +159,183 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | 
         y = u
         y_error = u_error
     hidden = problem.generator.hidden_values(y)
-    fit = residual_norms(problem, hidden[-1])[0]
+    fit = float(_relative_l2(hidden[-1][None, :], problem.x[None, :])[0])
     if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
         return None
     steps.reverse()
     return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit), hidden)
+
+
+def solve_many(
+    problems: Sequence[Problem], settings: Settings, deadlines: Sequence[float]
+) -> list[FastDraft | None]:
+    """:func:`solve` for observations of one generator at once, with the same answers one by one.
+
+    Each observation's least squares is its own (the active rows differ); everything else runs on the
+    stacked observations: the elementwise tests and maxima directly, the products ``W u`` and the
+    norms as stacked ``matmul`` (one BLAS matrix-vector product or dot per observation, so each
+    observation's numbers are the ones it gets alone, whatever the chunk).
+    """
+    count = len(problems)
+    if count == 1:
+        return [solve(problems[0], settings, deadlines[0])]
+    out: list[FastDraft | None] = [None] * count
+    if count == 0:
+        return out
+    generator = problems[0].generator
+    if not generator_applies(generator):
+        return out
+    alive = np.array([_problem_applies(p) and p.generator is generator for p in problems], dtype=bool)
+    if not alive.any():
+        return out
+    layers = generator.layers
+    precision = np.array([p.precision for p in problems])
+    rtol = np.maximum(settings.tol, ROUNDING_FACTOR * precision)
+    ys = np.stack([p.x for p in problems])
+    y_error = np.zeros(count)
+    steps: list[list[LayerStep]] = [[] for _ in range(count)]
+    for i in reversed(range(len(layers))):
+        start = time.perf_counter()
+        alive &= np.array([start < d for d in deadlines], dtype=bool)
+        layer = layers[i]
+        w, b = layer.weight, layer.bias
+        n = layer.in_features
+        scale = np.max(np.abs(ys), axis=1) if ys.shape[1] else np.zeros(count)
+        delta = np.maximum(rtol * scale + ERROR_FACTOR * y_error, 1e-300)
+        tau = np.maximum(np.maximum(settings.active_rtol * scale, 10.0 * y_error), 1e-300)
+        active = ys > tau[:, None]
+        n_eq = np.count_nonzero(active, axis=1)
+        alive &= n_eq >= n
+        us = np.zeros((count, n))
+        rms = np.zeros(count)
+        spread = np.zeros(count)
+        how = [""] * count
+        for k in np.flatnonzero(alive):
+            idx = np.flatnonzero(active[k])
+            solved = _least_squares(w, idx, ys[k, idx] - b[idx])
+            if solved is None:
+                alive[k] = False
+                continue
+            us[k], rms[k], spread[k], how[k] = solved
+        prior = y_error + precision * scale
+        seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
+        with np.errstate(invalid="ignore", over="ignore"):
+            u_error = np.maximum(prior, seen) * spread
+        u_error = np.where(np.isfinite(u_error), u_error, 0.0)
+        alive &= rms <= delta
+        if i > 0:
+            us = np.clip(us, 0.0, np.inf)
+        pre = np.matmul(w, us[:, :, None])[:, :, 0] + b
+        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
+        upper = np.where(active, ys, np.maximum(ys, 0.0))
+        below = np.where(active, ys - pre, 0.0)
+        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
+        worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
+        delta_all = delta.copy()
+        wide = worst > delta
+        if wide.any():
+            gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
+            delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
+        alive &= worst <= delta_all
+        err = np.max(np.abs(np.maximum(pre, 0.0) - ys), axis=1) if ys.shape[1] else np.zeros(count)
+        residual = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
+        seconds = (time.perf_counter() - start) / max(int(alive.sum()), 1)
+        activation = layer.describe_activation()
+        for k in np.flatnonzero(alive):
+            steps[k].append(
+                LayerStep(
+                    layer=i,
+                    activation=activation,
+                    active_rows=int(n_eq[k]),
+                    observed_rows=layer.out_features,
+                    unknowns=n,
+                    rank=n,
+                    preimage_dim=0,
+                    identifiable=True,
+                    status=SolverStatus.OPTIMAL,
+                    residual=float(residual[k]),
+                    seconds=seconds,
+                    message=(
+                        f"least squares ({how[k]}) on {int(n_eq[k])} active rows; every row holds within "
+                        f"{float(delta_all[k]):.2g} on the layer's output (largest misfit {float(worst[k]):.3g})"
+                    ),
+                    certificate=_CERTIFICATE,
+                )
+            )
+        if not alive.any():
+            return out
+        ys = us
+        y_error = u_error
+    # the float64 forward pass of every latent, [z, h_1, ..., G(z)], as generator.hidden_values
+    hidden = [ys]
+    h = ys
+    for layer in layers:
+        h = np.maximum(np.matmul(h[:, None, :], layer.weight.T)[:, 0, :] + layer.bias, 0.0)
+        hidden.append(h)
+    fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
+    for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
+        steps[k].reverse()
+        draft = Draft(z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]))
+        out[k] = FastDraft(draft, [v[k] for v in hidden])
+    return out
+
+
+def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
+    """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
+    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers."""
+    x = np.stack([p.x for p in problems])
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = np.asarray(outputs, dtype=np.float64) - x
+        err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
+        scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
+        linf = np.max(np.abs(diff), axis=1) if diff.shape[1] else np.zeros(len(problems))
+    size = diff.shape[1]
+    checks = []
+    for k, problem in enumerate(problems):
+        e = float(err[k])
+        if not math.isfinite(e):  # a non-finite residual entry makes the norm non-finite too
+            rel = lin = rms = float("inf")
+        else:
+            rel = e / float(scale[k]) if scale[k] > 0 else e
+            lin = float(linf[k]) if size else 0.0
+            rms = e / math.sqrt(size) if size else 0.0
+        tol = max(settings.tol, ROUNDING_FACTOR * problem.precision)
+        checks.append(FitCheck(rel <= tol, rel, lin, rms, tol, "relative l2"))
+    return checks
+
+
+def margin_clear(
+    problems: Sequence[Problem], settings: Settings, hidden: Sequence[list[np.ndarray]]
+) -> np.ndarray:
+    """Per problem, True when no ReLU row of any layer lies within the certificate's margin of zero,
+    so that :func:`onnxinv.inversion.evidence.margin_failure` is None without a rank test (the same
+    test on stacked rows; False means: ask ``margin_failure`` itself)."""
+    count = len(problems)
+    clear = np.ones(count, dtype=bool)
+    layers = problems[0].generator.layers if count else ()
+    last = len(layers) - 1
+    for index in range(len(layers)):
+        rows = [p.x for p in problems] if index == last else [h[index + 1] for h in hidden]
+        out = np.stack(rows)
+        if not out.shape[1]:
+            continue
+        scale = np.max(np.abs(out), axis=1)
+        tau = settings.active_rtol * scale
+        margin = MARGIN_FACTOR * settings.tol * scale
+        near = ((out > tau[:, None]) & (out <= margin[:, None])).any(axis=1)
+        clear &= ~(near & (scale > 0.0))
+    return clear
+
+
+def _relative_l2(output: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row, :func:`~onnxinv.inversion.framework.residual_norms`' relative l2 of ``output - x``
+    (inf when not finite), by stacked dot products: the numbers one row gets alone."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = output - x
+        err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
+        scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
+    err = np.where(np.isfinite(err), err, np.inf)
+    return np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
 
 
 def _least_squares(
@@ -189,7 +357,9 @@ def _least_squares(
     rhs = a.T @ t
     anorm = float(linear._lange("1", gram_f))
     factor, info = linear._potrf(gram_f, lower=0, clean=1, overwrite_a=1)
-    if info != 0 or not (math.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
+    # a non-finite diagonal entry makes the trace non-finite (an overflowing sum only sends the
+    # system to the generic route)
+    if info != 0 or not (math.isfinite(anorm) and math.isfinite(float(np.trace(factor)))):
         return None
     rcond, info = linear._pocon(factor, anorm, uplo="U")
     rcond = float(rcond)
