@@ -26,6 +26,16 @@ path decides nothing the generic walk would decide otherwise. The hidden values 
 (one float64 forward pass) are returned with it, so that the fit, the refine stage's test and the
 certificate's margin check (:func:`onnxinv.inversion.evidence.margin_failure`) share that pass.
 
+Chunks
+------
+:func:`solve_many` takes a chunk's observations at once: each one's least squares is its own (the
+active rows differ), everything else runs on the stacked rows (the elementwise tests and maxima as
+they are, the products ``W u`` and the norms as stacked ``matmul``, one BLAS matrix-vector product or
+dot per row, so every observation gets the numbers it gets alone, whatever its chunk).
+:func:`clean_fits` and :func:`margin_clear` make the pipeline's fit check and the margin test of the
+evidence stage on the same stacked rows; a row near zero sends the observation to
+``margin_failure`` itself.
+
 References
 ----------
 .. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
@@ -87,6 +97,11 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | 
     passed (the generic walk then records the time limit)."""
     if not applies(problem):
         return None
+    return _solve_one(problem, settings, deadline)
+
+
+def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDraft | None:
+    """:func:`solve` for a problem known to be in :func:`applies`."""
     # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here)
     layers = problem.generator.layers
     precision = problem.precision
@@ -177,14 +192,15 @@ def solve_many(
     observation's numbers are the ones it gets alone, whatever the chunk).
     """
     count = len(problems)
-    if count == 1:
-        return [solve(problems[0], settings, deadlines[0])]
     out: list[FastDraft | None] = [None] * count
     if count == 0:
         return out
     generator = problems[0].generator
     if not generator_applies(generator):
         return out
+    if count == 1:
+        one = problems[0]
+        return [_solve_one(one, settings, deadlines[0]) if _problem_applies(one) else None]
     alive = np.array([_problem_applies(p) and p.generator is generator for p in problems], dtype=bool)
     if not alive.any():
         return out
