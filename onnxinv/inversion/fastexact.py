@@ -299,7 +299,7 @@ def solve_many(
 def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
     """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
     path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers."""
-    x = np.stack([p.x for p in problems])
+    x = _rows([p.x for p in problems])
     with np.errstate(over="ignore", invalid="ignore"):
         diff = np.asarray(outputs, dtype=np.float64) - x
         err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
@@ -332,7 +332,7 @@ def margin_clear(
     last = len(layers) - 1
     for index in range(len(layers)):
         rows = [p.x for p in problems] if index == last else [h[index + 1] for h in hidden]
-        out = np.stack(rows)
+        out = _rows(rows)
         if not out.shape[1]:
             continue
         scale = np.max(np.abs(out), axis=1)
@@ -341,6 +341,11 @@ def margin_clear(
         near = ((out > tau[:, None]) & (out <= margin[:, None])).any(axis=1)
         clear &= ~(near & (scale > 0.0))
     return clear
+
+
+def _rows(vectors: list[np.ndarray]) -> np.ndarray:
+    """The vectors as the rows of one array (a view for a single one)."""
+    return vectors[0][None, :] if len(vectors) == 1 else np.stack(vectors)
 
 
 def _relative_l2(output: np.ndarray, x: np.ndarray) -> np.ndarray:
