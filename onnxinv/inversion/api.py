@@ -22,6 +22,15 @@ pool, or a Dask cluster (``distributed.Client``), which receives the generator o
 ``chunk_size`` fixes the chunks' size. Results do not depend on the number of workers, the executor or
 the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
 
+Fast path
+---------
+For ``exact`` and ``auto`` on clean, fully observed observations of a dense ReLU network, each chunk
+first goes through :mod:`onnxinv.inversion.fastexact`: the exact method's drafts without the generic
+walk's fixed cost, their fit checks and certificate margins on the stacked rows. Wherever it is not
+sure (a layer off the certified branch, a row near zero, a latent that misses the fit in float64) the
+observation takes the generic pipeline; the results are the same either way, and onnxruntime still
+verifies every one.
+
 Noise
 -----
 ``noise=None`` with observations whose observed values all lie on an 8-bit grid (``k/255``, or
