@@ -172,6 +172,7 @@ def prepare_mask(mask: object, output_dim: int, count: int = 1) -> np.ndarray | 
 
 # Values on an 8-bit grid (k / 255) within this many grid steps are read as quantised.
 GRID_TOLERANCE = 1e-3
+_HEAD = 8  # values quantisation_step tests first
 
 
 def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> float | None:
@@ -185,6 +186,10 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
     if v.size == 0:
         return None
     for step, offset in ((1.0 / 255.0, 0.0), (2.0 / 255.0, -1.0)):
+        # the first few values usually settle it: one off the grid rules the grid out
+        head = (v[:_HEAD] - offset) / step
+        if np.max(np.abs(head - np.round(head))) > GRID_TOLERANCE:
+            continue
         k = (v - offset) / step
         if np.any(k < -GRID_TOLERANCE) or np.any(k > 255 + GRID_TOLERANCE):
             continue

@@ -26,6 +26,7 @@ LEVELS = [
     {"auto"},
     {"registry"},
     {"evidence"},
+    {"fastexact"},
     {"parallel", "dask_engine"},
     {"api"},
 ]

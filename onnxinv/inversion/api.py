@@ -22,6 +22,15 @@ pool, or a Dask cluster (``distributed.Client``), which receives the generator o
 ``chunk_size`` fixes the chunks' size. Results do not depend on the number of workers, the executor or
 the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
 
+Fast path
+---------
+For ``exact`` and ``auto`` on clean, fully observed observations of a dense ReLU network, each chunk
+first goes through :mod:`onnxinv.inversion.fastexact`: the exact method's drafts without the generic
+walk's fixed cost, their fit checks and certificate margins on the stacked rows. Wherever it is not
+sure (a layer off the certified branch, a row near zero, a latent that misses the fit in float64) the
+observation takes the generic pipeline; the results are the same either way, and onnxruntime still
+verifies every one.
+
 Noise
 -----
 ``noise=None`` with observations whose observed values all lie on an 8-bit grid (``k/255``, or
@@ -42,12 +51,12 @@ import numpy as np
 
 from onnxinv.errors import InvalidArgumentError
 from onnxinv.inversion import evidence as evidence_stage
-from onnxinv.inversion import parallel
+from onnxinv.inversion import fastexact, parallel
 from onnxinv.inversion.framework import NOISE_MODELS, Draft, Problem, Settings, fit_check
 from onnxinv.inversion.refine import refine
 from onnxinv.inversion.registry import METHODS, get_method
-from onnxinv.inversion.result import BatchInversionResult, InversionResult
-from onnxinv.inversion.verdict import decide
+from onnxinv.inversion.result import Attempt, BatchInversionResult, InversionResult, LayerStep
+from onnxinv.inversion.verdict import Evidence, FitCheck, decide
 from onnxinv.layers import Generator
 from onnxinv.observations import (
     Observations,
@@ -223,7 +232,12 @@ def _settings(base: Settings | None, *, tol: object, time_limit: object, seed: o
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
             raise InvalidArgumentError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         overrides["seed"] = int(seed)
-    return dataclasses.replace(base or Settings(), **overrides)
+    if not overrides:
+        return base if base is not None else _DEFAULT_SETTINGS  # frozen: sharing one is safe
+    return dataclasses.replace(base or _DEFAULT_SETTINGS, **overrides)
+
+
+_DEFAULT_SETTINGS = Settings()
 
 
 def _positive(value: object, name: str, what: str) -> float:
@@ -271,6 +285,8 @@ def solve_chunk(
     problems: list[Problem] = []
     drafts: list[Draft] = []
     started: list[float] = []
+    hidden: list[list[np.ndarray] | None] = []
+    fast = record.name in FAST_METHODS and fastexact.generator_applies(generator)
     with parallel.blas_single_thread():
         for i in range(values.shape[0]):
             problems.append(
@@ -284,30 +300,86 @@ def solve_chunk(
                     measure,
                 )
             )
-        if record.solve_batch is not None and len(problems) > 1:
+        # the fast path first (fastexact: the same drafts as the exact method and the refine stage's
+        # test, where it applies); the rest go through the method's record
+        pending: list[int] = []
+        start = time.perf_counter()
+        quick = (
+            fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
+            if fast
+            else [None] * len(problems)
+        )
+        share = (time.perf_counter() - start) / max(len(problems), 1)
+        for i, found in enumerate(quick):
+            if found is None:
+                pending.append(i)
+                drafts.append(None)  # type: ignore[arg-type]  # filled below
+                hidden.append(None)
+                started.append(start)
+                continue
+            drafts.append(_as_method(found.draft, record.name))
+            hidden.append(found.hidden)
+            started.append(time.perf_counter() - share)
+        rest = [problems[i] for i in pending]
+        if record.solve_batch is not None and len(rest) > 1:
             start = time.perf_counter()
-            batch = record.solve_batch(problems, settings, [start + settings.time_limit] * len(problems))
-            share = (time.perf_counter() - start) / len(problems)
-            for problem, draft in zip(problems, batch):
+            batch = record.solve_batch(rest, settings, [start + settings.time_limit] * len(rest))
+            share = (time.perf_counter() - start) / len(rest)
+            for i, problem, draft in zip(pending, rest, batch):
                 began = time.perf_counter() - share
                 if record.refine:
                     draft = refine(problem, settings, draft, began + settings.time_limit)
-                drafts.append(draft)
-                started.append(began)
+                drafts[i] = draft
+                started[i] = began
         else:
-            for problem in problems:
+            for i, problem in zip(pending, rest):
                 start = time.perf_counter()
                 deadline = start + settings.time_limit
                 draft = record.solve(problem, settings, deadline)
                 if record.refine:
                     draft = refine(problem, settings, draft, deadline)
-                drafts.append(draft)
-                started.append(start)
+                drafts[i] = draft
+                started[i] = start
         outputs = generator.run_onnx(np.stack([d.z for d in drafts]))
+        # the fast path's drafts: their fit checks and certificate margins on the stacked rows
+        quick_rows = [i for i in range(len(drafts)) if hidden[i] is not None]
+        fits: dict[int, FitCheck] = {}
+        clear: dict[int, bool] = {}
+        if quick_rows:
+            chosen = [problems[i] for i in quick_rows]
+            checks = fastexact.clean_fits(chosen, settings, outputs[quick_rows])
+            margins = fastexact.margin_clear(chosen, settings, [hidden[i] for i in quick_rows])  # type: ignore[misc]  # not None on these rows
+            fits = dict(zip(quick_rows, checks))
+            clear = {i: bool(m) for i, m in zip(quick_rows, margins)}
         return [
-            _decide(problems[i], drafts[i], outputs[i], settings, method, started[i], sources[i])
+            _decide(
+                problems[i],
+                drafts[i],
+                outputs[i],
+                settings,
+                method,
+                started[i],
+                sources[i],
+                hidden[i],
+                fits.get(i),
+                clear.get(i, False),
+            )
             for i in range(len(drafts))
         ]
+
+
+# Methods whose answer the fast path gives where it applies: the exact method, and auto, whose first
+# attempt is the exact method (kept when it reproduces the observation, as the fast path's drafts do).
+FAST_METHODS = ("exact", "auto")
+
+
+def _as_method(draft: Draft, method: str) -> Draft:
+    """The fast path's exact draft as ``method`` returns it: ``auto`` records its one attempt and says
+    that it kept the exact method (:func:`onnxinv.inversion.auto.solve`)."""
+    if method == "auto":
+        draft.attempts = (Attempt("exact", draft.fit, "reproduces x"),)
+        draft.message = "auto tried exact; kept exact."
+    return draft
 
 
 def _decide(
@@ -318,14 +390,30 @@ def _decide(
     requested: str,
     start: float,
     source: str | None,
+    hidden: list[np.ndarray] | None = None,
+    fit: FitCheck | None = None,
+    margin_clear: bool = False,
 ) -> InversionResult:
-    fit = fit_check(problem, settings, output)
+    """Evidence, verdict and result of one draft. ``hidden``: the float64 hidden values of its latent;
+    ``fit``: its fit check, when already made; ``margin_clear``: no ReLU row near zero
+    (:func:`~onnxinv.inversion.fastexact.margin_clear`), so that for the exact method's unrefined chain
+    that reproduces the observation the evidence stage's answer is its own steps' certificate."""
+    if fit is None:
+        fit = fit_check(problem, settings, output)
     deadline = start + settings.time_limit
     origin = METHODS.get(draft.method)
     certifies = origin is not None and origin.certifies == "layer-wise"
-    found, analysis = evidence_stage.gather(
-        problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies
-    )
+    cert = None
+    if margin_clear and fit.reproduces and certifies and not draft.refined and problem.noise is None:
+        # evidence.gather's own first answer there (no measurement matrix on the fast path)
+        cert = evidence_stage.layerwise_certificate(draft.steps, "from the observation down")
+    if cert is not None and problem.measure is None:
+        found: tuple[Evidence, ...] = (cert,)
+        analysis: tuple[LayerStep, ...] = ()
+    else:
+        found, analysis = evidence_stage.gather(
+            problem, settings, draft, fit, deadline, problem.generator.run_onnx, certifies, hidden
+        )
     decision = decide(fit, found, noisy=problem.noise is not None)
     z = np.array(draft.z, dtype=np.float64)
     z.setflags(write=False)

@@ -78,12 +78,14 @@ def gather(
     deadline: float,
     oracle: Oracle,
     certifies: bool,
+    hidden: list[np.ndarray] | None = None,
 ) -> tuple[tuple[Evidence, ...], tuple[LayerStep, ...]]:
     """The evidence for ``draft`` (module docstring), and the analysis of every layer at the returned
     ``z`` when it was needed (empty when the method's own steps are the certificate).
 
     ``certifies`` says that the method's steps are a layer-wise proof when every layer is identifiable
-    (the exact method's chain, not refined). ``oracle`` runs latents through onnxruntime.
+    (the exact method's chain, not refined). ``oracle`` runs latents through onnxruntime. ``hidden``:
+    the float64 hidden values of ``z`` when the caller has them already (:func:`margin_failure`).
     """
     z = np.asarray(draft.z, dtype=np.float64)
     if problem.measure is not None:
@@ -108,7 +110,7 @@ def gather(
         return (radius, wholenet.bound_radius(problem, settings, z, fit, deadline)), ()
 
     found: list[Evidence] = []
-    margin = margin_failure(problem, settings, z)
+    margin = margin_failure(problem, settings, z, hidden)
     if margin is not None:
         found.append(margin)
     elif certifies and not draft.refined:
@@ -246,7 +248,9 @@ def layerwise_certificate(steps: tuple[LayerStep, ...], where: str) -> Evidence 
 MARGIN_FACTOR = 10.0
 
 
-def margin_failure(problem: Problem, settings: Settings, z: np.ndarray) -> Evidence | None:
+def margin_failure(
+    problem: Problem, settings: Settings, z: np.ndarray, hidden: list[np.ndarray] | None = None
+) -> Evidence | None:
     """Why the layer-wise certificate cannot stand at ``z``, or None when it may.
 
     The certificate uses the rows of each ReLU layer whose output is positive as equations for the
@@ -256,29 +260,38 @@ def margin_failure(problem: Problem, settings: Settings, z: np.ndarray) -> Evide
     counts only if its value exceeds ``MARGIN_FACTOR · tol · max`` of its layer; a layer whose rows
     within that margin of zero are needed for full column rank gets no certificate (the witness
     search and the whole-network MILP decide instead). On most layers no row lies in the margin and
-    this costs one forward pass.
+    this costs one forward pass (none when ``hidden``, the float64 hidden values
+    ``generator.hidden_values(z)``, is given).
     """
     generator = problem.generator
-    hidden = generator.hidden_values(z)
+    if hidden is None:
+        hidden = generator.hidden_values(z)
     last = len(generator.layers) - 1
     for index, layer in enumerate(generator.layers):
         if layer.activation is not Activation.RELU:
             continue
+        # seen: the observed entries (None: all of them, no mask to apply)
+        seen: np.ndarray | None = None
         if index == last:
             out = np.asarray(problem.x, dtype=np.float64)
-            seen = np.ones(out.size, dtype=bool) if problem.mask is None else np.asarray(problem.mask, bool)
+            if problem.mask is not None:
+                seen = np.asarray(problem.mask, bool)
         else:
             out = hidden[index + 1]
-            seen = np.ones(out.size, dtype=bool)
-        scale = float(np.max(np.abs(out[seen]))) if seen.any() else 0.0
+        if seen is None:
+            scale = float(np.max(np.abs(out))) if out.size else 0.0
+        else:
+            scale = float(np.max(np.abs(out[seen]))) if seen.any() else 0.0
         if scale <= 0.0:
             continue
         tau = settings.active_rtol * scale
         margin = MARGIN_FACTOR * settings.tol * scale
-        near = seen & (out > tau) & (out <= margin)
+        near = (out > tau) & (out <= margin)
+        if seen is not None:
+            near &= seen
         if not near.any():
             continue
-        clear = np.flatnonzero(seen & (out > margin))
+        clear = np.flatnonzero(out > margin if seen is None else seen & (out > margin))
         n = layer.in_features
         rank = active_rank(layer.weight_rows(clear)) if clear.size >= n else clear.size
         if rank >= n:

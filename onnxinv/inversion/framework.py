@@ -167,6 +167,7 @@ class Settings:
 NOISE_MODELS = ("bounded", "gaussian")
 
 
+@functools.lru_cache(maxsize=64)
 def dtype_precision(dtype: str) -> float:
     """Machine epsilon of a dtype name such as ``"float32"`` (float32's for anything not a float)."""
     try:

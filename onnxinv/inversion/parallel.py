@@ -101,6 +101,11 @@ def _controller() -> Any:
     return _CONTROLLER[0]
 
 
+def _single_threaded(controller: Any) -> bool:
+    """True when every BLAS library the controller sees runs one thread now."""
+    return all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas")
+
+
 @contextmanager
 def blas_single_thread() -> Iterator[None]:
     """One BLAS thread while solving (threadpoolctl; its controller is built once per process).
@@ -119,9 +124,19 @@ def blas_single_thread() -> Iterator[None]:
         yield
         return
     with _LIMIT_LOCK:
-        if _LIMIT["depth"] == 0:
-            _LIMIT["limiter"] = controller.limit(limits=1, user_api="blas")
-        _LIMIT["depth"] += 1
+        # already one thread and no limit of ours in force (e.g. OPENBLAS_NUM_THREADS=1): a limit
+        # would change nothing and costs more than a small solve; a use that overlaps this one then
+        # sets its own
+        if _LIMIT["depth"] == 0 and _single_threaded(controller):
+            unlimited = True
+        else:
+            unlimited = False
+            if _LIMIT["depth"] == 0:
+                _LIMIT["limiter"] = controller.limit(limits=1, user_api="blas")
+            _LIMIT["depth"] += 1
+    if unlimited:
+        yield
+        return
     try:
         yield
     finally:

@@ -217,6 +217,7 @@ class Evidence:
 
 NO_EVIDENCE = Evidence(EvidenceKind.NONE, "")
 
+_KINDS = tuple(EvidenceKind)
 _CERTIFICATES = (EvidenceKind.LAYERWISE, EvidenceKind.MILP)
 _RADII = (EvidenceKind.STABILITY, EvidenceKind.MILP_BOUNDS)
 _WITNESSES = (EvidenceKind.WITNESS, EvidenceKind.NULL_DIRECTION)
@@ -242,7 +243,10 @@ def decide(fit: FitCheck, evidence: tuple[Evidence, ...] = (), *, noisy: bool = 
     :attr:`Decision.considered`). A refutation contradicted by a reproducing ``z`` is ignored (the
     onnxruntime check wins) and said so.
     """
-    found = {kind: next((e for e in evidence if e.kind is kind), None) for kind in EvidenceKind}
+    # the first evidence of each kind (filled from the back, so that the first one stays)
+    found: dict[EvidenceKind, Evidence | None] = dict.fromkeys(_KINDS)
+    for item in reversed(evidence):
+        found[item.kind] = item
     if fit.reproduces:
         if noisy:
             radius = _first(found, _RADII)

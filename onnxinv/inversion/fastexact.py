@@ -1,0 +1,398 @@
+"""The exact method's fast path: the same answer as :func:`onnxinv.inversion.exact.solve` followed by
+the refine stage's fit test, for the common case, with none of the generic walk's fixed cost.
+
+Problem
+-------
+A clean observation ``x = G(z*)`` of a dense ReLU network, every entry observed, no measurement
+matrix. Layer by layer from the output (Theorem 2 of [1]_, as in :mod:`onnxinv.inversion.exact`):
+
+.. math::
+
+    I = \\{j : y_j > \\tau\\}, \\qquad u = \\arg\\min_u \\|W_I u - (y_I - b_I)\\|_2,
+
+by the Cholesky route of :func:`onnxinv.inversion.linear.solve_rows` (the same kernel, so the same
+``u``, condition estimate and spread), then the checks of :func:`onnxinv.inversion.exact.clean_layer`
+on the branch where they all pass: the active rows are consistent (RMS misfit ``<= δ``) and every other
+row and the input bound hold at the projected ``u`` within ``δ`` (or within the widened tolerance
+``δ + c_e·sqrt(n)·e_u·max_j ||w_j||``). For ReLU rows the row bounds of
+:func:`onnxinv.inversion.targets.build_targets` are ``y_j`` on the active rows and ``a_j <= max(y_j,
+0)`` on the others, all with unit scale, so the misfit is computed from one product ``W u + b`` that
+also gives the layer's residual.
+
+Whenever a layer leaves that branch (too few active rows, rank or conditioning, an inconsistent
+system, a violated row) or the float64 forward pass of the latent misses the fit rule, :func:`solve`
+returns None and the caller runs the generic pipeline, which then takes the branch that applies: this
+path decides nothing the generic walk would decide otherwise. The hidden values of the returned latent
+(one float64 forward pass) are returned with it, so that the fit, the refine stage's test and the
+certificate's margin check (:func:`onnxinv.inversion.evidence.margin_failure`) share that pass.
+
+Chunks
+------
+:func:`solve_many` takes a chunk's observations at once: each one's least squares is its own (the
+active rows differ), everything else runs on the stacked rows (the elementwise tests and maxima as
+they are, the products ``W u`` and the norms as stacked ``matmul``, one BLAS matrix-vector product or
+dot per row, so every observation gets the numbers it gets alone, whatever its chunk).
+:func:`clean_fits` and :func:`margin_clear` make the pipeline's fit check and the margin test of the
+evidence stage on the same stacked rows; a row near zero sends the observation to
+``margin_failure`` itself.
+
+References
+----------
+.. [1] Q. Lei, A. Jalal, I. S. Dhillon, A. G. Dimakis, "Inverting Deep Generative Models, One Layer
+   at a Time", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnxinv.inversion import linear
+from onnxinv.inversion.evidence import MARGIN_FACTOR
+from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
+from onnxinv.inversion.result import LayerStep, SolverStatus
+from onnxinv.inversion.verdict import FitCheck
+from onnxinv.layers import Activation, Generator
+
+__all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
+
+_CERTIFICATE = "full column rank (Theorem 2)"
+
+
+class FastDraft:
+    """A draft of the fast path and the float64 hidden values ``[z, h_1, ..., G(z)]`` of its latent."""
+
+    __slots__ = ("draft", "hidden")
+
+    def __init__(self, draft: Draft, hidden: list[np.ndarray]) -> None:
+        self.draft = draft
+        self.hidden = hidden
+
+
+def applies(problem: Problem) -> bool:
+    """True when the fast path may try ``problem``: clean, fully observed, no measurement matrix, and a
+    generator of dense ReLU layers."""
+    return _problem_applies(problem) and generator_applies(problem.generator)
+
+
+def _problem_applies(problem: Problem) -> bool:
+    return problem.noise is None and problem.mask is None and problem.measure is None
+
+
+def generator_applies(generator: Generator) -> bool:
+    """True when every layer of ``generator`` is a dense ReLU layer (the fast path's networks)."""
+    return all(
+        layer.activation is Activation.RELU and isinstance(layer.weight, np.ndarray)
+        for layer in generator.layers
+    )
+
+
+def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | None:
+    """The exact method's draft of ``problem`` when every layer takes the certified branch and the
+    latent reproduces the observation in float64 (the module docstring); None otherwise, and always
+    for a problem outside :func:`applies` or once ``deadline`` (a ``time.perf_counter()`` value) has
+    passed (the generic walk then records the time limit)."""
+    if not applies(problem):
+        return None
+    return _solve_one(problem, settings, deadline)
+
+
+def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDraft | None:
+    """:func:`solve` for a problem known to be in :func:`applies`."""
+    # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here)
+    layers = problem.generator.layers
+    precision = problem.precision
+    rtol = max(settings.tol, ROUNDING_FACTOR * precision)
+    y = problem.x
+    y_error = 0.0
+    steps: list[LayerStep] = []
+    for i in reversed(range(len(layers))):
+        start = time.perf_counter()
+        if start >= deadline:
+            return None
+        layer = layers[i]
+        w, b = layer.weight, layer.bias
+        n = layer.in_features
+        scale = float(np.max(np.abs(y))) if y.size else 0.0
+        delta = max(rtol * scale + ERROR_FACTOR * y_error, 1e-300)
+        tau = max(settings.active_rtol * scale, 10.0 * y_error, 1e-300)
+        active = y > tau
+        idx = np.flatnonzero(active)
+        n_eq = idx.size
+        if n_eq < n:
+            return None
+        solved = _least_squares(w, idx, y[idx] - b[idx])
+        if solved is None:
+            return None
+        u, rms, spread, how = solved
+        prior = y_error + precision * scale
+        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
+        u_error = max(prior, seen) * spread
+        u_error = u_error if math.isfinite(u_error) else 0.0
+        if not rms <= delta:
+            return None
+        if i > 0:
+            u = np.clip(u, 0.0, np.inf)
+        pre = w @ u + b
+        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
+        upper = np.where(active, y, np.maximum(y, 0.0))
+        below = np.where(active, y - pre, 0.0)
+        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
+        worst = float(np.max(misfit)) if misfit.size else 0.0
+        delta_all = delta
+        if worst > delta:
+            gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
+            delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * gain
+        if not worst <= delta_all:
+            return None
+        out = np.maximum(pre, 0.0)
+        err = float(np.max(np.abs(out - y))) if out.size else 0.0
+        residual = err / scale if scale > 0 else err
+        steps.append(
+            LayerStep(
+                layer=i,
+                activation=layer.describe_activation(),
+                active_rows=n_eq,
+                observed_rows=layer.out_features,
+                unknowns=n,
+                rank=n,
+                preimage_dim=0,
+                identifiable=True,
+                status=SolverStatus.OPTIMAL,
+                residual=residual,
+                seconds=time.perf_counter() - start,
+                message=(
+                    f"least squares ({how}) on {n_eq} active rows; every row holds within "
+                    f"{delta_all:.2g} on the layer's output (largest misfit {worst:.3g})"
+                ),
+                certificate=_CERTIFICATE,
+            )
+        )
+        y = u
+        y_error = u_error
+    hidden = problem.generator.hidden_values(y)
+    fit = float(_relative_l2(hidden[-1][None, :], problem.x[None, :])[0])
+    if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
+        return None
+    steps.reverse()
+    return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit), hidden)
+
+
+def solve_many(
+    problems: Sequence[Problem], settings: Settings, deadlines: Sequence[float]
+) -> list[FastDraft | None]:
+    """:func:`solve` for observations of one generator at once, with the same answers one by one.
+
+    Each observation's least squares is its own (the active rows differ); everything else runs on the
+    stacked observations: the elementwise tests and maxima directly, the products ``W u`` and the
+    norms as stacked ``matmul`` (one BLAS matrix-vector product or dot per observation, so each
+    observation's numbers are the ones it gets alone, whatever the chunk).
+    """
+    count = len(problems)
+    out: list[FastDraft | None] = [None] * count
+    if count == 0:
+        return out
+    generator = problems[0].generator
+    if not generator_applies(generator):
+        return out
+    if count == 1:
+        one = problems[0]
+        return [_solve_one(one, settings, deadlines[0]) if _problem_applies(one) else None]
+    alive = np.array([_problem_applies(p) and p.generator is generator for p in problems], dtype=bool)
+    if not alive.any():
+        return out
+    layers = generator.layers
+    precision = np.array([p.precision for p in problems])
+    rtol = np.maximum(settings.tol, ROUNDING_FACTOR * precision)
+    ys = np.stack([p.x for p in problems])
+    y_error = np.zeros(count)
+    steps: list[list[LayerStep]] = [[] for _ in range(count)]
+    for i in reversed(range(len(layers))):
+        start = time.perf_counter()
+        alive &= np.array([start < d for d in deadlines], dtype=bool)
+        layer = layers[i]
+        w, b = layer.weight, layer.bias
+        n = layer.in_features
+        scale = np.max(np.abs(ys), axis=1) if ys.shape[1] else np.zeros(count)
+        delta = np.maximum(rtol * scale + ERROR_FACTOR * y_error, 1e-300)
+        tau = np.maximum(np.maximum(settings.active_rtol * scale, 10.0 * y_error), 1e-300)
+        active = ys > tau[:, None]
+        n_eq = np.count_nonzero(active, axis=1)
+        alive &= n_eq >= n
+        us = np.zeros((count, n))
+        rms = np.zeros(count)
+        spread = np.zeros(count)
+        how = [""] * count
+        for k in np.flatnonzero(alive):
+            idx = np.flatnonzero(active[k])
+            solved = _least_squares(w, idx, ys[k, idx] - b[idx])
+            if solved is None:
+                alive[k] = False
+                continue
+            us[k], rms[k], spread[k], how[k] = solved
+        prior = y_error + precision * scale
+        seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
+        with np.errstate(invalid="ignore", over="ignore"):
+            u_error = np.maximum(prior, seen) * spread
+        u_error = np.where(np.isfinite(u_error), u_error, 0.0)
+        alive &= rms <= delta
+        if i > 0:
+            us = np.clip(us, 0.0, np.inf)
+        pre = np.matmul(w, us[:, :, None])[:, :, 0] + b
+        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
+        upper = np.where(active, ys, np.maximum(ys, 0.0))
+        below = np.where(active, ys - pre, 0.0)
+        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
+        worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
+        delta_all = delta.copy()
+        wide = worst > delta
+        if wide.any():
+            gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
+            delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
+        alive &= worst <= delta_all
+        err = np.max(np.abs(np.maximum(pre, 0.0) - ys), axis=1) if ys.shape[1] else np.zeros(count)
+        residual = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
+        seconds = (time.perf_counter() - start) / max(int(alive.sum()), 1)
+        activation = layer.describe_activation()
+        for k in np.flatnonzero(alive):
+            steps[k].append(
+                LayerStep(
+                    layer=i,
+                    activation=activation,
+                    active_rows=int(n_eq[k]),
+                    observed_rows=layer.out_features,
+                    unknowns=n,
+                    rank=n,
+                    preimage_dim=0,
+                    identifiable=True,
+                    status=SolverStatus.OPTIMAL,
+                    residual=float(residual[k]),
+                    seconds=seconds,
+                    message=(
+                        f"least squares ({how[k]}) on {int(n_eq[k])} active rows; every row holds within "
+                        f"{float(delta_all[k]):.2g} on the layer's output (largest misfit {float(worst[k]):.3g})"
+                    ),
+                    certificate=_CERTIFICATE,
+                )
+            )
+        if not alive.any():
+            return out
+        ys = us
+        y_error = u_error
+    # the float64 forward pass of every latent, [z, h_1, ..., G(z)], as generator.hidden_values
+    hidden = [ys]
+    h = ys
+    for layer in layers:
+        h = np.maximum(np.matmul(h[:, None, :], layer.weight.T)[:, 0, :] + layer.bias, 0.0)
+        hidden.append(h)
+    fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
+    for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
+        steps[k].reverse()
+        draft = Draft(z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]))
+        out[k] = FastDraft(draft, [v[k] for v in hidden])
+    return out
+
+
+def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
+    """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
+    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers."""
+    x = _rows([p.x for p in problems])
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = np.asarray(outputs, dtype=np.float64) - x
+        err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
+        scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
+        linf = np.max(np.abs(diff), axis=1) if diff.shape[1] else np.zeros(len(problems))
+    size = diff.shape[1]
+    checks = []
+    for k, problem in enumerate(problems):
+        e = float(err[k])
+        if not math.isfinite(e):  # a non-finite residual entry makes the norm non-finite too
+            rel = lin = rms = float("inf")
+        else:
+            rel = e / float(scale[k]) if scale[k] > 0 else e
+            lin = float(linf[k]) if size else 0.0
+            rms = e / math.sqrt(size) if size else 0.0
+        tol = max(settings.tol, ROUNDING_FACTOR * problem.precision)
+        checks.append(FitCheck(rel <= tol, rel, lin, rms, tol, "relative l2"))
+    return checks
+
+
+def margin_clear(
+    problems: Sequence[Problem], settings: Settings, hidden: Sequence[list[np.ndarray]]
+) -> np.ndarray:
+    """Per problem, True when no ReLU row of any layer lies within the certificate's margin of zero,
+    so that :func:`onnxinv.inversion.evidence.margin_failure` is None without a rank test (the same
+    test on stacked rows; False means: ask ``margin_failure`` itself)."""
+    count = len(problems)
+    clear = np.ones(count, dtype=bool)
+    layers = problems[0].generator.layers if count else ()
+    last = len(layers) - 1
+    for index in range(len(layers)):
+        rows = [p.x for p in problems] if index == last else [h[index + 1] for h in hidden]
+        out = _rows(rows)
+        if not out.shape[1]:
+            continue
+        scale = np.max(np.abs(out), axis=1)
+        tau = settings.active_rtol * scale
+        margin = MARGIN_FACTOR * settings.tol * scale
+        near = ((out > tau[:, None]) & (out <= margin[:, None])).any(axis=1)
+        clear &= ~(near & (scale > 0.0))
+    return clear
+
+
+def _rows(vectors: list[np.ndarray]) -> np.ndarray:
+    """The vectors as the rows of one array (a view for a single one)."""
+    return vectors[0][None, :] if len(vectors) == 1 else np.stack(vectors)
+
+
+def _relative_l2(output: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row, :func:`~onnxinv.inversion.framework.residual_norms`' relative l2 of ``output - x``
+    (inf when not finite), by stacked dot products: the numbers one row gets alone."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = output - x
+        err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
+        scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
+    err = np.where(np.isfinite(err), err, np.inf)
+    return np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
+
+
+def _least_squares(
+    w: np.ndarray, idx: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, float, float, str] | None:
+    """``(u, rms, spread, how)`` of the active system ``W[idx] u = t`` by the Cholesky route of
+    :func:`onnxinv.inversion.linear.solve_rows`, the same LAPACK calls in the same order (factor,
+    ``pocon`` condition estimate, solve, one step of iterative refinement, Hutchinson's spread), without
+    its general plumbing; a system too large to gather goes through ``solve_rows`` itself. None when
+    that route does not give full column rank (the generic walk then takes the pivoted QR, or the LP)."""
+    m, n = idx.size, w.shape[1]
+    if m * n > linear.BLOCK_ENTRIES or n == 0:
+        ls = linear.solve_rows(w, idx, t)
+        if ls.rank != n:
+            return None
+        return ls.u, ls.rms, ls.spread, f"{ls.method}, condition ~{ls.cond:.2g}"
+    a = w[idx]
+    gram_f = (a.T @ a).T  # symmetric: the transpose is the same matrix in Fortran order
+    rhs = a.T @ t
+    anorm = float(linear._lange("1", gram_f))
+    factor, info = linear._potrf(gram_f, lower=0, clean=1, overwrite_a=1)
+    # a non-finite diagonal entry makes the trace non-finite (an overflowing sum only sends the
+    # system to the generic route)
+    if info != 0 or not (math.isfinite(anorm) and math.isfinite(float(np.trace(factor)))):
+        return None
+    rcond, info = linear._pocon(factor, anorm, uplo="U")
+    rcond = float(rcond)
+    if info != 0 or not rcond > 0:
+        return None
+    cond = math.sqrt(1.0 / rcond)
+    if not cond <= linear.COND_LIMIT:
+        return None
+    u, info = linear._potrs(factor, rhs, lower=0)
+    if info != 0:
+        return None
+    step, info = linear._potrs(factor, a.T @ (t - a @ u), lower=0)
+    u = u + step
+    rw = float(np.linalg.norm(a @ u - t))
+    return u, rw / math.sqrt(m), linear._spread(factor), f"cholesky, condition ~{cond:.2g}"

@@ -1,0 +1,208 @@
+"""The exact method's fast path (onnxinv.inversion.fastexact) gives the generic pipeline's answers.
+
+Every comparison runs the same call twice: as shipped, and with the fast path switched off
+(``api.FAST_METHODS = ()``), on models saved the way exporters write a linear layer (MatMul by the
+transposed weight, Add of the bias, Relu; float32) and loaded back with ``onnxinv.load``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import init, model, node, save
+
+import onnxinv
+from onnxinv.inversion import api, exact, fastexact
+from onnxinv.inversion.framework import Problem, Settings
+
+
+def _exported(tmp_path, sizes: list[int], seed: int = 0) -> onnxinv.Generator:
+    """A ReLU MLP as torch.onnx writes nn.Linear + nn.ReLU: MatMul(h, Wᵀ) + b, Relu after each."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, h = [], [], "z"
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = rng.normal(0.0, 1.0 / np.sqrt(n_out), size=(n_out, n_in))
+        inits += [init(f"w{i}", w.T), init(f"b{i}", np.zeros(n_out))]
+        nodes += [
+            node("MatMul", [h, f"w{i}"], [f"m{i}"], name=f"/fc{i}/MatMul"),
+            node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"/fc{i}/Add"),
+        ]
+        out = "x" if i == len(sizes) - 2 else f"h{i + 1}"
+        nodes.append(node("Relu", [f"a{i}"], [out], name=f"/act{i}/Relu"))
+        h = out
+    m = model(nodes, inits, input_shape=("N", sizes[0]), output_shape=("N", sizes[-1]))
+    return onnxinv.load(save(m, tmp_path, f"mlp_{'_'.join(map(str, sizes))}.onnx"))
+
+
+@pytest.fixture
+def generic(monkeypatch):
+    """``invert`` with the fast path switched off."""
+
+    def run(*args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(api, "FAST_METHODS", ())
+            return onnxinv.invert(*args, **kwargs)
+
+    return run
+
+
+def _assert_same(fast, slow, bitwise: bool = True) -> None:
+    assert (fast.verdict, fast.reason, fast.method, fast.refined) == (
+        slow.verdict,
+        slow.reason,
+        slow.method,
+        slow.refined,
+    )
+    assert fast.message == slow.message
+    assert fast.evidence.kind is slow.evidence.kind
+    assert fast.evidence.summary == slow.evidence.summary
+    assert fast.evidence.numbers == slow.evidence.numbers
+    assert [e.kind for e in fast.considered] == [e.kind for e in slow.considered]
+    assert fast.attempts == slow.attempts
+    assert fast.fit == slow.fit
+    if bitwise:
+        assert np.array_equal(fast.z, slow.z)
+    else:
+        np.testing.assert_allclose(fast.z, slow.z, rtol=1e-9, atol=1e-12)
+    assert len(fast.steps) == len(slow.steps)
+    for a, b in zip(fast.steps, slow.steps):
+        assert (a.layer, a.active_rows, a.rank, a.unknowns, a.preimage_dim, a.status, a.identifiable) == (
+            b.layer,
+            b.active_rows,
+            b.rank,
+            b.unknowns,
+            b.preimage_dim,
+            b.status,
+            b.identifiable,
+        )
+        assert (a.message, a.certificate, a.observed_rows, a.epsilon) == (
+            b.message,
+            b.certificate,
+            b.observed_rows,
+            b.epsilon,
+        )
+        assert a.residual == pytest.approx(b.residual, rel=1e-6, abs=1e-15)
+    assert [s.to_dict() | {"seconds": 0} for s in fast.analysis] == [
+        s.to_dict() | {"seconds": 0} for s in slow.analysis
+    ]
+
+
+@pytest.mark.parametrize("method", ["exact", "auto"])
+@pytest.mark.parametrize("sizes", [[20, 100, 500], [8, 30, 100, 300]], ids=["expansive", "three-layer"])
+def test_clean_observations_get_the_generic_answer(tmp_path, generic, method, sizes):
+    g = _exported(tmp_path, sizes)
+    z = np.random.default_rng(1).standard_normal((4, sizes[0]))
+    x = g.run_onnx(z)  # float32 outputs, as the model gives them
+    for row in x:
+        problem = Problem(g, row.astype(np.float64), None, None, float(np.finfo(np.float32).eps))
+        assert fastexact.solve(problem, Settings(), float("inf")) is not None  # the fast path is taken
+        fast = onnxinv.invert(g, row, method=method)
+        _assert_same(fast, generic(g, row, method=method))
+        assert fast.verdict.value == "unique" and fast.verdict.success
+
+
+def test_the_fast_draft_is_the_exact_walk(tmp_path):
+    g = _exported(tmp_path, [20, 100, 500], seed=3)
+    x = g.forward(np.random.default_rng(2).standard_normal(20))
+    problem = Problem(g, x, None, None, 0.0)
+    quick = fastexact.solve(problem, Settings(), float("inf"))
+    walked = exact.solve(problem, Settings(), float("inf"))
+    assert quick is not None
+    assert np.array_equal(quick.draft.z, walked.z)
+    assert quick.draft.fit == walked.fit
+    assert [s.message for s in quick.draft.steps] == [s.message for s in walked.steps]
+    for got, want in zip(quick.hidden, g.hidden_values(quick.draft.z)):
+        assert np.array_equal(got, want)
+
+
+def test_a_batch_gets_the_generic_answers_whatever_the_chunks(tmp_path, generic):
+    g = _exported(tmp_path, [20, 60, 784], seed=4)
+    x = g.run_onnx(np.random.default_rng(5).standard_normal((25, 20)))
+    whole = onnxinv.invert(g, x, workers=1)
+    slow = generic(g, x, workers=1)
+    chunks = onnxinv.invert(g, x, workers=1, chunk_size=3)
+    assert whole.counts["unique"] == 25
+    for a, b, c in zip(whole.results, slow.results, chunks.results):
+        _assert_same(a, b)
+        _assert_same(a, c)
+    # one observation alone gets the numbers it gets in a batch
+    _assert_same(whole.results[7], onnxinv.invert(g, x[7]))
+
+
+def test_the_stacked_route_equals_one_by_one(tmp_path):
+    g = _exported(tmp_path, [10, 50, 200], seed=6)
+    x = g.forward(np.random.default_rng(7).standard_normal((12, 10)))
+    problems = [Problem(g, row, None, None, 0.0) for row in x]
+    many = fastexact.solve_many(problems, Settings(), [float("inf")] * len(problems))
+    for p, got in zip(problems, many):
+        alone = fastexact.solve(p, Settings(), float("inf"))
+        assert got is not None and alone is not None
+        assert np.array_equal(got.draft.z, alone.draft.z)
+        assert got.draft.fit == alone.draft.fit
+        assert [s.message for s in got.draft.steps] == [s.message for s in alone.draft.steps]
+
+
+def test_noisy_and_masked_observations_take_the_generic_route(tmp_path, generic):
+    g = _exported(tmp_path, [10, 40, 120], seed=8)
+    z = np.random.default_rng(9).standard_normal(10)
+    x = g.forward(z)
+    mask = np.ones(120, dtype=bool)
+    mask[::3] = False
+    assert not fastexact.applies(Problem(g, x, None, 1e-3, 0.0))
+    assert not fastexact.applies(Problem(g, np.where(mask, x, 0.0), mask, None, 0.0))
+    assert fastexact.applies(Problem(g, x, None, None, 0.0))
+    _assert_same(onnxinv.invert(g, x, noise=1e-3), generic(g, x, noise=1e-3))
+    _assert_same(onnxinv.invert(g, x, mask=mask), generic(g, x, mask=mask))
+    masked = onnxinv.invert(g, np.stack([x, x]), mask=mask, workers=1)
+    for a, b in zip(masked.results, generic(g, np.stack([x, x]), mask=mask, workers=1).results):
+        _assert_same(a, b)
+
+
+def test_non_identifiable_layers_fall_back(tmp_path, generic):
+    # a contracting hidden layer: 30 outputs cannot pin 40 inputs
+    g = _exported(tmp_path, [10, 40, 30], seed=10)
+    x = g.forward(np.random.default_rng(11).standard_normal(10))
+    assert fastexact.solve(Problem(g, x, None, None, 0.0), Settings(), float("inf")) is None
+    fast = onnxinv.invert(g, x, method="exact")
+    _assert_same(fast, generic(g, x, method="exact"))
+    assert fast.verdict.value != "unique"
+
+
+def test_an_observation_off_the_range_falls_back(tmp_path, generic):
+    g = _exported(tmp_path, [10, 50, 200], seed=12)
+    x = g.forward(np.random.default_rng(13).standard_normal(10))
+    x = x + 1e-2 * np.abs(x).max() * np.random.default_rng(14).standard_normal(200)
+    x = np.maximum(x, 0.0)
+    assert fastexact.solve(Problem(g, x, None, None, 0.0), Settings(), float("inf")) is None
+    _assert_same(onnxinv.invert(g, x, noise=0, method="exact"), generic(g, x, noise=0, method="exact"))
+    # in a batch, the fallback observation sits between fast ones
+    batch = np.stack([g.forward(np.zeros(10) + 0.3), x, g.forward(np.ones(10))])
+    for a, b in zip(
+        onnxinv.invert(g, batch, noise=0, workers=1, method="exact").results,
+        generic(g, batch, noise=0, workers=1, method="exact").results,
+    ):
+        _assert_same(a, b)
+
+
+def test_rows_near_zero_go_to_the_margin_check(tmp_path, generic):
+    """An observation with a ReLU row inside the certificate's margin is judged by
+    evidence.margin_failure itself, as in the generic pipeline."""
+    g = _exported(tmp_path, [20, 100, 500], seed=15)
+    settings = Settings()
+    x = g.forward(np.random.default_rng(16).standard_normal((200, 20)))
+    problems = [Problem(g, row, None, None, 0.0) for row in x]
+    drafts = fastexact.solve_many(problems, settings, [float("inf")] * len(problems))
+    kept = [(p, d) for p, d in zip(problems, drafts) if d is not None]
+    clear = fastexact.margin_clear([p for p, _ in kept], settings, [d.hidden for _, d in kept])
+    near = [i for i, c in enumerate(clear) if not c]
+    assert near, "some observation has a row within the margin"
+    row = kept[near[0]][0].x
+    _assert_same(onnxinv.invert(g, row, method="exact"), generic(g, row, method="exact"))
+
+
+def test_a_past_deadline_leaves_the_walk_to_record_it(tmp_path):
+    g = _exported(tmp_path, [10, 50, 200], seed=17)
+    x = g.forward(np.random.default_rng(18).standard_normal(10))
+    problem = Problem(g, x, None, None, 0.0)
+    assert fastexact.solve(problem, Settings(), 0.0) is None
+    assert fastexact.solve_many([problem, problem], Settings(), [0.0, 0.0]) == [None, None]
