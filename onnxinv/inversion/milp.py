@@ -1862,10 +1862,19 @@ class _LazyLP:
     """``min cᵀx`` s.t. ``a_ub x <= b_ub``, ``lower <= x <= upper`` for many objectives ``c``, by row
     generation on one HiGHS session: the working rows start as the ``2 n + 10`` nearest to binding at
     ``x0`` and grow by the rows a solution violates (checked in numpy), so the answer is that of the
-    full LP; the rows and the basis carry over from one objective to the next."""
+    full LP (a relaxation's optimum that satisfies every row is optimal); the rows and the basis carry
+    over from one objective to the next. ``ftol``: HiGHS's feasibility tolerance, and a row counts as
+    violated beyond a tenth of it (default: HiGHS's own, and ``1e-9·(1 + |b|)``)."""
 
     def __init__(
-        self, a_ub: np.ndarray, b_ub: np.ndarray, lower: np.ndarray, upper: np.ndarray, x0: np.ndarray
+        self,
+        a_ub: np.ndarray,
+        b_ub: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        x0: np.ndarray,
+        *,
+        ftol: float | None = None,
     ) -> None:
         self.a_ub, self.b_ub = a_ub, b_ub
         n = a_ub.shape[1]
@@ -1876,15 +1885,15 @@ class _LazyLP:
         program = lp.MixedIntegerProgram.build(
             np.zeros(n), a_ub[self.work], None, b_ub[self.work], lower, upper
         )
-        self.session = lp.MilpSession(program)
-        self.tol = 1e-9 * (1.0 + np.abs(b_ub))
+        self.session = lp.MilpSession(program, feasibility_tolerance=ftol)
+        self.tol = 1e-9 * (1.0 + np.abs(b_ub)) if ftol is None else np.full(b_ub.size, 0.1 * ftol)
 
-    def minimize(self, c: np.ndarray, time_limit: float) -> lp.MilpResult:
+    def minimize(self, c: np.ndarray, time_limit: float | None) -> lp.MilpResult:
         begin = time.perf_counter()
         self.session.set_objective(c)
         while True:
-            remaining = time_limit - (time.perf_counter() - begin)
-            res = self.session.solve(time_limit=max(remaining, 0.0))
+            remaining = None if time_limit is None else max(time_limit - (time.perf_counter() - begin), 0.0)
+            res = self.session.solve(time_limit=remaining)
             if res.status is not SolverStatus.OPTIMAL or res.x is None:
                 # unbounded or stopped: the full LP is at least as constrained, nothing more is known
                 if res.status is SolverStatus.UNBOUNDED and not self.work.all():
@@ -1926,32 +1935,10 @@ def _row_generation_lp(
     ftol: float,
     time_limit: float | None,
 ) -> np.ndarray | None:
-    """``min cᵀx`` s.t. ``a_ub x <= b_ub``, ``lower <= x <= upper`` by row generation: start from the rows
-    nearest to binding at ``x0`` (``2 n`` of them), add the rows the current point violates (checked in
-    numpy) and re-solve from the last basis until none is violated; the answer is then that of the full
-    LP (a relaxation's optimum that satisfies every row is optimal). None when infeasible or stopped."""
-    begin = time.perf_counter()
-    n = c.size
-    margin = b_ub - a_ub @ x0
-    first = np.argsort(margin)[: min(b_ub.size, 2 * n + 10)]
-    work = np.zeros(b_ub.size, dtype=bool)
-    work[first] = True
-    program = lp.MixedIntegerProgram.build(c, a_ub[work], None, b_ub[work], lower, upper)
-    session = lp.MilpSession(program, feasibility_tolerance=ftol)
-    while True:
-        remaining = None if time_limit is None else time_limit - (time.perf_counter() - begin)
-        if remaining is not None and remaining <= 0:
-            return None
-        res = session.solve(time_limit=remaining)
-        if not res.ok or res.x is None:
-            return None
-        viol = a_ub @ res.x - b_ub
-        bad = np.flatnonzero((viol > 0.1 * ftol) & ~work)
-        if not bad.size:
-            return res.x
-        bad = bad[np.argsort(-viol[bad])[: max(10, n)]]
-        session.add_rows(a_ub[bad], -np.inf, b_ub[bad])
-        work[bad] = True
+    """``min cᵀx`` s.t. ``a_ub x <= b_ub``, ``lower <= x <= upper`` for one objective, by row generation
+    (:class:`_LazyLP`); None when infeasible, unbounded or stopped."""
+    res = _LazyLP(a_ub, b_ub, lower, upper, x0, ftol=ftol).minimize(c, time_limit)
+    return res.x if res.status is SolverStatus.OPTIMAL else None
 
 
 class _Pieces:

@@ -298,6 +298,15 @@ class _LocalPool(Engine):
         for process in processes:
             with contextlib.suppress(Exception):
                 process.join(5)
+        if not any(p.is_alive() for p in processes):
+            # A worker killed while it sent a result leaves half a message in the result pipe, and the
+            # pool's manager thread would wait for the rest forever. With every worker's end closed by
+            # its death, closing ours turns that wait into end-of-file, which the pool treats as a
+            # broken worker and cleans up after.
+            writer = getattr(getattr(self.pool, "_result_queue", None), "_writer", None)
+            with contextlib.suppress(Exception):
+                if writer is not None:
+                    writer.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
