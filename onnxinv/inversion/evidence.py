@@ -46,7 +46,6 @@ from onnxinv.inversion.framework import (
     walk,
 )
 from onnxinv.inversion.identifiability import (
-    active_rank,
     analyse_latent,
     null_direction,
     stability_radius,
@@ -110,7 +109,7 @@ def gather(
         return (radius, wholenet.bound_radius(problem, settings, z, fit, deadline)), ()
 
     found: list[Evidence] = []
-    margin = margin_failure(problem, settings, z, hidden)
+    margin = margin_failure(problem, settings, z, hidden, draft.factors)
     if margin is not None:
         found.append(margin)
     elif certifies and not draft.refined:
@@ -249,7 +248,11 @@ MARGIN_FACTOR = 10.0
 
 
 def margin_failure(
-    problem: Problem, settings: Settings, z: np.ndarray, hidden: list[np.ndarray] | None = None
+    problem: Problem,
+    settings: Settings,
+    z: np.ndarray,
+    hidden: list[np.ndarray] | None = None,
+    factors: dict[int, linear.RowsFactor] | None = None,
 ) -> Evidence | None:
     """Why the layer-wise certificate cannot stand at ``z``, or None when it may.
 
@@ -261,7 +264,10 @@ def margin_failure(
     within that margin of zero are needed for full column rank gets no certificate (the witness
     search and the whole-network MILP decide instead). On most layers no row lies in the margin and
     this costs one forward pass (none when ``hidden``, the float64 hidden values
-    ``generator.hidden_values(z)``, is given).
+    ``generator.hidden_values(z)``, is given). ``factors``: the Cholesky factors of the rows the
+    solve used, per layer (:class:`~onnxinv.inversion.linear.RowsFactor`); where one covers the clear
+    rows, their rank follows from it without a new Gram matrix
+    (:func:`~onnxinv.inversion.linear.full_rank_without`).
     """
     generator = problem.generator
     if hidden is None:
@@ -293,7 +299,15 @@ def margin_failure(
             continue
         clear = np.flatnonzero(out > margin if seen is None else seen & (out > margin))
         n = layer.in_features
-        rank = active_rank(layer.weight_rows(clear)) if clear.size >= n else clear.size
+        known = None if factors is None else factors.get(index)
+        if known is not None and clear.size >= n and linear.full_rank_without(known, layer.weight, clear):
+            continue
+        # the rank by solve_rows: a large layer's Gram accumulated block by block, no copy of the rows
+        rank = (
+            linear.solve_rows(layer.weight, clear, np.zeros(clear.size)).rank
+            if clear.size >= n
+            else clear.size
+        )
         if rank >= n:
             continue
         return Evidence(

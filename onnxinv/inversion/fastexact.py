@@ -109,6 +109,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
     y = problem.x
     y_error = 0.0
     steps: list[LayerStep] = []
+    factors: dict[int, linear.RowsFactor] = {}
     for i in reversed(range(len(layers))):
         start = time.perf_counter()
         if start >= deadline:
@@ -127,7 +128,9 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         solved = _least_squares(w, idx, y[idx] - b[idx])
         if solved is None:
             return None
-        u, rms, spread, how = solved
+        u, rms, spread, how, factor = solved
+        if factor is not None:
+            factors[i] = factor
         prior = y_error + precision * scale
         seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
         u_error = max(prior, seen) * spread
@@ -178,7 +181,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
     if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
         return None
     steps.reverse()
-    return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit), hidden)
+    return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit, factors=factors), hidden)
 
 
 def solve_many(
@@ -232,7 +235,7 @@ def solve_many(
             if solved is None:
                 alive[k] = False
                 continue
-            us[k], rms[k], spread[k], how[k] = solved
+            us[k], rms[k], spread[k], how[k], _ = solved  # factors are kept for single observations only
         prior = y_error + precision * scale
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
         with np.errstate(invalid="ignore", over="ignore"):
@@ -361,8 +364,8 @@ def _relative_l2(output: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def _least_squares(
     w: np.ndarray, idx: np.ndarray, t: np.ndarray
-) -> tuple[np.ndarray, float, float, str] | None:
-    """``(u, rms, spread, how)`` of the active system ``W[idx] u = t`` by the Cholesky route of
+) -> tuple[np.ndarray, float, float, str, linear.RowsFactor | None] | None:
+    """``(u, rms, spread, how, factor)`` of the active system ``W[idx] u = t`` by the Cholesky route of
     :func:`onnxinv.inversion.linear.solve_rows`, the same LAPACK calls in the same order (factor,
     ``pocon`` condition estimate, solve, one step of iterative refinement, Hutchinson's spread), without
     its general plumbing; a system too large to gather goes through ``solve_rows`` itself. None when
@@ -372,7 +375,8 @@ def _least_squares(
         ls = linear.solve_rows(w, idx, t)
         if ls.rank != n:
             return None
-        return ls.u, ls.rms, ls.spread, f"{ls.method}, condition ~{ls.cond:.2g}"
+        held = None if ls.factor is None else linear.RowsFactor(idx, ls.factor, ls.cond)
+        return ls.u, ls.rms, ls.spread, f"{ls.method}, condition ~{ls.cond:.2g}", held
     a = w[idx]
     gram_f = (a.T @ a).T  # symmetric: the transpose is the same matrix in Fortran order
     rhs = a.T @ t
@@ -395,4 +399,5 @@ def _least_squares(
     step, info = linear._potrs(factor, a.T @ (t - a @ u), lower=0)
     u = u + step
     rw = float(np.linalg.norm(a @ u - t))
-    return u, rw / math.sqrt(m), linear._spread(factor), f"cholesky, condition ~{cond:.2g}"
+    held = linear.RowsFactor(idx, factor, cond)
+    return u, rw / math.sqrt(m), linear._spread(factor), f"cholesky, condition ~{cond:.2g}", held

@@ -253,6 +253,9 @@ class Draft:
     refined: bool = False
     noise_estimate: float | None = None
     latent_std: np.ndarray | None = None
+    # per layer index: the Cholesky factor of the rows the solve used (the certificate's margin check
+    # reuses it instead of forming a Gram matrix again); only a single observation's draft keeps them
+    factors: dict[int, linear.RowsFactor] | None = None
 
     def with_fit(self, problem: Problem) -> Draft:
         self.fit = forward_fit(problem, self.z)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ from onnxinv.inversion.targets import Targets
 from onnxinv.layers import Layer, Weight
 
 COND_LIMIT = 1e6
+# full_rank_without: more rows removed than this and the Gram matrix is formed again instead
+MAX_REMOVED_ROWS = 512
 RANK_RTOL = 1e-10
 
 
@@ -329,6 +332,42 @@ def gram_full_rank(gram: np.ndarray) -> bool:
         return False
     rcond, info = _pocon(factor, anorm, uplo="U")
     return info == 0 and float(rcond) > 0 and float(np.sqrt(1.0 / float(rcond))) <= COND_LIMIT
+
+
+@dataclass(frozen=True, eq=False)
+class RowsFactor:
+    """The Cholesky factor ``R`` (upper, ``RᵀR = W_Sᵀ W_S``) of a layer's rows ``S`` and its condition
+    estimate, as a least-squares solve left it (:func:`full_rank_without` reuses it)."""
+
+    rows: np.ndarray  # indices S into the layer's rows
+    factor: np.ndarray
+    cond: float
+
+
+def full_rank_without(known: RowsFactor, w: Weight, keep: np.ndarray) -> bool:
+    """True when the rows ``keep`` (indices) of ``w`` are shown to have full column rank, within
+    ``COND_LIMIT``, from the factor of the rows ``known.rows`` without forming their Gram matrix.
+
+    With ``N`` the known rows not kept and ``V = N R^{-1}``: ``W_keepᵀW_keep ⪰ RᵀR − NᵀN = Rᵀ(I − VᵀV)R``
+    when ``keep`` holds every other known row, so ``λ_min`` shrinks at most by the factor
+    ``1 − ||V||_2²`` and the condition number of ``W_keep`` is at most ``cond / sqrt(1 − ||V||_2²)``
+    (``λ_max`` does not grow without new rows). ``||V||_2²`` is the largest eigenvalue of the small
+    ``k × k`` matrix ``N G^{-1} Nᵀ`` (``k`` rows removed). False means "not shown" (rows outside
+    ``known.rows``, or too much removed): form the Gram instead."""
+    keep = np.asarray(keep, dtype=np.intp)
+    if np.setdiff1d(keep, known.rows, assume_unique=True).size:
+        return False
+    gone = np.setdiff1d(known.rows, keep, assume_unique=True)
+    if gone.size == 0:
+        return known.cond <= COND_LIMIT
+    if gone.size > MAX_REMOVED_ROWS:
+        return False
+    v, info = _trtrs(known.factor, np.ascontiguousarray(dense(w[gone]).T), lower=0, trans=1)
+    if info != 0 or not np.all(np.isfinite(v)):
+        return False
+    # a relative margin on the eigenvalue for its round-off
+    loss = float(np.linalg.eigvalsh(v.T @ v)[-1]) * (1.0 + 1e-6)
+    return loss < 1.0 and known.cond / math.sqrt(1.0 - loss) <= COND_LIMIT
 
 
 def row_reach(factor: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -206,3 +206,56 @@ def test_a_past_deadline_leaves_the_walk_to_record_it(tmp_path):
     problem = Problem(g, x, None, None, 0.0)
     assert fastexact.solve(problem, Settings(), 0.0) is None
     assert fastexact.solve_many([problem, problem], Settings(), [0.0, 0.0]) == [None, None]
+
+
+def test_the_margin_check_reuses_the_solve_s_factor_only_where_it_proves_the_rank():
+    """linear.full_rank_without: the rows left after removing some have full column rank whenever it
+    says so (checked by SVD), and it says so in the plain cases; removing every row that touches a
+    column, or keeping a row the factor does not cover, is never "shown"."""
+    from onnxinv.inversion import linear
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((60, 20))
+    w[:, 0] = 0.0
+    w[:3, 0] = 1.0  # only rows 0, 1, 2 see the first input
+    rows = np.arange(60)
+    ls = linear.solve_rows(w, rows, np.zeros(60))
+    known = linear.RowsFactor(rows, ls.factor, ls.cond)
+    assert linear.full_rank_without(known, w, rows)
+    assert linear.full_rank_without(known, w, np.arange(1, 60))
+    assert np.linalg.matrix_rank(w[3:]) == 19
+    assert not linear.full_rank_without(known, w, np.arange(3, 60))
+    part = linear.solve_rows(w, np.arange(40), np.zeros(40))
+    assert not linear.full_rank_without(linear.RowsFactor(np.arange(40), part.factor, part.cond), w, rows)
+    shown = 0
+    for _ in range(200):
+        keep = np.sort(rng.choice(60, size=int(rng.integers(18, 60)), replace=False))
+        if linear.full_rank_without(known, w, keep):
+            shown += 1
+            assert np.linalg.matrix_rank(w[keep]) == 20
+    assert shown > 20
+
+
+def test_a_large_layer_s_margin_check_reuses_the_factor(tmp_path, generic, monkeypatch):
+    """On a layer large enough for the blocked Gram route (more than BLOCK_ENTRIES entries), an
+    observation with rows in the margin gets the generic answer with the solve's factor reused."""
+    from onnxinv.inversion import linear
+
+    monkeypatch.setattr(linear, "BLOCK_ENTRIES", 2000)  # the blocked route on a small model
+    g = _exported(tmp_path, [20, 100, 500], seed=15)
+    used: list[bool] = []
+    real = linear.full_rank_without
+
+    def spy(known, w, keep):
+        used.append(real(known, w, keep))
+        return used[-1]
+
+    monkeypatch.setattr(linear, "full_rank_without", spy)
+    x = g.forward(np.random.default_rng(16).standard_normal((200, 20)))
+    for row in x:
+        before = len(used)
+        fast = onnxinv.invert(g, row, method="exact")
+        if len(used) > before and used[-1]:
+            _assert_same(fast, generic(g, row, method="exact"), bitwise=False)
+            return
+    pytest.fail("no observation had rows in the margin that the factor covered")
