@@ -185,7 +185,14 @@ def tensor_info(value: onnx.ValueInfoProto, where: str, *, any_dtype: bool = Fal
     """Name, declared shape and dtype; a non-float tensor is refused unless ``any_dtype``."""
     tensor_type = value.type.tensor_type
     dtype = float_dtype_name(tensor_type.elem_type)
-    name = onnx.TensorProto.DataType.Name(tensor_type.elem_type) if tensor_type.elem_type else "no type"
+    code = tensor_type.elem_type
+    # a number outside onnx's enum (a damaged or future file) has no name to print
+    if not code:
+        name = "no type"
+    elif code in onnx.TensorProto.DataType.values():
+        name = onnx.TensorProto.DataType.Name(code)
+    else:
+        name = f"number {code} (not an ONNX type)"
     if dtype is None and any_dtype and tensor_type.elem_type:
         try:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name

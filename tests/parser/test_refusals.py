@@ -125,3 +125,10 @@ def test_integer_input_refused(tmp_path):
     m.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
     text = str(_load_error(tmp_path, m))
     assert "INT64" in text and "float32" in text
+
+
+def test_an_element_type_outside_onnx_s_enum_is_refused_by_number(tmp_path):
+    m = model([_gemm()], INITS)
+    m.graph.output[0].type.tensor_type.elem_type = 33  # no such TensorProto.DataType
+    text = str(_load_error(tmp_path, m))
+    assert "number 33 (not an ONNX type)" in text and "float32" in text
