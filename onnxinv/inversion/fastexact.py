@@ -55,7 +55,7 @@ from onnxinv.inversion.evidence import MARGIN_FACTOR
 from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
 from onnxinv.inversion.result import LayerStep, SolverStatus
 from onnxinv.inversion.verdict import FitCheck
-from onnxinv.layers import Activation, Generator
+from onnxinv.layers import Activation, Generator, Layer
 
 __all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
 
@@ -155,23 +155,16 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         err = float(np.max(np.abs(out - y))) if out.size else 0.0
         residual = err / scale if scale > 0 else err
         steps.append(
-            LayerStep(
-                layer=i,
-                activation=layer.describe_activation(),
-                active_rows=n_eq,
-                observed_rows=layer.out_features,
-                unknowns=n,
-                rank=n,
-                preimage_dim=0,
-                identifiable=True,
-                status=SolverStatus.OPTIMAL,
-                residual=residual,
-                seconds=time.perf_counter() - start,
-                message=(
-                    f"least squares ({how}) on {n_eq} active rows; every row holds within "
-                    f"{delta_all:.2g} on the layer's output (largest misfit {worst:.3g})"
-                ),
-                certificate=_CERTIFICATE,
+            _certified_step(
+                layer,
+                i,
+                layer.describe_activation(),
+                n_eq,
+                residual,
+                time.perf_counter() - start,
+                how,
+                delta_all,
+                worst,
             )
         )
         y = u
@@ -262,23 +255,16 @@ def solve_many(
         activation = layer.describe_activation()
         for k in np.flatnonzero(alive):
             steps[k].append(
-                LayerStep(
-                    layer=i,
-                    activation=activation,
-                    active_rows=int(n_eq[k]),
-                    observed_rows=layer.out_features,
-                    unknowns=n,
-                    rank=n,
-                    preimage_dim=0,
-                    identifiable=True,
-                    status=SolverStatus.OPTIMAL,
-                    residual=float(residual[k]),
-                    seconds=seconds,
-                    message=(
-                        f"least squares ({how[k]}) on {int(n_eq[k])} active rows; every row holds within "
-                        f"{float(delta_all[k]):.2g} on the layer's output (largest misfit {float(worst[k]):.3g})"
-                    ),
-                    certificate=_CERTIFICATE,
+                _certified_step(
+                    layer,
+                    i,
+                    activation,
+                    int(n_eq[k]),
+                    float(residual[k]),
+                    seconds,
+                    how[k],
+                    float(delta_all[k]),
+                    float(worst[k]),
                 )
             )
         if not alive.any():
@@ -360,6 +346,40 @@ def _relative_l2(output: np.ndarray, x: np.ndarray) -> np.ndarray:
         scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
     err = np.where(np.isfinite(err), err, np.inf)
     return np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
+
+
+def _certified_step(
+    layer: Layer,
+    index: int,
+    activation: str,
+    active_rows: int,
+    residual: float,
+    seconds: float,
+    how: str,
+    delta: float,
+    worst: float,
+) -> LayerStep:
+    """The step the exact walk records for a layer inverted on the certified branch (full column rank,
+    every row within ``delta``)."""
+    n = layer.in_features
+    return LayerStep(
+        layer=index,
+        activation=activation,
+        active_rows=active_rows,
+        observed_rows=layer.out_features,
+        unknowns=n,
+        rank=n,
+        preimage_dim=0,
+        identifiable=True,
+        status=SolverStatus.OPTIMAL,
+        residual=residual,
+        seconds=seconds,
+        message=(
+            f"least squares ({how}) on {active_rows} active rows; every row holds within "
+            f"{delta:.2g} on the layer's output (largest misfit {worst:.3g})"
+        ),
+        certificate=_CERTIFICATE,
+    )
 
 
 def _least_squares(
