@@ -623,14 +623,17 @@ def _sparse_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
 def _coherence_from_gram(gram: np.ndarray) -> float:
     """:func:`onnxinv.inversion.identifiability.mutual_coherence` of ``A`` from its Gram matrix
     ``AᵀA``: the largest ``|g_ij| / sqrt(g_ii g_jj)`` over ``i != j`` (1.0 if a column is zero)."""
-    if gram.shape[0] < 2:
+    n = gram.shape[0]
+    if n < 2:
         return 0.0
-    diag = np.diag(gram)
-    if np.any(diag <= 0):
+    diag = gram.diagonal()
+    if diag.min() <= 0:
         return 1.0
-    norms = np.sqrt(diag)
-    cos = np.abs(gram) / norms[:, None] / norms[None, :]
-    np.fill_diagonal(cos, 0.0)
+    inverse = 1.0 / np.sqrt(diag)
+    cos = np.abs(gram)  # a new array, scaled in place
+    cos *= inverse
+    cos *= inverse[:, None]
+    cos.flat[:: n + 1] = 0.0  # the diagonal
     return float(cos.max())
 
 
