@@ -504,27 +504,31 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     """Statistics of one layer at the samples: ``h_in`` (N, n_in) its inputs, ``h_out`` (N, n_out) outputs.
 
     Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
-    so "identifiable" here and in an inversion's layer steps mean the same thing.
+    so "identifiable" here and in an inversion's layer steps mean the same thing. The thresholds,
+    active rows and cardinalities are computed on the stacked samples at once (the same numbers row by
+    row); the rank and coherence tests by :func:`_dense_layer` or, for a sparse weight, one sample at a
+    time by :func:`_sparse_tests`.
     """
     n_in = layer.in_features
     relu = _is_relu(layer)
-    rank, rank_known, test = (_sparse_tests if layer.sparse else _dense_tests)(layer, relu)
-    active_counts, identifiable, growth, coherence_ok, mus = [], [], [], [], []
-    for h_prev, h in zip(h_in, h_out):
-        if relu:
-            tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
-            active = h > tau
-        else:
-            active = np.ones(h.shape[0], dtype=bool)
-        count = int(active.sum())
-        active_counts.append(count)
-        ok, mu = test(active, count)
-        identifiable.append(rank == n_in if not relu else ok)
-        nnz_prev = _nnz(h_prev)
-        growth.append(_nnz(h) >= 2 * nnz_prev)
-        mus.append(mu)
-        coherence_ok.append(mu > 0 and nnz_prev < (1.0 + 1.0 / mu) / 2.0)
-    counts = np.array(active_counts)
+    h_in = np.atleast_2d(h_in)
+    h_out = np.atleast_2d(h_out)
+    tau_out = _taus(h_out)
+    active = h_out > tau_out[:, None] if relu else np.ones(h_out.shape, dtype=bool)
+    counts = np.count_nonzero(active, axis=1)
+    nnz_prev = _nnz_rows(h_in)
+    growth = _nnz_rows(h_out, tau_out) >= 2 * nnz_prev
+    if layer.sparse:
+        rank, rank_known, test = _sparse_tests(layer, relu)
+        tested = [test(row, int(count)) for row, count in zip(active, counts)]
+        ok = np.array([t[0] for t in tested], dtype=bool)
+        mus = np.array([t[1] for t in tested], dtype=np.float64)
+        identifiable = ok if relu else np.full(counts.shape, rank == n_in)
+    else:
+        rank, identifiable, mus = _dense_layer(layer, relu, active, counts)
+        rank_known = True
+    with np.errstate(divide="ignore"):
+        coherence_ok = (mus > 0) & (nnz_prev < (1.0 + 1.0 / np.where(mus > 0, mus, 1.0)) / 2.0)
     return LayerAudit(
         index=index,
         in_features=n_in,
@@ -543,27 +547,53 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
     )
 
 
-def _dense_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
-    """Rank of a dense weight, and the per-sample test: one Gram matrix of the active rows serves the
-    rank test and the coherence."""
+def _dense_layer(
+    layer: Layer, relu: bool, active: np.ndarray, counts: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(rank(W), identifiable per sample, mu(W_I) per sample)`` of a dense layer.
+
+    One Gram matrix ``W_IᵀW_I`` per distinct set of active rows serves the coherence and then, factored
+    in place, the rank test (:func:`~onnxinv.inversion.linear.gram_full_rank`, the Cholesky route of the
+    inversion's least squares; the singular values of ``W_I`` only where it does not show full rank).
+    Without ReLU every row is active at every sample: one Gram matrix in all. ``rank(W)`` is ``n_in``
+    as soon as some ``W_I`` has full column rank (its rows are rows of ``W``); the singular values of
+    ``W`` are computed only when no sample shows it.
+    """
     from onnxinv.inversion.linear import gram_full_rank, numerical_rank
 
     weight = layer.dense_weight()
     n_in = layer.in_features
-
-    def test(active: np.ndarray, count: int) -> tuple[bool, float]:
-        if not count:
-            return False, 1.0
-        w_active = weight[active]
+    count = counts.shape[0]
+    if not relu:
+        gram = weight.T @ weight
+        mu = _coherence_from_gram(gram)
+        full = weight.shape[0] >= n_in and gram_full_rank(gram, overwrite=True)
+        rank = n_in if full else numerical_rank(weight)
+        return rank, np.full(count, rank == n_in), np.full(count, mu)
+    identifiable = np.zeros(count, dtype=bool)
+    mus = np.ones(count)  # no active row: coherence 1.0 (every column is zero)
+    seen: dict[bytes, int] = {}  # samples with the same active rows share their answers
+    for k in range(count):
+        if not counts[k]:
+            continue
+        key = np.packbits(active[k]).tobytes()
+        first = seen.setdefault(key, k)
+        if first != k:
+            identifiable[k], mus[k] = identifiable[first], mus[first]
+            continue
+        w_active = weight[active[k]]
         gram = w_active.T @ w_active
-        ok = relu and count >= n_in and (gram_full_rank(gram) or numerical_rank(w_active) == n_in)
-        return ok, _coherence_from_gram(gram)
-
-    return numerical_rank(weight), True, test
+        mus[k] = _coherence_from_gram(gram)
+        # the coherence has read the Gram matrix: the rank test may factor it in place
+        identifiable[k] = counts[k] >= n_in and (
+            gram_full_rank(gram, overwrite=True) or numerical_rank(w_active) == n_in
+        )
+    rank = n_in if identifiable.any() else numerical_rank(weight)
+    return rank, identifiable, mus
 
 
 def _sparse_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
-    """:func:`_dense_tests` for a scipy.sparse weight, never densifying it.
+    """The rank of a scipy.sparse weight and the per-sample test, never densifying it.
 
     Ranks come from :func:`~onnxinv.inversion.linear.sparse_rank` (dense singular values of blocks
     small enough, else a bound that never overstates the rank) and the active rows' test from
@@ -593,20 +623,31 @@ def _sparse_tests(layer: Layer, relu: bool) -> tuple[int, bool, _SampleTest]:
 def _coherence_from_gram(gram: np.ndarray) -> float:
     """:func:`onnxinv.inversion.identifiability.mutual_coherence` of ``A`` from its Gram matrix
     ``AᵀA``: the largest ``|g_ij| / sqrt(g_ii g_jj)`` over ``i != j`` (1.0 if a column is zero)."""
-    if gram.shape[0] < 2:
+    n = gram.shape[0]
+    if n < 2:
         return 0.0
-    diag = np.diag(gram)
-    if np.any(diag <= 0):
+    diag = gram.diagonal()
+    if diag.min() <= 0:
         return 1.0
-    norms = np.sqrt(diag)
-    cos = np.abs(gram) / norms[:, None] / norms[None, :]
-    np.fill_diagonal(cos, 0.0)
+    inverse = 1.0 / np.sqrt(diag)
+    cos = np.abs(gram)  # a new array, scaled in place
+    cos *= inverse
+    cos *= inverse[:, None]
+    cos.flat[:: n + 1] = 0.0  # the diagonal
     return float(cos.max())
 
 
-def _nnz(h: np.ndarray) -> int:
-    tau = ACTIVE_TAU * max(float(np.abs(h).max()), np.finfo(float).tiny)
-    return int(np.count_nonzero(np.abs(h) > tau))
+def _taus(h: np.ndarray) -> np.ndarray:
+    """Per row of ``h`` (N, n): the threshold ``ACTIVE_TAU · max |h|`` (never 0)."""
+    if not h.shape[1]:
+        return np.full(h.shape[0], ACTIVE_TAU * np.finfo(float).tiny)
+    return ACTIVE_TAU * np.maximum(np.abs(h).max(axis=1), np.finfo(float).tiny)
+
+
+def _nnz_rows(h: np.ndarray, taus: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``h``: its entries above the row's threshold in absolute value (``||h||_0``)."""
+    taus = _taus(h) if taus is None else taus
+    return np.count_nonzero(np.abs(h) > taus[:, None], axis=1)
 
 
 def _static_findings(generator: Generator, layers: tuple[LayerAudit, ...]) -> list[Finding]:

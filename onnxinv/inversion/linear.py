@@ -317,15 +317,19 @@ def _cholesky_solve(
     return LeastSquares(u, n, cond, _maxabs(resid), err, "cholesky", _spread(factor), rw / np.sqrt(m), factor)
 
 
-def gram_full_rank(gram: np.ndarray) -> bool:
+def gram_full_rank(gram: np.ndarray, *, overwrite: bool = False) -> bool:
     """True when the Cholesky route of :func:`solve_active` accepts the Gram matrix ``AᵀA``: it
     factors and its condition estimate is within ``COND_LIMIT`` (then ``A`` has full column rank by
     any threshold near ``RANK_RTOL``). False means "not shown": use :func:`numerical_rank`. ``gram``
-    is left untouched."""
+    is left untouched, unless ``overwrite``: then a contiguous float64 ``gram`` may be factored in
+    place (its transpose is the same symmetric matrix in Fortran order) instead of copied."""
     n = gram.shape[0]
     if n == 0:
         return True
-    work = np.array(gram, dtype=np.float64, order="F")
+    if overwrite and gram.dtype == np.float64 and gram.flags.c_contiguous:
+        work = gram.T
+    else:
+        work = np.array(gram, dtype=np.float64, order="F")
     anorm = float(_lange("1", work))
     factor, info = _potrf(work, lower=0, clean=1, overwrite_a=1)
     if info != 0 or not (np.isfinite(anorm) and np.all(np.isfinite(np.diag(factor)))):
