@@ -58,7 +58,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from onnxinv.inversion import linear, lp
+from onnxinv.inversion import ipm, linear, lp
 from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
 from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
@@ -90,14 +90,14 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         if m not in cache:
             eps = eps0 * alpha**m
             targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-            cache[m] = (eps, targets, family.min_delta(targets))
+            cache[m] = (eps, targets, family.min_delta(targets, _threshold(eps)))
         return cache[m]
 
     def feasible(m: int) -> bool | None:
         eps, _, res = attempt(m)
         if not res.ok or res.x is None:
             return None
-        return res.x[-1] <= eps * (1 + 1e-9)
+        return res.x[-1] <= _threshold(eps)
 
     first = feasible(0)
     if first is None:
@@ -151,18 +151,34 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
     )
 
 
-def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
+def _threshold(eps: float) -> float:
+    """The largest δ* that counts as feasible at ε (a relative 1e-9 for the LP's rounding)."""
+    return eps * (1 + 1e-9)
+
+
+def min_delta(ctx: LayerContext, targets: Targets, threshold: float | None = None) -> lp.LPResult:
     """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring); ``x`` of
-    the result is ``[u, δ]``."""
+    the result is ``[u, δ]``.
+
+    Large dense LPs (:func:`onnxinv.inversion.ipm.use_ipm`) go to the dense interior point method, whose
+    δ* is decided against ``threshold`` by HiGHS when it lies within the method's accuracy of it.
+    """
     c, a_ub, b_ub, bounds = linear.widening_lp(ctx.layer, targets, ctx.bounds)
     w, b = targets.matrices(ctx.layer)
     n = ctx.layer.in_features
     start = _start_point(ctx, targets, w, b)
+    dense = not sp.issparse(a_ub) and ipm.use_ipm(int(a_ub.shape[0]) * (n + 1), n + 1)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
+        if dense:
+            session = ipm.DenseSession(c, np.asarray(a_ub), b_ub, bounds, row_generation=False)
+            return session.solve(time_limit=ctx.lp_time, threshold=threshold)
         return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.lp_time)
     viol = a_ub[:, :n] @ start - b_ub
     count = min(b_ub.size, 2 * (n + 1))
     initial = np.argsort(-viol)[:count]
+    if dense:
+        session = ipm.DenseSession(c, np.asarray(a_ub), b_ub, bounds, initial_rows=initial)
+        return session.solve(time_limit=ctx.lp_time, threshold=threshold)
     return lp.solve_lp(
         c,
         a_ub,
@@ -199,17 +215,19 @@ class _Family:
 
     def __init__(self, ctx: LayerContext) -> None:
         self.ctx = ctx
-        self.session: lp.LPSession | None = None
+        self.session: lp.LPSession | ipm.DenseSession | None = None
         self.rows: np.ndarray | None = None
+        self.threshold: float | None = None
         self.usable = ctx.layer.activation in (Activation.RELU, Activation.IDENTITY)
 
-    def min_delta(self, targets: Targets) -> lp.LPResult:
+    def min_delta(self, targets: Targets, threshold: float | None = None) -> lp.LPResult:
         if not self.usable or not _unit_scales(targets):
-            return min_delta(self.ctx, targets)
+            return min_delta(self.ctx, targets, threshold)
         rhs = _family_rhs(self.ctx.layer, targets)
         if self.session is not None and self.rows is not None and np.array_equal(self.rows, targets.rows):
             self.session.set_rhs(rhs)
-            return self.session.solve(time_limit=self.ctx.lp_time)
+            self.threshold = threshold
+            return self._solve()
         ctx = self.ctx
         n = ctx.layer.in_features
         w, b = targets.matrices(ctx.layer)
@@ -237,9 +255,23 @@ class _Family:
             # order of the reduced LP
             reduced = np.flatnonzero(on)
             initial = reduced[np.argsort(-viol[reduced])[:count]]
-        self.session = lp.LPSession(c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial)
+        if isinstance(a, np.ndarray) and ipm.use_ipm(int(np.isfinite(rhs).sum()) * (n + 1), n + 1):
+            self.session = ipm.DenseSession(
+                c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial
+            )
+        else:
+            self.session = lp.LPSession(
+                c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial
+            )
         self.rows = targets.rows.copy()
-        return self.session.solve(time_limit=ctx.lp_time)
+        self.threshold = threshold
+        return self._solve()
+
+    def _solve(self) -> lp.LPResult:
+        assert self.session is not None
+        if isinstance(self.session, ipm.DenseSession):
+            return self.session.solve(time_limit=self.ctx.lp_time, threshold=self.threshold)
+        return self.session.solve(time_limit=self.ctx.lp_time)
 
 
 def _unit_scales(targets: Targets) -> bool:
