@@ -167,7 +167,7 @@ def min_delta(ctx: LayerContext, targets: Targets, threshold: float | None = Non
     w, b = targets.matrices(ctx.layer)
     n = ctx.layer.in_features
     start = _start_point(ctx, targets, w, b)
-    dense = not sp.issparse(a_ub) and ipm.use_ipm(int(a_ub.shape[0]) * (n + 1), n + 1)
+    dense = not sp.issparse(a_ub) and _large(targets.count, n)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
         if dense:
             session = ipm.DenseSession(c, np.asarray(a_ub), b_ub, bounds, row_generation=False)
@@ -255,7 +255,7 @@ class _Family:
             # order of the reduced LP
             reduced = np.flatnonzero(on)
             initial = reduced[np.argsort(-viol[reduced])[:count]]
-        if isinstance(a, np.ndarray) and ipm.use_ipm(int(np.isfinite(rhs).sum()) * (n + 1), n + 1):
+        if isinstance(a, np.ndarray) and _large(m, n):
             self.session = ipm.DenseSession(
                 c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial
             )
@@ -272,6 +272,12 @@ class _Family:
         if isinstance(self.session, ipm.DenseSession):
             return self.session.solve(time_limit=self.ctx.lp_time, threshold=self.threshold)
         return self.session.solve(time_limit=self.ctx.lp_time)
+
+
+def _large(rows: int, n: int) -> bool:
+    """Does the layer LP of ``rows`` rows and ``n`` inputs go to the dense interior point method? Its
+    size counts both sides of every row (the same for every ε of the layer)."""
+    return ipm.use_ipm(2 * rows * (n + 1), n + 1)
 
 
 def _unit_scales(targets: Targets) -> bool:

@@ -3,6 +3,8 @@ method routed through it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from contract import assert_contract
@@ -236,3 +238,23 @@ def test_linf_routed_through_the_interior_point_method(monkeypatch: pytest.Monke
     assert full.verdict is highs_full.verdict
     assert rel_err(full.z, highs_full.z) <= 1e-5
     assert_contract(g, x, full, in_range=True, known=[z_true])
+
+
+def test_a_failed_working_set_is_retried_on_all_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A working-set solve that does not converge is repeated on all rows before HiGHS is asked."""
+    rng = np.random.default_rng(15)
+    c, a, b, bounds = _linf_lp(rng, 400, 20)
+    ref = _highs(c, a, b, bounds)
+    original = ipm.interior_point
+    sizes = []
+
+    def failing_on_subsets(c_, a_, b_, *args, **kwargs):
+        sizes.append(b_.size)
+        if b_.size < b.size:
+            return dataclasses.replace(original(c_, a_, b_, *args, max_iterations=1), converged=False)
+        return original(c_, a_, b_, *args, **kwargs)
+
+    monkeypatch.setattr(ipm, "interior_point", failing_on_subsets)
+    res = ipm.solve_dense(c, a, b, bounds, initial_rows=np.arange(60))
+    _assert_same_optimum(res, ref, c, a, b, bounds)
+    assert "by HiGHS" not in res.message and sizes[-1] == b.size
