@@ -26,18 +26,30 @@ Notes
 * Row generation: the LP is solved on a working set of rows; the rows the solution violates (checked
   in numpy on all rows) are added and the LP re-solved, until every row holds. The working-set LP is
   a relaxation, so its optimum is the full LP's once it is feasible there; its duals, extended by
-  zeros, are dual feasible for the full LP with the same dual objective.
+  zeros, are dual feasible for the full LP with the same dual objective. Each round is a whole solve
+  (interior point methods warm-start poorly: measured, a start from the last round's iterate took
+  five times the iterations of a cold one), so the rounds are made few: a scouting solve of the
+  caller's rows to ``SCOUT_TOL`` comes first, and the working set becomes the ``SCOUT_KEEP · n`` rows
+  most violated at its point (with the rows it found binding), a far better guess than one from a
+  least-squares start. What carries across the solves of a :class:`DenseSession` is that working set.
 * Rows are scaled to unit length inside the solver (residuals are reported in the caller's units).
-* ``OPTIMAL`` is claimed only when, for the full LP, the scaled primal violation (numpy re-check of
-  :meth:`onnxinv.inversion.lp.LinearProgram.recheck`), the relative dual residual and the relative
-  duality gap are all within ``IPM_TOL``. Everything else (iteration cap, a stalled step, a Cholesky
-  failure, iterates that grow without bound, i.e. a suspected infeasible or unbounded LP) is not an
-  answer: :class:`DenseSession` then solves that LP with HiGHS (:mod:`onnxinv.inversion.lp`) and
-  says so in the message.
-* Interior point methods warm-start poorly; what carries across the solves of a
-  :class:`DenseSession` is the working set of rows (the rows that were needed before).
+* The accuracy of an iterate is the largest of the relative primal residual, the relative dual
+  residual and the relative duality gap. The method stops at ``IPM_TARGET``, or when it has reached
+  ``IPM_TOL`` and makes no more progress (the end game of a degenerate LP can lose digits again; the
+  best iterate is returned).
+* ``OPTIMAL`` is claimed only when the iterate reached ``IPM_TOL`` on the working rows (``z >= 0``
+  throughout, so that is dual feasibility and the gap for the full LP too), no other row is violated
+  by more than ``1e-9 (1 + |b_i|)``, and the numpy re-check of
+  :meth:`onnxinv.inversion.lp.LinearProgram.recheck` passes on all rows and bounds (the same test as
+  for HiGHS's answers). Anything else (iteration cap, a stalled step, a Cholesky failure, iterates
+  that grow without bound, i.e. a suspected infeasible or unbounded LP) is not an answer: a working
+  set that failed is solved once more on all rows, and if that fails too :class:`DenseSession` solves
+  the LP with HiGHS (:mod:`onnxinv.inversion.lp`) and says so in the message.
+* A caller that compares the optimum with a threshold (the l_inf method's ``δ* <= ε``) passes it; an
+  optimum within ``DECIDE_BAND`` times its accuracy of the threshold goes to HiGHS as well.
 * The solver is pure numpy / scipy BLAS and LAPACK and runs with whatever BLAS thread limit the
-  caller set (the inversion runs single-threaded, :func:`onnxinv.inversion.parallel.blas_single_thread`).
+  caller set (the inversion runs single-threaded, :func:`onnxinv.inversion.parallel.blas_single_thread`);
+  ``time_limit`` is checked every iteration, and HiGHS gets what is left of it.
 
 References
 ----------
@@ -109,9 +121,10 @@ def use_ipm(nonzeros: int, columns: int) -> bool:
 class IPMOutcome:
     """One interior point solve of ``min cᵀx`` s.t. ``A x <= b``, ``l <= x <= u``.
 
-    ``converged`` says whether the residuals and the gap reached the tolerance; ``primal`` and
-    ``dual`` are the objective values of the last iterate (``dual`` a lower bound on the optimum when
-    converged); ``z`` the duals of the rows of ``A``.
+    ``converged`` says whether the residuals and the gap reached the tolerance; ``x``, ``primal`` and
+    ``dual`` are the best iterate and its objective values (``dual`` a lower bound on the optimum up
+    to the tolerance when converged); ``z`` the duals of the rows of ``A``; ``time_limit`` whether the
+    deadline ended the solve.
     """
 
     converged: bool
@@ -122,9 +135,6 @@ class IPMOutcome:
     iterations: int
     message: str
     time_limit: bool = False
-    # the iterate's slacks and duals of all rows, the rows of A first, then the finite lower and
-    # upper bounds (in the caller's units): a start for a re-solve with more rows
-    state: tuple[np.ndarray, np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
 
 def interior_point(
@@ -138,7 +148,6 @@ def interior_point(
     target: float = IPM_TARGET,
     max_iterations: int | None = None,
     deadline: float | None = None,
-    start: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> IPMOutcome:
     """Mehrotra's predictor-corrector method on ``min cᵀx`` s.t. ``a x <= b``, ``lower <= x <= upper``
     (module docstring); ``a`` dense ``(m, n)``, no row generation.
@@ -150,8 +159,6 @@ def interior_point(
     target : the accuracy the method goes on to while it makes progress
     max_iterations : iteration cap (None: ``MAX_ITERATIONS``)
     deadline : a ``time.perf_counter()`` value; reaching it ends the solve unconverged
-    start : ``(x, s, z)``, a strictly positive ``s`` and ``z`` laid out as :attr:`IPMOutcome.state`
-        (e.g. a loosely converged iterate, extended by new rows); None: the heuristic start
 
     Never raises on numerical trouble: the outcome then has ``converged=False`` and says why.
     """
@@ -213,38 +220,22 @@ def interior_point(
     target = min(target, tol)
     if max_iterations is None:
         max_iterations = MAX_ITERATIONS
-    unit = np.ones(total)
-    unit[:m] = norms
-    if start is not None:
-        x = np.array(start[0], dtype=np.float64)
-        s = np.asarray(start[1], dtype=np.float64) / unit
-        z = np.asarray(start[2], dtype=np.float64) * unit
-        if (
-            x.shape != (n,)
-            or s.shape != (total,)
-            or z.shape != (total,)
-            or not (np.all(s > 0) and np.all(z > 0))
-        ):
-            raise ValueError(
-                "start must be (x, s, z) with s and z positive, one entry per row and finite bound"
-            )
-    else:
-        ones = np.ones(total)
-        chol = factor(ones)
-        if chol is None:
-            return IPMOutcome(
-                False, np.zeros(n), np.zeros(m), np.nan, np.nan, 0, "the rows do not have full rank"
-            )
-        x = solve_normal(chol, gt_mul(h))
-        s = h - g_mul(x)
-        z = g_mul(solve_normal(chol, -c))
-        s += max(-1.5 * float(np.min(s)), 0.0) if s.size else 0.0
-        z += max(-1.5 * float(np.min(z)), 0.0) if z.size else 0.0
-        s = np.maximum(s, 1e-8 * scale_h)
-        z = np.maximum(z, 1e-8 * scale_c)
-        product = float(s @ z)
-        s += 0.5 * product / float(np.sum(z))
-        z += 0.5 * product / float(np.sum(s))
+    ones = np.ones(total)
+    chol = factor(ones)
+    if chol is None:
+        return IPMOutcome(
+            False, np.zeros(n), np.zeros(m), np.nan, np.nan, 0, "the rows do not have full rank"
+        )
+    x = solve_normal(chol, gt_mul(h))
+    s = h - g_mul(x)
+    z = g_mul(solve_normal(chol, -c))
+    s += max(-1.5 * float(np.min(s)), 0.0) if s.size else 0.0
+    z += max(-1.5 * float(np.min(z)), 0.0) if z.size else 0.0
+    s = np.maximum(s, 1e-8 * scale_h)
+    z = np.maximum(z, 1e-8 * scale_c)
+    product = float(s @ z)
+    s += 0.5 * product / float(np.sum(z))
+    z += 0.5 * product / float(np.sum(s))
 
     def direction(
         chol: np.ndarray, d: np.ndarray, r_p: np.ndarray, r_d: np.ndarray, r_c_over_s: np.ndarray
@@ -254,17 +245,16 @@ def interior_point(
         gdx = g_mul(dx)
         return dx, -r_p - gdx, d * (gdx + r_p) - r_c_over_s
 
-    best: tuple[float, np.ndarray, np.ndarray, np.ndarray, float, float, int] | None = None
+    best: tuple[float, np.ndarray, np.ndarray, float, float, int] | None = None
 
     def outcome(message: str, iteration: int, timed_out: bool = False) -> IPMOutcome:
         """The best iterate seen (the end game of a degenerate LP can lose accuracy again)."""
         if best is None:
             return IPMOutcome(False, x, z[:m] / norms, np.nan, np.nan, iteration, message, timed_out)
-        merit, bx, bs, bz, primal, dual, _ = best
+        merit, bx, bz, primal, dual, _ = best
         converged = merit <= tol and not timed_out
         text = "converged" if converged else message
-        state = (bs * unit, bz / unit)
-        return IPMOutcome(converged, bx, bz[:m] / norms, primal, dual, iteration, text, timed_out, state)
+        return IPMOutcome(converged, bx, bz[:m] / norms, primal, dual, iteration, text, timed_out)
 
     for iteration in range(max_iterations + 1):
         r_d = c + gt_mul(z)
@@ -278,14 +268,14 @@ def interior_point(
         if not np.isfinite(merit):
             return outcome("the iterates are no longer finite (numerical trouble)", iteration)
         if best is None or merit < best[0]:
-            best = (merit, x.copy(), s.copy(), z.copy(), primal, dual, iteration)
+            best = (merit, x.copy(), z.copy(), primal, dual, iteration)
         if merit <= target:
             return outcome("converged", iteration)
-        if best[0] <= tol and iteration - best[6] >= PATIENCE:
+        if best[0] <= tol and iteration - best[5] >= PATIENCE:
             return outcome("converged", iteration)  # within the tolerance, and no more progress
         if merit > 1e4 * best[0] and best[0] <= tol:
             return outcome("converged", iteration)  # the end game lost accuracy; the best iterate holds
-        if iteration - best[6] >= STALL:
+        if iteration - best[5] >= STALL:
             return outcome(f"no progress in {STALL} iterations (best accuracy {best[0]:.1e})", iteration)
         size = max(float(np.max(np.abs(x))), float(np.max(z)) if z.size else 0.0)
         if size > DIVERGENCE * max(scale_h, scale_c):
@@ -396,8 +386,8 @@ class DenseSession:
 
         ``threshold``: a value the caller compares the optimum with. An interior point optimum whose
         objective is within ``DECIDE_BAND`` times the method's accuracy of it (``max(|primal - dual|,
-        IPM_TOL |primal|)``) is solved again by HiGHS, so the comparison never rests on the last
-        digits of an interior point iterate.
+        IPM_TOL |primal|)`` plus the largest violation of a row) is solved again by HiGHS, so the
+        comparison never rests on the last digits of an interior point iterate.
         """
         start = time.perf_counter()
         deadline = None if time_limit is None else start + max(float(time_limit), 0.0)
@@ -460,7 +450,10 @@ class DenseSession:
             result = self._result(SolverStatus.OPTIMAL, out.x, iterations, start, "", out)
             if result.ok:
                 self._work = work
-                accuracy = max(abs(out.primal - out.dual), IPM_TOL * abs(out.primal))
+                # the gap, and the largest violation of a row (which, in the l_inf LP, where δ enters
+                # every row with coefficient -1, moves the optimum by as much)
+                worst = float(np.max((self._a @ out.x)[on] - self._b[on], initial=0.0))
+                accuracy = max(abs(out.primal - out.dual), IPM_TOL * abs(out.primal)) + max(worst, 0.0)
                 if threshold is None or abs(result.objective - threshold) > DECIDE_BAND * accuracy:
                     self.last = out
                     return result
@@ -485,9 +478,9 @@ class DenseSession:
         )
 
     def _scouted(self, out: IPMOutcome, work: np.ndarray, on: np.ndarray) -> np.ndarray:
-        """The working rows after a scouting solve: as many rows as before, the most violated at its
-        point (violation over the row's length), with every row it found binding (a dual above
-        ``1e-3`` of the largest) and every row it violates."""
+        """The working rows after a scouting solve: the ``SCOUT_KEEP · n`` rows (at most as many as
+        before) most violated at its point (violation over the row's length), with every row it
+        violates and every row it found binding (a dual above ``1e-3`` of the largest)."""
         rows = np.flatnonzero(work)
         candidates = np.flatnonzero(on)
         if self._norms is None:

@@ -44,6 +44,14 @@ Notes
   from the rows a least-squares start violates most. For ReLU and identity layers the LPs of all ε
   are one HiGHS model whose right-hand sides change (:class:`_Family`): every solve after the
   first is a warm start from the previous basis.
+* Large dense layer LPs (:func:`onnxinv.inversion.ipm.use_ipm` of the LP with both sides of every row)
+  go to the dense interior point method of :mod:`onnxinv.inversion.ipm` instead (HiGHS's simplex and
+  interior point method take minutes on thousands of dense rows); the working rows carry over from
+  one ε to the next. Its δ* is compared with ε only when it lies farther from ``ε (1 + 1e-9)`` than
+  ``DECIDE_BAND`` times its accuracy (the gap between its primal and dual objectives); otherwise that
+  LP is solved by HiGHS and HiGHS's δ* decides, so the test never rests on the last digits of an
+  interior point iterate (a tighter tolerance would only move the band, and a vertex polish cannot
+  be trusted on the degenerate optima these LPs have).
 
 References
 ----------
@@ -210,7 +218,7 @@ class _Family:
     ``[-W, -1] [u; δ] <= -(ℓ - b)`` (``+inf``: off), and each solve after the first is a warm start
     from the last basis. The first solve is the one :func:`min_delta` makes (same rows, same row
     generation start); other activations (whose row scales change with ε) get :func:`min_delta`
-    each time.
+    each time. A large dense family is one :class:`~onnxinv.inversion.ipm.DenseSession` instead.
     """
 
     def __init__(self, ctx: LayerContext) -> None:
