@@ -258,3 +258,37 @@ def test_a_failed_working_set_is_retried_on_all_rows(monkeypatch: pytest.MonkeyP
     res = ipm.solve_dense(c, a, b, bounds, initial_rows=np.arange(60))
     _assert_same_optimum(res, ref, c, a, b, bounds)
     assert "by HiGHS" not in res.message and sizes[-1] == b.size
+
+
+def test_linf_passes_every_epsilon_as_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every layer LP of the l_inf method is decided against its ε: with a band so wide that no interior
+    point optimum is clear of it, every one is settled by HiGHS, and the answer is the HiGHS route's."""
+    g = make_generator([12, 80, 400], seed=22)
+    rng = np.random.default_rng(4)
+    z_true = rng.normal(size=g.latent_dim)
+    x0 = g.forward(z_true)
+    level = 1e-3 * float(np.max(np.abs(x0)))
+    x = x0 + rng.uniform(-level, level, size=x0.shape)
+    settings = Settings(refine=False)
+    highs = invert(g, x, method="linf", noise=level, settings=settings)
+    thresholds = []
+    original = ipm.DenseSession.solve
+
+    def recorded(self, time_limit=None, threshold=None):
+        res = original(self, time_limit, threshold)
+        thresholds.append((threshold, res.message))
+        return res
+
+    monkeypatch.setattr(ipm, "DENSE_NONZEROS", 1)
+    monkeypatch.setattr(ipm, "DENSE_COLUMNS", 1)
+    monkeypatch.setattr(ipm, "DECIDE_BAND", 1e30)
+    monkeypatch.setattr(ipm.DenseSession, "solve", recorded)
+    ours = invert(g, x, method="linf", noise=level, settings=settings)
+    # the method's own solves (the evidence stage's LP for a "no preimage" proof passes none)
+    decided = [(t, m) for t, m in thresholds if t is not None]
+    assert len(decided) >= 2
+    assert all("by HiGHS" in m and "threshold" in m for t, m in decided), decided
+    assert ours.verdict is highs.verdict
+    assert [s.epsilon for s in ours.steps] == pytest.approx([s.epsilon for s in highs.steps], rel=1e-6)
+    assert rel_err(ours.z, highs.z) <= 1e-5
+    assert_contract(g, x, ours, in_range=True, known=[z_true])
