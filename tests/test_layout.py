@@ -16,7 +16,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(onnxinv.__path__, "onnxin
 # onnxinv.inversion, bottom first: a module may import only modules on its own level or below.
 LEVELS = [
     {"verdict", "result", "lp", "network", "milp"},
-    {"targets", "linear"},
+    {"targets", "linear", "ipm"},
     {"framework"},
     {"identifiability"},
     {"exact", "linf", "l1", "gd"},

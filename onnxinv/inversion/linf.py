@@ -44,6 +44,14 @@ Notes
   from the rows a least-squares start violates most. For ReLU and identity layers the LPs of all ε
   are one HiGHS model whose right-hand sides change (:class:`_Family`): every solve after the
   first is a warm start from the previous basis.
+* Large dense layer LPs (:func:`onnxinv.inversion.ipm.use_ipm` of the LP with both sides of every row)
+  go to the dense interior point method of :mod:`onnxinv.inversion.ipm` instead (HiGHS's simplex and
+  interior point method take minutes on thousands of dense rows); the working rows carry over from
+  one ε to the next. Its δ* is compared with ε only when it lies farther from ``ε (1 + 1e-9)`` than
+  ``DECIDE_BAND`` times its accuracy (the gap between its primal and dual objectives); otherwise that
+  LP is solved by HiGHS and HiGHS's δ* decides, so the test never rests on the last digits of an
+  interior point iterate (a tighter tolerance would only move the band, and a vertex polish cannot
+  be trusted on the degenerate optima these LPs have).
 
 References
 ----------
@@ -58,7 +66,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from onnxinv.inversion import linear, lp
+from onnxinv.inversion import ipm, linear, lp
 from onnxinv.inversion.framework import Draft, LayerContext, LayerOutcome, Method, Problem, Settings, walk
 from onnxinv.inversion.identifiability import noisy_outcome
 from onnxinv.inversion.result import SolverStatus
@@ -90,14 +98,14 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
         if m not in cache:
             eps = eps0 * alpha**m
             targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
-            cache[m] = (eps, targets, family.min_delta(targets))
+            cache[m] = (eps, targets, family.min_delta(targets, _threshold(eps)))
         return cache[m]
 
     def feasible(m: int) -> bool | None:
         eps, _, res = attempt(m)
         if not res.ok or res.x is None:
             return None
-        return res.x[-1] <= eps * (1 + 1e-9)
+        return res.x[-1] <= _threshold(eps)
 
     first = feasible(0)
     if first is None:
@@ -151,18 +159,34 @@ def solve_layer(ctx: LayerContext) -> LayerOutcome:
     )
 
 
-def min_delta(ctx: LayerContext, targets: Targets) -> lp.LPResult:
+def _threshold(eps: float) -> float:
+    """The largest δ* that counts as feasible at ε (a relative 1e-9 for the LP's rounding)."""
+    return eps * (1 + 1e-9)
+
+
+def min_delta(ctx: LayerContext, targets: Targets, threshold: float | None = None) -> lp.LPResult:
     """``min δ`` over ``(u, δ)`` subject to the row bounds widened by ``δ`` (module docstring); ``x`` of
-    the result is ``[u, δ]``."""
+    the result is ``[u, δ]``.
+
+    Large dense LPs (:func:`onnxinv.inversion.ipm.use_ipm`) go to the dense interior point method, whose
+    δ* is decided against ``threshold`` by HiGHS when it lies within the method's accuracy of it.
+    """
     c, a_ub, b_ub, bounds = linear.widening_lp(ctx.layer, targets, ctx.bounds)
     w, b = targets.matrices(ctx.layer)
     n = ctx.layer.in_features
     start = _start_point(ctx, targets, w, b)
+    dense = not sp.issparse(a_ub) and _large(targets.count, n)
     if start is None:  # the two-sided rows do not determine u: no good guess of the binding rows
+        if dense:
+            session = ipm.DenseSession(c, np.asarray(a_ub), b_ub, bounds, row_generation=False)
+            return session.solve(time_limit=ctx.lp_time, threshold=threshold)
         return lp.solve_lp(c, a_ub, b_ub, bounds=bounds, time_limit=ctx.lp_time)
     viol = a_ub[:, :n] @ start - b_ub
     count = min(b_ub.size, 2 * (n + 1))
     initial = np.argsort(-viol)[:count]
+    if dense:
+        session = ipm.DenseSession(c, np.asarray(a_ub), b_ub, bounds, initial_rows=initial)
+        return session.solve(time_limit=ctx.lp_time, threshold=threshold)
     return lp.solve_lp(
         c,
         a_ub,
@@ -194,22 +218,24 @@ class _Family:
     ``[-W, -1] [u; δ] <= -(ℓ - b)`` (``+inf``: off), and each solve after the first is a warm start
     from the last basis. The first solve is the one :func:`min_delta` makes (same rows, same row
     generation start); other activations (whose row scales change with ε) get :func:`min_delta`
-    each time.
+    each time. A large dense family is one :class:`~onnxinv.inversion.ipm.DenseSession` instead.
     """
 
     def __init__(self, ctx: LayerContext) -> None:
         self.ctx = ctx
-        self.session: lp.LPSession | None = None
+        self.session: lp.LPSession | ipm.DenseSession | None = None
         self.rows: np.ndarray | None = None
+        self.threshold: float | None = None
         self.usable = ctx.layer.activation in (Activation.RELU, Activation.IDENTITY)
 
-    def min_delta(self, targets: Targets) -> lp.LPResult:
+    def min_delta(self, targets: Targets, threshold: float | None = None) -> lp.LPResult:
         if not self.usable or not _unit_scales(targets):
-            return min_delta(self.ctx, targets)
+            return min_delta(self.ctx, targets, threshold)
         rhs = _family_rhs(self.ctx.layer, targets)
         if self.session is not None and self.rows is not None and np.array_equal(self.rows, targets.rows):
             self.session.set_rhs(rhs)
-            return self.session.solve(time_limit=self.ctx.lp_time)
+            self.threshold = threshold
+            return self._solve()
         ctx = self.ctx
         n = ctx.layer.in_features
         w, b = targets.matrices(ctx.layer)
@@ -237,9 +263,29 @@ class _Family:
             # order of the reduced LP
             reduced = np.flatnonzero(on)
             initial = reduced[np.argsort(-viol[reduced])[:count]]
-        self.session = lp.LPSession(c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial)
+        if isinstance(a, np.ndarray) and _large(m, n):
+            self.session = ipm.DenseSession(
+                c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial
+            )
+        else:
+            self.session = lp.LPSession(
+                c, a, rhs, bounds, row_generation=start is not None, initial_rows=initial
+            )
         self.rows = targets.rows.copy()
-        return self.session.solve(time_limit=ctx.lp_time)
+        self.threshold = threshold
+        return self._solve()
+
+    def _solve(self) -> lp.LPResult:
+        assert self.session is not None
+        if isinstance(self.session, ipm.DenseSession):
+            return self.session.solve(time_limit=self.ctx.lp_time, threshold=self.threshold)
+        return self.session.solve(time_limit=self.ctx.lp_time)
+
+
+def _large(rows: int, n: int) -> bool:
+    """Does the layer LP of ``rows`` rows and ``n`` inputs go to the dense interior point method? Its
+    size counts both sides of every row (the same for every ε of the layer)."""
+    return ipm.use_ipm(2 * rows * (n + 1), n + 1)
 
 
 def _unit_scales(targets: Targets) -> bool:
