@@ -536,15 +536,17 @@ def refutation(problem: Problem, settings: Settings, fit: FitCheck, deadline: fl
         precision=problem.precision,
     )
     targets = build_targets(last, problem.x, problem.rows, bound, noisy=True)
-    res = linf.min_delta(ctx, targets)
+    scale = float(np.max(np.abs(obs))) if obs.size else 0.0
+    threshold = PROOF_MARGIN * bound + 1e-7 * (1.0 + scale)
+    # the threshold sends a δ* near it from the interior point method to HiGHS (ipm.DenseSession)
+    res = linf.min_delta(ctx, targets, threshold=threshold)
     if not res.ok or res.x is None:
         return Evidence(
             EvidenceKind.NONE,
             f"the last layer's l_inf LP ended '{res.status.value}' ({res.message}), so nothing was proved",
         )
     t_star = float(res.x[-1])
-    scale = float(np.max(np.abs(obs))) if obs.size else 0.0
-    if t_star > PROOF_MARGIN * bound + 1e-7 * (1.0 + scale):
+    if t_star > threshold:
         return Evidence(
             EvidenceKind.LAYER_LP,
             f"Every input of the last layer (layer {len(layers) - 1}) misses some observed entry by at least "
