@@ -63,7 +63,7 @@ from onnxinv.observations import (
     check_noise,
     prepare_measure,
     prepare_observations,
-    quantisation_step,
+    quantisation_steps,
 )
 
 __all__ = ["default_chunk_size", "invert", "prepare_inputs", "solve_chunk"]
@@ -257,12 +257,9 @@ def _noise_levels(
         return [level] * obs.count, ["given"] * obs.count
     if explicit_clean:
         return [None] * obs.count, [None] * obs.count
-    noises: list[float | None] = []
-    sources: list[str | None] = []
-    for i in range(obs.count):
-        step = quantisation_step(obs.values[i], obs.mask_of(i))
-        noises.append(None if step is None else 0.5 * step)
-        sources.append(None if step is None else "quantisation")
+    steps = quantisation_steps(obs.values, obs.mask)
+    noises = [None if step is None else 0.5 * step for step in steps]
+    sources: list[str | None] = [None if step is None else "quantisation" for step in steps]
     return noises, sources
 
 
@@ -464,6 +461,24 @@ def _spans(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(stop, a + size)) for a in range(start, stop, size)]
 
 
+GUIDED_MIN = 32  # observations per chunk at least in guided_spans (a chunk's fixed cost stays small)
+
+
+def guided_spans(start: int, stop: int, slots: int) -> list[tuple[int, int]]:
+    """Chunks ``[a, b)`` of ``start..stop`` for ``slots`` local workers, each a ``1 / (2·slots)`` share of
+    what is left (at least :data:`GUIDED_MIN`): large chunks first, small ones at the end, so that the
+    workers finish together and the last results to collect are small (guided self-scheduling,
+    Polychronopoulos & Kuck 1987). The results do not depend on the chunking."""
+    spans = []
+    a = start
+    while a < stop:
+        size = max(GUIDED_MIN, math.ceil((stop - a) / (2 * max(1, slots))))
+        b = min(stop, a + size)
+        spans.append((a, b))
+        a = b
+    return spans
+
+
 def _invert_batch(
     generator: Generator,
     obs: Observations,
@@ -538,8 +553,6 @@ def _invert_batch(
             if chunk_size is not None:
                 spans = _spans(done, count, int(chunk_size))
             else:
-                pieces = min(count - done, procs * 4)
-                bounds = np.linspace(done, count, pieces + 1).astype(int)
-                spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                spans = guided_spans(done, count, procs)
             results += run(spans, workers=procs)
     return BatchInversionResult(results=tuple(results), seconds=time.perf_counter() - start, workers=procs)

@@ -60,6 +60,8 @@ from onnxinv.layers import Activation, Generator, Layer
 __all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
 
 _CERTIFICATE = "full column rank (Theorem 2)"
+# solve_many keeps a layer's factor where a row lies within this many certificate margins of zero
+_KEEP_FACTOR = 4.0
 
 
 class FastDraft:
@@ -128,15 +130,14 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         solved = _least_squares(w, idx, y[idx] - b[idx])
         if solved is None:
             return None
-        u, rms, spread, how, factor = solved
-        if factor is not None:
-            factors[i] = factor
-        prior = y_error + precision * scale
-        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
-        u_error = max(prior, seen) * spread
-        u_error = u_error if math.isfinite(u_error) else 0.0
+        u, rms = solved.u, solved.rms
+        held = solved.held()
+        if held is not None:
+            factors[i] = held
         if not rms <= delta:
             return None
+        prior = y_error + precision * scale
+        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
         if i > 0:
             u = np.clip(u, 0.0, np.inf)
         pre = w @ u + b
@@ -146,6 +147,11 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
         worst = float(np.max(misfit)) if misfit.size else 0.0
         delta_all = delta
+        u_error = 0.0
+        # the error of u: for the next layer's thresholds, and here when a row needs the wider bound
+        # (layer 0's is used by neither, so its spread is not made)
+        if i > 0 or worst > delta:
+            u_error = _error(prior, seen, solved)
         if worst > delta:
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * gain
@@ -162,7 +168,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
                 n_eq,
                 residual,
                 time.perf_counter() - start,
-                how,
+                solved.how,
                 delta_all,
                 worst,
             )
@@ -206,6 +212,7 @@ def solve_many(
     ys = np.stack([p.x for p in problems])
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
+    factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
     for i in reversed(range(len(layers))):
         start = time.perf_counter()
         alive &= np.array([start < d for d in deadlines], dtype=bool)
@@ -220,20 +227,27 @@ def solve_many(
         alive &= n_eq >= n
         us = np.zeros((count, n))
         rms = np.zeros(count)
-        spread = np.zeros(count)
-        how = [""] * count
+        solves: list[_Solved | None] = [None] * count
+        # the factors the certificate's margin check may reuse: kept where a row of the layer's output
+        # lies near the margin (elsewhere margin_clear settles it; a factor not kept only costs the
+        # check a Gram matrix, with the same answer)
+        band = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
+        near: np.ndarray = np.any((ys > 0.0) & (ys <= band[:, None]), axis=1)
         for k in np.flatnonzero(alive):
             idx = np.flatnonzero(active[k])
             solved = _least_squares(w, idx, ys[k, idx] - b[idx])
             if solved is None:
                 alive[k] = False
                 continue
-            us[k], rms[k], spread[k], how[k], _ = solved  # factors are kept for single observations only
+            solves[k] = solved
+            us[k] = solved.u
+            rms[k] = solved.rms
+            if near[k]:
+                held = solved.held()
+                if held is not None:
+                    factors[k][i] = held
         prior = y_error + precision * scale
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
-        with np.errstate(invalid="ignore", over="ignore"):
-            u_error = np.maximum(prior, seen) * spread
-        u_error = np.where(np.isfinite(u_error), u_error, 0.0)
         alive &= rms <= delta
         if i > 0:
             us = np.clip(us, 0.0, np.inf)
@@ -245,6 +259,11 @@ def solve_many(
         worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
         delta_all = delta.copy()
         wide = worst > delta
+        # the error of u: for the next layer's thresholds, and where a row needs the wider bound
+        # (layer 0's is used by neither, so its spread is not made)
+        u_error = np.zeros(count)
+        for k in np.flatnonzero(alive if i > 0 else alive & wide):
+            u_error[k] = _error(float(prior[k]), float(seen[k]), solves[k])  # type: ignore[arg-type]  # solved where alive
         if wide.any():
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
@@ -262,7 +281,7 @@ def solve_many(
                     int(n_eq[k]),
                     float(residual[k]),
                     seconds,
-                    how[k],
+                    solves[k].how,  # type: ignore[union-attr]  # solved where alive
                     float(delta_all[k]),
                     float(worst[k]),
                 )
@@ -280,7 +299,9 @@ def solve_many(
     fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
     for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
         steps[k].reverse()
-        draft = Draft(z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]))
+        draft = Draft(
+            z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]), factors=factors[k] or None
+        )
         out[k] = FastDraft(draft, [v[k] for v in hidden])
     return out
 
@@ -382,10 +403,49 @@ def _certified_step(
     )
 
 
-def _least_squares(
-    w: np.ndarray, idx: np.ndarray, t: np.ndarray
-) -> tuple[np.ndarray, float, float, str, linear.RowsFactor | None] | None:
-    """``(u, rms, spread, how, factor)`` of the active system ``W[idx] u = t`` by the Cholesky route of
+class _Solved:
+    """One active system's solution by :func:`_least_squares`: ``u``, the RMS residual, the condition
+    estimate, how it was solved, and the Cholesky factor (None from the QR route); the spread is made
+    on first use (the walk needs it only where the error of ``u`` is used)."""
+
+    __slots__ = ("_spread", "cond", "factor", "method", "rms", "rows", "u")
+
+    def __init__(
+        self,
+        u: np.ndarray,
+        rms: float,
+        cond: float,
+        method: str,
+        rows: np.ndarray,
+        factor: np.ndarray | None,
+        spread: float | None = None,
+    ) -> None:
+        self.u, self.rms, self.cond, self.method = u, rms, cond, method
+        self.rows, self.factor, self._spread = rows, factor, spread
+
+    @property
+    def spread(self) -> float:
+        if self._spread is None:
+            self._spread = linear._spread(self.factor) if self.factor is not None else float("inf")
+        return self._spread
+
+    @property
+    def how(self) -> str:
+        return f"{self.method}, condition ~{self.cond:.2g}"
+
+    def held(self) -> linear.RowsFactor | None:
+        return None if self.factor is None else linear.RowsFactor(self.rows, self.factor, self.cond)
+
+
+def _error(prior: float, seen: float, solved: _Solved) -> float:
+    """The typical error of a layer's ``u``: the larger of the error carried from above and the misfit
+    seen, times the spread (0 when not finite), as :func:`onnxinv.inversion.exact.clean_layer`."""
+    value = max(prior, seen) * solved.spread  # Python floats: an overflow gives inf, not an error
+    return value if math.isfinite(value) else 0.0
+
+
+def _least_squares(w: np.ndarray, idx: np.ndarray, t: np.ndarray) -> _Solved | None:
+    """The active system ``W[idx] u = t`` by the Cholesky route of
     :func:`onnxinv.inversion.linear.solve_rows`, the same LAPACK calls in the same order (factor,
     ``pocon`` condition estimate, solve, one step of iterative refinement, Hutchinson's spread), without
     its general plumbing; a system too large to gather goes through ``solve_rows`` itself. None when
@@ -395,8 +455,7 @@ def _least_squares(
         ls = linear.solve_rows(w, idx, t)
         if ls.rank != n:
             return None
-        held = None if ls.factor is None else linear.RowsFactor(idx, ls.factor, ls.cond)
-        return ls.u, ls.rms, ls.spread, f"{ls.method}, condition ~{ls.cond:.2g}", held
+        return _Solved(ls.u, ls.rms, ls.cond, ls.method, idx, ls.factor, ls.spread)
     a = w[idx]
     gram_f = (a.T @ a).T  # symmetric: the transpose is the same matrix in Fortran order
     rhs = a.T @ t
@@ -404,7 +463,7 @@ def _least_squares(
     factor, info = linear._potrf(gram_f, lower=0, clean=1, overwrite_a=1)
     # a non-finite diagonal entry makes the trace non-finite (an overflowing sum only sends the
     # system to the generic route)
-    if info != 0 or not (math.isfinite(anorm) and math.isfinite(float(np.trace(factor)))):
+    if info != 0 or not (math.isfinite(anorm) and math.isfinite(factor.trace())):
         return None
     rcond, info = linear._pocon(factor, anorm, uplo="U")
     rcond = float(rcond)
@@ -418,6 +477,6 @@ def _least_squares(
         return None
     step, info = linear._potrs(factor, a.T @ (t - a @ u), lower=0)
     u = u + step
-    rw = float(np.linalg.norm(a @ u - t))
-    held = linear.RowsFactor(idx, factor, cond)
-    return u, rw / math.sqrt(m), linear._spread(factor), f"cholesky, condition ~{cond:.2g}", held
+    r = a @ u - t
+    rw = math.sqrt(r.dot(r))  # np.linalg.norm of a vector, without its dispatch
+    return _Solved(u, rw / math.sqrt(m), cond, "cholesky", idx, factor)
