@@ -186,10 +186,11 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
     v = values if mask is None else values[mask]
     if v.size == 0:
         return None
+    head = v[:_HEAD].tolist()
     for step, offset in _GRIDS:
-        # the first few values usually settle it: one off the grid rules the grid out
-        head = (v[:_HEAD] - offset) / step
-        if np.max(np.abs(head - np.round(head))) > GRID_TOLERANCE:
+        # the first few values usually settle it: one off the grid rules the grid out (Python floats:
+        # the same IEEE operations as numpy's elementwise ones, round() halves to even like np.round)
+        if any(abs(k - round(k)) > GRID_TOLERANCE for k in ((h - offset) / step for h in head)):
             continue
         k = (v - offset) / step
         if np.any(k < -GRID_TOLERANCE) or np.any(k > 255 + GRID_TOLERANCE):
@@ -207,7 +208,7 @@ def quantisation_steps(values: np.ndarray, mask: np.ndarray | None = None) -> li
     answers. Without a mask the first values of all rows are tested at once; only the rows they leave
     on a grid (quantised data, usually none or all) take the full test row by row."""
     count = values.shape[0]
-    if mask is not None or count == 0 or values.shape[1] == 0:
+    if mask is not None or count <= 1 or values.shape[1] == 0:
         return [quantisation_step(values[i], None if mask is None else mask[i]) for i in range(count)]
     maybe = np.zeros(count, dtype=bool)
     for step, offset in _GRIDS:

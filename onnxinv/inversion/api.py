@@ -466,13 +466,13 @@ GUIDED_MIN = 32  # observations per chunk at least in guided_spans (a chunk's fi
 
 def guided_spans(start: int, stop: int, slots: int) -> list[tuple[int, int]]:
     """Chunks ``[a, b)`` of ``start..stop`` for ``slots`` local workers, each a ``1 / (2·slots)`` share of
-    what is left (at least :data:`GUIDED_MIN`): large chunks first, small ones at the end, so that the
+    what is left, between :data:`GUIDED_MIN` and :data:`MAX_CHUNK`: small ones at the end, so that the
     workers finish together and the last results to collect are small (guided self-scheduling,
     Polychronopoulos & Kuck 1987). The results do not depend on the chunking."""
     spans = []
     a = start
     while a < stop:
-        size = max(GUIDED_MIN, math.ceil((stop - a) / (2 * max(1, slots))))
+        size = min(MAX_CHUNK, max(GUIDED_MIN, math.ceil((stop - a) / (2 * max(1, slots)))))
         b = min(stop, a + size)
         spans.append((a, b))
         a = b

@@ -52,7 +52,7 @@ import numpy as np
 
 from onnxinv.inversion import linear
 from onnxinv.inversion.evidence import MARGIN_FACTOR
-from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
+from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings, fit_check
 from onnxinv.inversion.result import LayerStep, SolverStatus
 from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Activation, Generator, Layer
@@ -60,8 +60,11 @@ from onnxinv.layers import Activation, Generator, Layer
 __all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
 
 _CERTIFICATE = "full column rank (Theorem 2)"
-# solve_many keeps a layer's factor where a row lies within this many certificate margins of zero
+# solve_many keeps a layer's factor where an active row of its estimated output lies within this many
+# certificate margins of zero (the estimate is not quite the latent's hidden values)
 _KEEP_FACTOR = 4.0
+# ... and at most this many bytes of factors per chunk (beyond, the margin check forms the Gram)
+_FACTOR_BYTES = 64 << 20
 
 
 class FastDraft:
@@ -176,7 +179,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         y = u
         y_error = u_error
     hidden = problem.generator.hidden_values(y)
-    fit = float(_relative_l2(hidden[-1][None, :], problem.x[None, :])[0])
+    fit = _relative_l2_one(hidden[-1], problem.x)
     if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
         return None
     steps.reverse()
@@ -213,6 +216,7 @@ def solve_many(
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
     factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
+    kept_bytes = 0
     for i in reversed(range(len(layers))):
         start = time.perf_counter()
         alive &= np.array([start < d for d in deadlines], dtype=bool)
@@ -228,11 +232,11 @@ def solve_many(
         us = np.zeros((count, n))
         rms = np.zeros(count)
         solves: list[_Solved | None] = [None] * count
-        # the factors the certificate's margin check may reuse: kept where a row of the layer's output
-        # lies near the margin (elsewhere margin_clear settles it; a factor not kept only costs the
-        # check a Gram matrix, with the same answer)
-        band = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
-        near: np.ndarray = np.any((ys > 0.0) & (ys <= band[:, None]), axis=1)
+        # the factors the certificate's margin check may reuse: kept where an active row of the
+        # layer's output lies near the margin (elsewhere margin_clear settles it; a factor not kept
+        # only costs the check a Gram matrix, with the same answer)
+        high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
+        near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
         for k in np.flatnonzero(alive):
             idx = np.flatnonzero(active[k])
             solved = _least_squares(w, idx, ys[k, idx] - b[idx])
@@ -242,10 +246,9 @@ def solve_many(
             solves[k] = solved
             us[k] = solved.u
             rms[k] = solved.rms
-            if near[k]:
-                held = solved.held()
-                if held is not None:
-                    factors[k][i] = held
+            if near[k] and solved.factor is not None and kept_bytes + solved.factor.nbytes <= _FACTOR_BYTES:
+                factors[k][i] = solved.held()  # type: ignore[assignment]  # a factor: not None
+                kept_bytes += solved.factor.nbytes
         prior = y_error + precision * scale
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
         alive &= rms <= delta
@@ -308,7 +311,10 @@ def solve_many(
 
 def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
     """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
-    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers."""
+    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers (for
+    one problem, ``fit_check`` itself: stacking one row costs more)."""
+    if len(problems) == 1:
+        return [fit_check(problems[0], settings, outputs[0])]
     x = _rows([p.x for p in problems])
     with np.errstate(over="ignore", invalid="ignore"):
         diff = np.asarray(outputs, dtype=np.float64) - x
@@ -337,6 +343,8 @@ def margin_clear(
     so that :func:`onnxinv.inversion.evidence.margin_failure` is None without a rank test (the same
     test on stacked rows; False means: ask ``margin_failure`` itself)."""
     count = len(problems)
+    if count == 1:
+        return np.array([_margin_clear_one(problems[0], settings, hidden[0])])
     clear = np.ones(count, dtype=bool)
     layers = problems[0].generator.layers if count else ()
     last = len(layers) - 1
@@ -351,6 +359,34 @@ def margin_clear(
         near = ((out > tau[:, None]) & (out <= margin[:, None])).any(axis=1)
         clear &= ~(near & (scale > 0.0))
     return clear
+
+
+def _margin_clear_one(problem: Problem, settings: Settings, hidden: list[np.ndarray]) -> bool:
+    """:func:`margin_clear` of one problem, on plain vectors."""
+    layers = problem.generator.layers
+    last = len(layers) - 1
+    for index in range(len(layers)):
+        out = problem.x if index == last else hidden[index + 1]
+        if not out.size:
+            continue
+        scale = float(np.max(np.abs(out)))
+        if not scale > 0.0:
+            continue
+        tau = settings.active_rtol * scale
+        margin = MARGIN_FACTOR * settings.tol * scale
+        if ((out > tau) & (out <= margin)).any():
+            return False
+    return True
+
+
+def _relative_l2_one(output: np.ndarray, x: np.ndarray) -> float:
+    """:func:`_relative_l2` of one row, by the dot products the stacked version makes per row."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = output - x
+        err = math.sqrt(diff.dot(diff)) if diff.size else 0.0
+        scale = math.sqrt(x.dot(x)) if x.size else 0.0
+    err = err if math.isfinite(err) else math.inf
+    return err / scale if scale > 0 else err
 
 
 def _rows(vectors: list[np.ndarray]) -> np.ndarray:
