@@ -19,8 +19,9 @@ it pays: the first observations are solved in this process, and the pool is star
 would take more than about a second. An explicit ``workers > 1`` always uses a pool for ``N > 1``;
 ``workers=1`` never does. ``executor=`` runs the chunks elsewhere instead: a thread pool, a process
 pool, or a Dask cluster (``distributed.Client``), which receives the generator once per worker;
-``chunk_size`` fixes the chunks' size. Results do not depend on the number of workers, the executor or
-the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
+``chunk_size`` fixes the chunks' size; by default the local pool's chunks shrink towards the end
+(:func:`guided_spans`), so that its workers finish together. Results do not depend on the number of
+workers, the executor or the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
 
 Fast path
 ---------
@@ -66,7 +67,7 @@ from onnxinv.observations import (
     quantisation_steps,
 )
 
-__all__ = ["default_chunk_size", "invert", "prepare_inputs", "solve_chunk"]
+__all__ = ["default_chunk_size", "guided_spans", "invert", "prepare_inputs", "solve_chunk"]
 
 POOL_STARTUP_SECONDS = 1.0
 MAX_CHUNK = 500  # observations per chunk at most, by default (see default_chunk_size)
@@ -121,8 +122,9 @@ def invert(
         ``concurrent.futures.Executor`` (a ``ThreadPoolExecutor``, a ``ProcessPoolExecutor``, a
         ``distributed.Client``'s ``get_executor()``) or a ``distributed.Client``
         (:mod:`onnxinv.inversion.parallel`); not with ``workers``. The results are the same.
-    chunk_size : observations per chunk (one task, one onnxruntime call); None chooses (about four
-        chunks per worker, at most ``MAX_CHUNK``)
+    chunk_size : observations per chunk (one task, one onnxruntime call); None chooses (an executor:
+        about four chunks per worker, at most ``MAX_CHUNK``; the local pool: :func:`guided_spans`,
+        smaller chunks towards the end)
 
     Returns
     -------

@@ -34,7 +34,10 @@ they are, the products ``W u`` and the norms as stacked ``matmul``, one BLAS mat
 dot per row, so every observation gets the numbers it gets alone, whatever its chunk).
 :func:`clean_fits` and :func:`margin_clear` make the pipeline's fit check and the margin test of the
 evidence stage on the same stacked rows; a row near zero sends the observation to
-``margin_failure`` itself.
+``margin_failure`` itself, which then reuses the Cholesky factor of that layer's solve (kept for the
+observations with active rows near the margin, within a memory budget; without it the check forms
+the Gram matrix again and reaches the same answer). One observation takes the same steps on plain
+vectors (stacking one row costs more than it saves).
 
 References
 ----------
