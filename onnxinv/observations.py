@@ -173,6 +173,7 @@ def prepare_mask(mask: object, output_dim: int, count: int = 1) -> np.ndarray | 
 # Values on an 8-bit grid (k / 255) within this many grid steps are read as quantised.
 GRID_TOLERANCE = 1e-3
 _HEAD = 8  # values quantisation_step tests first
+_GRIDS = ((1.0 / 255.0, 0.0), (2.0 / 255.0, -1.0))  # (step, offset): k / 255 and 2k / 255 - 1
 
 
 def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> float | None:
@@ -185,10 +186,11 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
     v = values if mask is None else values[mask]
     if v.size == 0:
         return None
-    for step, offset in ((1.0 / 255.0, 0.0), (2.0 / 255.0, -1.0)):
-        # the first few values usually settle it: one off the grid rules the grid out
-        head = (v[:_HEAD] - offset) / step
-        if np.max(np.abs(head - np.round(head))) > GRID_TOLERANCE:
+    head = v[:_HEAD].tolist()
+    for step, offset in _GRIDS:
+        # the first few values usually settle it: one off the grid rules the grid out (Python floats:
+        # the same IEEE operations as numpy's elementwise ones, round() halves to even like np.round)
+        if any(abs(k - round(k)) > GRID_TOLERANCE for k in ((h - offset) / step for h in head)):
             continue
         k = (v - offset) / step
         if np.any(k < -GRID_TOLERANCE) or np.any(k > 255 + GRID_TOLERANCE):
@@ -199,6 +201,24 @@ def quantisation_step(values: np.ndarray, mask: np.ndarray | None = None) -> flo
         if inner.any():
             return step
     return None
+
+
+def quantisation_steps(values: np.ndarray, mask: np.ndarray | None = None) -> list[float | None]:
+    """:func:`quantisation_step` of every row of ``values`` (N, n) (``mask``: (N, n) or None), the same
+    answers. Without a mask the first values of all rows are tested at once; only the rows they leave
+    on a grid (quantised data, usually none or all) take the full test row by row."""
+    count = values.shape[0]
+    if mask is not None or count <= 1 or values.shape[1] == 0:
+        return [quantisation_step(values[i], None if mask is None else mask[i]) for i in range(count)]
+    maybe = np.zeros(count, dtype=bool)
+    for step, offset in _GRIDS:
+        # elementwise as in quantisation_step, so each row's head test gives the same answer
+        head = (values[:, :_HEAD] - offset) / step
+        maybe |= np.max(np.abs(head - np.round(head)), axis=1) <= GRID_TOLERANCE
+    steps: list[float | None] = [None] * count
+    for i in np.flatnonzero(maybe):
+        steps[i] = quantisation_step(values[i])
+    return steps
 
 
 def prepare_measure(measure: object, output_dim: int) -> Weight | None:

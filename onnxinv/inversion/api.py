@@ -19,8 +19,9 @@ it pays: the first observations are solved in this process, and the pool is star
 would take more than about a second. An explicit ``workers > 1`` always uses a pool for ``N > 1``;
 ``workers=1`` never does. ``executor=`` runs the chunks elsewhere instead: a thread pool, a process
 pool, or a Dask cluster (``distributed.Client``), which receives the generator once per worker;
-``chunk_size`` fixes the chunks' size. Results do not depend on the number of workers, the executor or
-the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
+``chunk_size`` fixes the chunks' size; by default the local pool's chunks shrink towards the end
+(:func:`guided_spans`), so that its workers finish together. Results do not depend on the number of
+workers, the executor or the chunking. Files larger than memory, written chunk by chunk and resumable: :mod:`onnxinv.stream`.
 
 Fast path
 ---------
@@ -63,10 +64,10 @@ from onnxinv.observations import (
     check_noise,
     prepare_measure,
     prepare_observations,
-    quantisation_step,
+    quantisation_steps,
 )
 
-__all__ = ["default_chunk_size", "invert", "prepare_inputs", "solve_chunk"]
+__all__ = ["default_chunk_size", "guided_spans", "invert", "prepare_inputs", "solve_chunk"]
 
 POOL_STARTUP_SECONDS = 1.0
 MAX_CHUNK = 500  # observations per chunk at most, by default (see default_chunk_size)
@@ -121,8 +122,9 @@ def invert(
         ``concurrent.futures.Executor`` (a ``ThreadPoolExecutor``, a ``ProcessPoolExecutor``, a
         ``distributed.Client``'s ``get_executor()``) or a ``distributed.Client``
         (:mod:`onnxinv.inversion.parallel`); not with ``workers``. The results are the same.
-    chunk_size : observations per chunk (one task, one onnxruntime call); None chooses (about four
-        chunks per worker, at most ``MAX_CHUNK``)
+    chunk_size : observations per chunk (one task, one onnxruntime call); None chooses (an executor:
+        about four chunks per worker, at most ``MAX_CHUNK``; the local pool: :func:`guided_spans`,
+        smaller chunks towards the end)
 
     Returns
     -------
@@ -257,12 +259,9 @@ def _noise_levels(
         return [level] * obs.count, ["given"] * obs.count
     if explicit_clean:
         return [None] * obs.count, [None] * obs.count
-    noises: list[float | None] = []
-    sources: list[str | None] = []
-    for i in range(obs.count):
-        step = quantisation_step(obs.values[i], obs.mask_of(i))
-        noises.append(None if step is None else 0.5 * step)
-        sources.append(None if step is None else "quantisation")
+    steps = quantisation_steps(obs.values, obs.mask)
+    noises = [None if step is None else 0.5 * step for step in steps]
+    sources: list[str | None] = [None if step is None else "quantisation" for step in steps]
     return noises, sources
 
 
@@ -464,6 +463,24 @@ def _spans(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(stop, a + size)) for a in range(start, stop, size)]
 
 
+GUIDED_MIN = 32  # observations per chunk at least in guided_spans (a chunk's fixed cost stays small)
+
+
+def guided_spans(start: int, stop: int, slots: int) -> list[tuple[int, int]]:
+    """Chunks ``[a, b)`` of ``start..stop`` for ``slots`` local workers, each a ``1 / (2·slots)`` share of
+    what is left, between :data:`GUIDED_MIN` and :data:`MAX_CHUNK`: small ones at the end, so that the
+    workers finish together and the last results to collect are small (guided self-scheduling,
+    Polychronopoulos & Kuck 1987). The results do not depend on the chunking."""
+    spans = []
+    a = start
+    while a < stop:
+        size = min(MAX_CHUNK, max(GUIDED_MIN, math.ceil((stop - a) / (2 * max(1, slots)))))
+        b = min(stop, a + size)
+        spans.append((a, b))
+        a = b
+    return spans
+
+
 def _invert_batch(
     generator: Generator,
     obs: Observations,
@@ -538,8 +555,6 @@ def _invert_batch(
             if chunk_size is not None:
                 spans = _spans(done, count, int(chunk_size))
             else:
-                pieces = min(count - done, procs * 4)
-                bounds = np.linspace(done, count, pieces + 1).astype(int)
-                spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+                spans = guided_spans(done, count, procs)
             results += run(spans, workers=procs)
     return BatchInversionResult(results=tuple(results), seconds=time.perf_counter() - start, workers=procs)

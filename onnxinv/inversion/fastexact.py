@@ -34,7 +34,10 @@ they are, the products ``W u`` and the norms as stacked ``matmul``, one BLAS mat
 dot per row, so every observation gets the numbers it gets alone, whatever its chunk).
 :func:`clean_fits` and :func:`margin_clear` make the pipeline's fit check and the margin test of the
 evidence stage on the same stacked rows; a row near zero sends the observation to
-``margin_failure`` itself.
+``margin_failure`` itself, which then reuses the Cholesky factor of that layer's solve (kept for the
+observations with active rows near the margin, within a memory budget; without it the check forms
+the Gram matrix again and reaches the same answer). One observation takes the same steps on plain
+vectors (stacking one row costs more than it saves).
 
 References
 ----------
@@ -52,7 +55,7 @@ import numpy as np
 
 from onnxinv.inversion import linear
 from onnxinv.inversion.evidence import MARGIN_FACTOR
-from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
+from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings, fit_check
 from onnxinv.inversion.result import LayerStep, SolverStatus
 from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Activation, Generator, Layer
@@ -60,6 +63,11 @@ from onnxinv.layers import Activation, Generator, Layer
 __all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
 
 _CERTIFICATE = "full column rank (Theorem 2)"
+# solve_many keeps a layer's factor where an active row of its estimated output lies within this many
+# certificate margins of zero (the estimate is not quite the latent's hidden values)
+_KEEP_FACTOR = 4.0
+# ... and at most this many bytes of factors per chunk (beyond, the margin check forms the Gram)
+_FACTOR_BYTES = 64 << 20
 
 
 class FastDraft:
@@ -128,15 +136,14 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         solved = _least_squares(w, idx, y[idx] - b[idx])
         if solved is None:
             return None
-        u, rms, spread, how, factor = solved
-        if factor is not None:
-            factors[i] = factor
-        prior = y_error + precision * scale
-        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
-        u_error = max(prior, seen) * spread
-        u_error = u_error if math.isfinite(u_error) else 0.0
+        u, rms = solved.u, solved.rms
+        held = solved.held()
+        if held is not None:
+            factors[i] = held
         if not rms <= delta:
             return None
+        prior = y_error + precision * scale
+        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
         if i > 0:
             u = np.clip(u, 0.0, np.inf)
         pre = w @ u + b
@@ -146,6 +153,11 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
         worst = float(np.max(misfit)) if misfit.size else 0.0
         delta_all = delta
+        u_error = 0.0
+        # the error of u: for the next layer's thresholds, and here when a row needs the wider bound
+        # (layer 0's is used by neither, so its spread is not made)
+        if i > 0 or worst > delta:
+            u_error = _error(prior, seen, solved)
         if worst > delta:
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * gain
@@ -162,7 +174,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
                 n_eq,
                 residual,
                 time.perf_counter() - start,
-                how,
+                solved.how,
                 delta_all,
                 worst,
             )
@@ -170,7 +182,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         y = u
         y_error = u_error
     hidden = problem.generator.hidden_values(y)
-    fit = float(_relative_l2(hidden[-1][None, :], problem.x[None, :])[0])
+    fit = _relative_l2_one(hidden[-1], problem.x)
     if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
         return None
     steps.reverse()
@@ -206,6 +218,8 @@ def solve_many(
     ys = np.stack([p.x for p in problems])
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
+    factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
+    kept_bytes = 0
     for i in reversed(range(len(layers))):
         start = time.perf_counter()
         alive &= np.array([start < d for d in deadlines], dtype=bool)
@@ -220,20 +234,26 @@ def solve_many(
         alive &= n_eq >= n
         us = np.zeros((count, n))
         rms = np.zeros(count)
-        spread = np.zeros(count)
-        how = [""] * count
+        solves: list[_Solved | None] = [None] * count
+        # the factors the certificate's margin check may reuse: kept where an active row of the
+        # layer's output lies near the margin (elsewhere margin_clear settles it; a factor not kept
+        # only costs the check a Gram matrix, with the same answer)
+        high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
+        near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
         for k in np.flatnonzero(alive):
             idx = np.flatnonzero(active[k])
             solved = _least_squares(w, idx, ys[k, idx] - b[idx])
             if solved is None:
                 alive[k] = False
                 continue
-            us[k], rms[k], spread[k], how[k], _ = solved  # factors are kept for single observations only
+            solves[k] = solved
+            us[k] = solved.u
+            rms[k] = solved.rms
+            if near[k] and solved.factor is not None and kept_bytes + solved.factor.nbytes <= _FACTOR_BYTES:
+                factors[k][i] = solved.held()  # type: ignore[assignment]  # a factor: not None
+                kept_bytes += solved.factor.nbytes
         prior = y_error + precision * scale
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
-        with np.errstate(invalid="ignore", over="ignore"):
-            u_error = np.maximum(prior, seen) * spread
-        u_error = np.where(np.isfinite(u_error), u_error, 0.0)
         alive &= rms <= delta
         if i > 0:
             us = np.clip(us, 0.0, np.inf)
@@ -245,6 +265,11 @@ def solve_many(
         worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
         delta_all = delta.copy()
         wide = worst > delta
+        # the error of u: for the next layer's thresholds, and where a row needs the wider bound
+        # (layer 0's is used by neither, so its spread is not made)
+        u_error = np.zeros(count)
+        for k in np.flatnonzero(alive if i > 0 else alive & wide):
+            u_error[k] = _error(float(prior[k]), float(seen[k]), solves[k])  # type: ignore[arg-type]  # solved where alive
         if wide.any():
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
@@ -262,7 +287,7 @@ def solve_many(
                     int(n_eq[k]),
                     float(residual[k]),
                     seconds,
-                    how[k],
+                    solves[k].how,  # type: ignore[union-attr]  # solved where alive
                     float(delta_all[k]),
                     float(worst[k]),
                 )
@@ -280,14 +305,19 @@ def solve_many(
     fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
     for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
         steps[k].reverse()
-        draft = Draft(z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]))
+        draft = Draft(
+            z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]), factors=factors[k] or None
+        )
         out[k] = FastDraft(draft, [v[k] for v in hidden])
     return out
 
 
 def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
     """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
-    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers."""
+    path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers (for
+    one problem, ``fit_check`` itself: stacking one row costs more)."""
+    if len(problems) == 1:
+        return [fit_check(problems[0], settings, outputs[0])]
     x = _rows([p.x for p in problems])
     with np.errstate(over="ignore", invalid="ignore"):
         diff = np.asarray(outputs, dtype=np.float64) - x
@@ -316,6 +346,8 @@ def margin_clear(
     so that :func:`onnxinv.inversion.evidence.margin_failure` is None without a rank test (the same
     test on stacked rows; False means: ask ``margin_failure`` itself)."""
     count = len(problems)
+    if count == 1:
+        return np.array([_margin_clear_one(problems[0], settings, hidden[0])])
     clear = np.ones(count, dtype=bool)
     layers = problems[0].generator.layers if count else ()
     last = len(layers) - 1
@@ -330,6 +362,34 @@ def margin_clear(
         near = ((out > tau[:, None]) & (out <= margin[:, None])).any(axis=1)
         clear &= ~(near & (scale > 0.0))
     return clear
+
+
+def _margin_clear_one(problem: Problem, settings: Settings, hidden: list[np.ndarray]) -> bool:
+    """:func:`margin_clear` of one problem, on plain vectors."""
+    layers = problem.generator.layers
+    last = len(layers) - 1
+    for index in range(len(layers)):
+        out = problem.x if index == last else hidden[index + 1]
+        if not out.size:
+            continue
+        scale = float(np.max(np.abs(out)))
+        if not scale > 0.0:
+            continue
+        tau = settings.active_rtol * scale
+        margin = MARGIN_FACTOR * settings.tol * scale
+        if ((out > tau) & (out <= margin)).any():
+            return False
+    return True
+
+
+def _relative_l2_one(output: np.ndarray, x: np.ndarray) -> float:
+    """:func:`_relative_l2` of one row, by the dot products the stacked version makes per row."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = output - x
+        err = math.sqrt(diff.dot(diff)) if diff.size else 0.0
+        scale = math.sqrt(x.dot(x)) if x.size else 0.0
+    err = err if math.isfinite(err) else math.inf
+    return err / scale if scale > 0 else err
 
 
 def _rows(vectors: list[np.ndarray]) -> np.ndarray:
@@ -382,10 +442,49 @@ def _certified_step(
     )
 
 
-def _least_squares(
-    w: np.ndarray, idx: np.ndarray, t: np.ndarray
-) -> tuple[np.ndarray, float, float, str, linear.RowsFactor | None] | None:
-    """``(u, rms, spread, how, factor)`` of the active system ``W[idx] u = t`` by the Cholesky route of
+class _Solved:
+    """One active system's solution by :func:`_least_squares`: ``u``, the RMS residual, the condition
+    estimate, how it was solved, and the Cholesky factor (None from the QR route); the spread is made
+    on first use (the walk needs it only where the error of ``u`` is used)."""
+
+    __slots__ = ("_spread", "cond", "factor", "method", "rms", "rows", "u")
+
+    def __init__(
+        self,
+        u: np.ndarray,
+        rms: float,
+        cond: float,
+        method: str,
+        rows: np.ndarray,
+        factor: np.ndarray | None,
+        spread: float | None = None,
+    ) -> None:
+        self.u, self.rms, self.cond, self.method = u, rms, cond, method
+        self.rows, self.factor, self._spread = rows, factor, spread
+
+    @property
+    def spread(self) -> float:
+        if self._spread is None:
+            self._spread = linear._spread(self.factor) if self.factor is not None else float("inf")
+        return self._spread
+
+    @property
+    def how(self) -> str:
+        return f"{self.method}, condition ~{self.cond:.2g}"
+
+    def held(self) -> linear.RowsFactor | None:
+        return None if self.factor is None else linear.RowsFactor(self.rows, self.factor, self.cond)
+
+
+def _error(prior: float, seen: float, solved: _Solved) -> float:
+    """The typical error of a layer's ``u``: the larger of the error carried from above and the misfit
+    seen, times the spread (0 when not finite), as :func:`onnxinv.inversion.exact.clean_layer`."""
+    value = max(prior, seen) * solved.spread  # Python floats: an overflow gives inf, not an error
+    return value if math.isfinite(value) else 0.0
+
+
+def _least_squares(w: np.ndarray, idx: np.ndarray, t: np.ndarray) -> _Solved | None:
+    """The active system ``W[idx] u = t`` by the Cholesky route of
     :func:`onnxinv.inversion.linear.solve_rows`, the same LAPACK calls in the same order (factor,
     ``pocon`` condition estimate, solve, one step of iterative refinement, Hutchinson's spread), without
     its general plumbing; a system too large to gather goes through ``solve_rows`` itself. None when
@@ -395,8 +494,7 @@ def _least_squares(
         ls = linear.solve_rows(w, idx, t)
         if ls.rank != n:
             return None
-        held = None if ls.factor is None else linear.RowsFactor(idx, ls.factor, ls.cond)
-        return ls.u, ls.rms, ls.spread, f"{ls.method}, condition ~{ls.cond:.2g}", held
+        return _Solved(ls.u, ls.rms, ls.cond, ls.method, idx, ls.factor, ls.spread)
     a = w[idx]
     gram_f = (a.T @ a).T  # symmetric: the transpose is the same matrix in Fortran order
     rhs = a.T @ t
@@ -404,7 +502,7 @@ def _least_squares(
     factor, info = linear._potrf(gram_f, lower=0, clean=1, overwrite_a=1)
     # a non-finite diagonal entry makes the trace non-finite (an overflowing sum only sends the
     # system to the generic route)
-    if info != 0 or not (math.isfinite(anorm) and math.isfinite(float(np.trace(factor)))):
+    if info != 0 or not (math.isfinite(anorm) and math.isfinite(factor.trace())):
         return None
     rcond, info = linear._pocon(factor, anorm, uplo="U")
     rcond = float(rcond)
@@ -418,6 +516,6 @@ def _least_squares(
         return None
     step, info = linear._potrs(factor, a.T @ (t - a @ u), lower=0)
     u = u + step
-    rw = float(np.linalg.norm(a @ u - t))
-    held = linear.RowsFactor(idx, factor, cond)
-    return u, rw / math.sqrt(m), linear._spread(factor), f"cholesky, condition ~{cond:.2g}", held
+    r = a @ u - t
+    rw = math.sqrt(r.dot(r))  # np.linalg.norm of a vector, without its dispatch
+    return _Solved(u, rw / math.sqrt(m), cond, "cholesky", idx, factor)

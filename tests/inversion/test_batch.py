@@ -68,3 +68,65 @@ def test_auto_workers_on_a_small_batch_stays_in_process(batch) -> None:
     g, z, x = batch
     res = invert(g, x)  # workers=None: fast observations do not pay for a pool
     assert res.workers == 1 and len(res) == 6
+
+
+def test_guided_chunks_cover_the_batch_large_first() -> None:
+    from onnxinv.inversion.api import GUIDED_MIN, MAX_CHUNK, guided_spans
+
+    for start, stop, slots in [(0, 10_000, 2), (2, 1000, 4), (0, 5, 2), (0, GUIDED_MIN + 1, 8), (7, 8, 2)]:
+        spans = guided_spans(start, stop, slots)
+        assert spans[0][0] == start and spans[-1][1] == stop
+        assert all(a < b for a, b in spans) and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+        sizes = [b - a for a, b in spans]
+        assert sizes == sorted(sizes, reverse=True)
+        assert all(MAX_CHUNK >= s >= GUIDED_MIN for s in sizes[:-1]) and sizes[-1] <= MAX_CHUNK
+        share = -(-(stop - start) // (2 * slots))
+        assert sizes[0] == min(MAX_CHUNK, max(GUIDED_MIN, share)) or len(sizes) == 1
+    assert len(guided_spans(0, 10_000, 2)) < 40  # few chunks: each costs one task and one onnxruntime call
+
+
+def test_pooled_guided_chunks_give_the_in_process_numbers(batch, monkeypatch) -> None:
+    """A pooled batch (guided chunks of different sizes) gets the in-process results bit for bit."""
+    from onnxinv.inversion import api
+
+    g, _, _ = batch
+    x = g.forward(np.random.default_rng(5).normal(size=(70, 10)))
+    monkeypatch.setattr(api, "GUIDED_MIN", 4)
+    pooled = invert(g, x, workers=2)
+    alone = invert(g, x, workers=1)
+    assert np.array_equal(pooled.z, alone.z)
+    for a, b in zip(pooled, alone):
+        assert a.verdict is b.verdict and a.message == b.message and a.fit == b.fit
+        assert [s.message for s in a.steps] == [s.message for s in b.steps]
+        assert np.array_equal(a.reconstruction, b.reconstruction)
+
+
+def test_results_are_kept_from_the_collector_only_while_a_batch_arrives(batch) -> None:
+    """map_chunks freezes the results collected so far (gc.freeze) while more arrive, and unfreezes at
+    the end; where something else froze objects already (a forked worker) it leaves gc alone."""
+    import gc
+
+    from onnxinv.inversion import parallel
+
+    g, _, _ = batch
+    seen: list[int] = []
+    assert gc.get_freeze_count() == 0
+    parallel.map_chunks(
+        g, lambda gen, i: [i], [(i,) for i in range(3)], progress=lambda n: seen.append(gc.get_freeze_count())
+    )
+    assert all(count > 0 for count in seen) and gc.get_freeze_count() == 0
+    holder = [object()]
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        seen.clear()
+        parallel.map_chunks(
+            g,
+            lambda gen, i: [i],
+            [(i,) for i in range(3)],
+            progress=lambda n: seen.append(gc.get_freeze_count()),
+        )
+        assert seen == [frozen] * 3 and gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    assert holder

@@ -259,3 +259,62 @@ def test_a_large_layer_s_margin_check_reuses_the_factor(tmp_path, generic, monke
             _assert_same(fast, generic(g, row, method="exact"), bitwise=False)
             return
     pytest.fail("no observation had rows in the margin that the factor covered")
+
+
+def test_a_batch_s_rows_near_zero_reuse_the_solve_s_factor(tmp_path, generic, monkeypatch):
+    """In a batch (the stacked route), an observation with rows near the certificate's margin keeps
+    the factors of its solves, so the margin check needs no second Gram matrix, and its answer is the
+    generic pipeline's and the one it gets alone; observations far from the margin keep none."""
+    from onnxinv.inversion import evidence, linear
+
+    g = _exported(tmp_path, [20, 100, 500], seed=15)
+    settings = Settings()
+    x = g.forward(np.random.default_rng(16).standard_normal((60, 20)))
+    problems = [Problem(g, row, None, None, 0.0) for row in x]
+    drafts = fastexact.solve_many(problems, settings, [float("inf")] * len(problems))
+    kept = [(i, p, d) for i, (p, d) in enumerate(zip(problems, drafts)) if d is not None]
+    clear = fastexact.margin_clear([p for _, p, _ in kept], settings, [d.hidden for _, _, d in kept])
+    near = [(i, p, d) for (i, p, d), c in zip(kept, clear) if not c]
+    assert near and len(near) < len(kept), "some observations have rows within the margin, some not"
+    # factors are kept only near the margin (a band a little wider than the check's), not everywhere
+    assert sum(d.draft.factors is not None for _, _, d in kept) < len(kept)
+    for _, p, d in near:
+        assert d.draft.factors, "the factor of a layer with rows near the margin is kept"
+        with_factor = evidence.margin_failure(p, settings, d.draft.z, d.hidden, d.draft.factors)
+        without = evidence.margin_failure(p, settings, d.draft.z, d.hidden, None)
+        assert (with_factor is None) == (without is None)
+        if with_factor is not None and without is not None:
+            assert with_factor.summary == without.summary
+    grams: list[int] = []
+    real = linear.solve_rows
+    monkeypatch.setattr(linear, "solve_rows", lambda *a, **k: grams.append(1) or real(*a, **k))
+    batch = onnxinv.invert(g, x, method="exact", workers=1)
+    assert not grams, "the margin checks of the batch reused the solves' factors"
+    monkeypatch.setattr(linear, "solve_rows", real)
+    slow = generic(g, x, method="exact", workers=1)
+    for i, _, _ in near:
+        _assert_same(batch.results[i], slow.results[i])
+        _assert_same(batch.results[i], onnxinv.invert(g, x[i], method="exact"))
+
+
+def test_one_observation_s_fit_and_margin_equal_the_stacked_ones(tmp_path):
+    """The single-observation helpers (fit check, margin test, relative l2) give the numbers of the
+    stacked versions and of framework.fit_check."""
+    from onnxinv.inversion.framework import fit_check
+
+    g = _exported(tmp_path, [20, 100, 500], seed=15)
+    settings = Settings()
+    x = g.forward(np.random.default_rng(16).standard_normal((40, 20)))
+    problems = [Problem(g, row, None, None, 0.0) for row in x]
+    drafts = fastexact.solve_many(problems, settings, [float("inf")] * len(problems))
+    kept = [(p, d) for p, d in zip(problems, drafts) if d is not None]
+    ps, hs = [p for p, _ in kept], [d.hidden for _, d in kept]
+    outputs = g.run_onnx(np.stack([d.draft.z for _, d in kept]))
+    stacked_fits = fastexact.clean_fits(ps, settings, outputs)
+    stacked_clear = fastexact.margin_clear(ps, settings, hs)
+    assert not stacked_clear.all() and stacked_clear.any()
+    for k, (p, h) in enumerate(zip(ps, hs)):
+        (one,) = fastexact.clean_fits([p], settings, outputs[k : k + 1])
+        assert one == stacked_fits[k] == fit_check(p, settings, outputs[k])
+        assert fastexact.margin_clear([p], settings, [h])[0] == stacked_clear[k]
+        assert fastexact._relative_l2_one(h[-1], p.x) == fastexact._relative_l2(h[-1][None], p.x[None])[0]

@@ -77,3 +77,30 @@ def test_image_outside_the_range_is_not_explained(vae) -> None:
             assert not r.reproduces and not r.verdict.success, r.message
             assert r.verdict in (Verdict.NOT_FOUND, Verdict.NO_PREIMAGE)
             assert_contract(vae, row, r)
+
+
+def test_stacked_grid_test_answers_as_row_by_row() -> None:
+    """quantisation_steps (a batch's grid test, first values of all rows at once) gives every row the
+    answer quantisation_step gives it alone: rows on either grid, rows off it only after the first
+    values, rows made only of the grid's ends, short rows, and with a mask."""
+    from onnxinv.observations import quantisation_step, quantisation_steps
+
+    rng = np.random.default_rng(3)
+    k = rng.integers(0, 256, size=(8, 20)).astype(np.float64)
+    rows = [
+        k[0] / 255,  # [0, 1] grid
+        2 * k[1] / 255 - 1,  # [-1, 1] grid
+        rng.random(20),  # off both grids
+        np.concatenate([k[2, :10] / 255, rng.random(10)]),  # on the grid for the first values only
+        np.where(k[3] > 127, 1.0, 0.0),  # only the grid's ends
+        np.concatenate([2 * k[4, :12] / 255 - 1, [0.3]]).tolist() + [0.0] * 7,  # off after 12 values
+    ]
+    values = np.array(rows, dtype=np.float64)
+    expected = [quantisation_step(v) for v in values]
+    assert expected[:3] == [1 / 255, 2 / 255, None] and expected[3:] == [None, None, None]
+    assert quantisation_steps(values) == expected
+    short = values[:, :5]
+    assert quantisation_steps(short) == [quantisation_step(v) for v in short]
+    mask = rng.random(values.shape) < 0.7
+    assert quantisation_steps(values, mask) == [quantisation_step(v, m) for v, m in zip(values, mask)]
+    assert quantisation_steps(np.zeros((0, 4))) == []
