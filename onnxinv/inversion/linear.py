@@ -359,9 +359,16 @@ def full_rank_without(known: RowsFactor, w: Weight, keep: np.ndarray) -> bool:
     ``k × k`` matrix ``N G^{-1} Nᵀ`` (``k`` rows removed). False means "not shown" (rows outside
     ``known.rows``, or too much removed): form the Gram instead."""
     keep = np.asarray(keep, dtype=np.intp)
-    if np.setdiff1d(keep, known.rows, assume_unique=True).size:
+    rows = np.asarray(known.rows, dtype=np.intp)
+    # membership by masks over the row indices (np.setdiff1d sorts: ~10x the time on a batch's rows)
+    size = int(max(rows.max(initial=-1), keep.max(initial=-1))) + 1
+    in_known = np.zeros(size, dtype=bool)
+    in_known[rows] = True
+    if not in_known[keep].all():
         return False
-    gone = np.setdiff1d(known.rows, keep, assume_unique=True)
+    in_keep = np.zeros(size, dtype=bool)
+    in_keep[keep] = True
+    gone = rows[~in_keep[rows]]  # the known rows not kept, in the factor's order
     if gone.size == 0:
         return known.cond <= COND_LIMIT
     if gone.size > MAX_REMOVED_ROWS:
