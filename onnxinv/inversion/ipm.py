@@ -178,11 +178,13 @@ def interior_point(
     h = np.concatenate([b_s, -lower[low_idx], upper[up_idx]])
     n_low, total = low_idx.size, m + low_idx.size + up_idx.size
     a_t = a_s.T  # Fortran-ordered view for syrk (the transpose of a C-ordered array)
-    scale_h = 1.0 + float(np.max(np.abs(h))) if h.size else 1.0
+    if total == 0:  # nothing bounds x: not an LP this method settles (HiGHS says unbounded or not)
+        return IPMOutcome(False, np.zeros(n), np.zeros(0), np.nan, np.nan, 0, "no rows and no finite bounds")
+    scale_h = 1.0 + float(np.max(np.abs(h)))
+    # per-row scales of the primal residual: one huge right-hand side or bound (a bound that never
+    # binds, a row of tiny coefficients scaled to unit length) must not loosen the test of the others
+    row_scale = 1.0 + np.abs(h)
     scale_c = 1.0 + float(np.max(np.abs(c)))
-    # the duality gap relative to the objective, with a floor far below the data's scale (an
-    # objective that is 0 at the optimum, such as δ on data without noise, still ends)
-    gap_floor = 1e-6 * scale_h * scale_c
 
     def g_mul(x: np.ndarray) -> np.ndarray:
         return np.concatenate([a_s @ x, -x[low_idx], x[up_idx]])
@@ -262,8 +264,12 @@ def interior_point(
         r_p = g_mul(x) + s - h
         mu = float(s @ z) / max(total, 1)
         primal, dual = float(c @ x), float(-(h @ z))
-        res_p = float(np.max(np.abs(r_p))) / scale_h if total else 0.0
+        res_p = float(np.max(np.abs(r_p) / row_scale))
         res_d = float(np.max(np.abs(r_d))) / scale_c
+        # the duality gap relative to the objective, with a floor in the units of cᵀx (an objective
+        # that is 0 at the optimum, such as δ on data without noise, still ends); not in those of h,
+        # whose largest entry may be a bound far from the optimum
+        gap_floor = 1e-6 * scale_c * (1.0 + float(np.max(np.abs(x))))
         gap = abs(primal - dual) / (gap_floor + abs(primal))
         merit = max(res_p, res_d, gap)
         if not np.isfinite(merit):

@@ -292,3 +292,33 @@ def test_linf_passes_every_epsilon_as_the_threshold(monkeypatch: pytest.MonkeyPa
     assert [s.epsilon for s in ours.steps] == pytest.approx([s.epsilon for s in highs.steps], rel=1e-6)
     assert rel_err(ours.z, highs.z) <= 1e-5
     assert_contract(g, x, ours, in_range=True, known=[z_true])
+
+
+@pytest.mark.parametrize("far", [1e10, 1e14])
+def test_a_far_bound_or_a_tiny_row_does_not_loosen_the_optimum(far: float) -> None:
+    # a bound that never binds, or a row of tiny coefficients (unit length after scaling: a huge
+    # right-hand side), once set the scale of every residual and of the gap: the method stopped at
+    # 60% above the optimum and claimed it
+    rng = np.random.default_rng(0)
+    c, a, b, (lower, upper) = _linf_lp(rng, 400, 60, one_sided=0.0)
+    upper = upper.copy()
+    upper[:-1] = far
+    ref = _highs(c, a, b, (lower, upper))
+    _assert_same_optimum(ipm.solve_dense(c, a, b, (lower, upper)), ref, c, a, b, (lower, upper))
+    tiny = np.zeros((1, a.shape[1]))
+    tiny[0, 0] = 1e-12
+    a2, b2 = np.vstack([a, tiny]), np.append(b, 1.0)
+    ref2 = _highs(c, a2, b2, (lower, upper))
+    _assert_same_optimum(ipm.solve_dense(c, a2, b2, (lower, upper)), ref2, c, a2, b2, (lower, upper))
+
+
+def test_an_lp_without_rows_or_bounds_goes_to_highs() -> None:
+    out = ipm.interior_point(
+        np.array([1.0, -1.0]), np.zeros((0, 2)), np.zeros(0), np.full(2, -np.inf), np.full(2, np.inf)
+    )
+    assert not out.converged
+    res = ipm.solve_dense(
+        np.array([1.0, -1.0]), np.zeros((0, 2)), np.zeros(0), (np.full(2, -np.inf), np.full(2, np.inf))
+    )
+    assert res.status is SolverStatus.UNBOUNDED
+    assert "by HiGHS" in res.message
