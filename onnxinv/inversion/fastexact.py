@@ -129,7 +129,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         layer = layers[i]
         w, b = layer.weight, layer.bias
         n = w.shape[1]
-        scale = float(_abs(y).max()) if y.size else 0.0
+        scale = float(_max(_abs(y))) if y.size else 0.0
         delta = max(rtol * scale + ERROR_FACTOR * y_error, 1e-300)
         tau = max(active_rtol * scale, 10.0 * y_error, 1e-300)
         active = y > tau
@@ -153,7 +153,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         # with d = W u + b - max(y, 0) (= W u + b - y where active, as y > tau > 0 there) the largest
         # misfit is max(|d| on the active rows, d elsewhere, 0), the same number
         d = pre - _maximum(y, 0.0)
-        worst = float(_where(active, _abs(d), d).max()) if d.size else 0.0
+        worst = float(_max(_where(active, _abs(d), d))) if d.size else 0.0
         if worst < 0.0:
             worst = 0.0
         delta_all = delta
@@ -169,7 +169,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
             delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * gain
         if not worst <= delta_all:
             return None
-        err = float(_abs(_maximum(pre, 0.0) - y).max()) if pre.size else 0.0
+        err = float(_max(_abs(_maximum(pre, 0.0) - y))) if pre.size else 0.0
         residual = err / scale if scale > 0 else err
         steps.append(
             _certified_step(
@@ -199,7 +199,8 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
     return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit, factors=factors), hidden)
 
 
-_abs, _maximum, _where, _INF = np.abs, np.maximum, np.where, np.inf
+# the ufuncs themselves (a vector's max as np.maximum.reduce: what ndarray.max calls, without its wrapper)
+_abs, _maximum, _where, _max, _INF = np.abs, np.maximum, np.where, np.maximum.reduce, np.inf
 
 
 def solve_many(
@@ -386,7 +387,7 @@ def _margin_clear_one(problem: Problem, settings: Settings, hidden: list[np.ndar
         out = problem.x if index == last else hidden[index + 1]
         if not out.size:
             continue
-        scale = float(_abs(out).max())
+        scale = float(_max(_abs(out)))
         if not scale > 0.0:
             continue
         tau = active_rtol * scale
@@ -412,7 +413,7 @@ def _clean_fit_one(problem: Problem, settings: Settings, output: np.ndarray) -> 
     scale = math.sqrt(float(x.dot(x))) if x.size else 0.0
     rel = err / scale if scale > 0 else err
     size = diff.size
-    linf = float(_abs(diff).max()) if size else 0.0
+    linf = float(_max(_abs(diff))) if size else 0.0
     rms = err / math.sqrt(size) if size else 0.0
     return FitCheck(rel <= tol, rel, linf, rms, tol, "relative l2")
 
