@@ -154,7 +154,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         # misfit is max(|d| on the active rows, d elsewhere, 0), the same number
         d = pre - _maximum(y, 0.0)
         worst = float(_max(_where(active, _abs(d), d))) if d.size else 0.0
-        if worst < 0.0:
+        if worst <= 0.0:  # the bounds' 0 (and +0.0, as np.maximum(x, 0.0) gives); NaN stays
             worst = 0.0
         delta_all = delta
         u_error = 0.0
@@ -229,7 +229,7 @@ def solve_many(
     layers = generator.layers
     precision = np.array([p.precision for p in problems])
     rtol = np.maximum(settings.tol, ROUNDING_FACTOR * precision)
-    ys = np.stack([p.x for p in problems])
+    xs = ys = np.stack([p.x for p in problems])
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
     factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
@@ -272,11 +272,11 @@ def solve_many(
         if i > 0:
             us = np.clip(us, 0.0, np.inf)
         pre = np.matmul(w, us[:, :, None])[:, :, 0] + b
-        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
-        upper = np.where(active, ys, np.maximum(ys, 0.0))
-        below = np.where(active, ys - pre, 0.0)
-        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
-        worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
+        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above;
+        # the largest misfit as in _solve_one, from d = W u + b - max(y, 0)
+        d = pre - np.maximum(ys, 0.0)
+        worst = np.max(np.where(active, np.abs(d), d), axis=1) if d.shape[1] else np.zeros(count)
+        worst[worst <= 0.0] = 0.0
         delta_all = delta.copy()
         wide = worst > delta
         # the error of u: for the next layer's thresholds, and where a row needs the wider bound
@@ -316,7 +316,7 @@ def solve_many(
     for layer in layers:
         h = np.maximum(np.matmul(h[:, None, :], layer.weight.T)[:, 0, :] + layer.bias, 0.0)
         hidden.append(h)
-    fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
+    fit = _relative_l2(hidden[-1], xs)
     for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
         steps[k].reverse()
         draft = Draft(
