@@ -247,8 +247,8 @@ def solve_many(
         # only costs the check a Gram matrix, with the same answer)
         high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
         near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
-        for k in np.flatnonzero(alive):
-            idx = np.flatnonzero(active[k])
+        for k in alive.nonzero()[0].tolist():  # Python ints index the lists and rows faster
+            idx = active[k].nonzero()[0]
             solved = _least_squares(w, idx, ys[k, idx] - b[idx])
             if solved is None:
                 alive[k] = False
@@ -263,7 +263,7 @@ def solve_many(
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
         alive &= rms <= delta
         if i > 0:
-            us = np.clip(us, 0.0, np.inf)
+            us = us.clip(0.0, np.inf)
         pre = np.matmul(w, us[:, :, None])[:, :, 0] + b
         worst = _largest_misfits(pre, ys, active)
         delta_all = delta.copy()
@@ -271,8 +271,9 @@ def solve_many(
         # the error of u: for the next layer's thresholds, and where a row needs the wider bound
         # (layer 0's is used by neither, so its spread is not made)
         u_error = np.zeros(count)
-        for k in np.flatnonzero(alive if i > 0 else alive & wide):
-            u_error[k] = _error(float(prior[k]), float(seen[k]), solves[k])  # type: ignore[arg-type]  # solved where alive
+        prior_k, seen_k = prior.tolist(), seen.tolist()
+        for k in (alive if i > 0 else alive & wide).nonzero()[0].tolist():
+            u_error[k] = _error(prior_k[k], seen_k[k], solves[k])  # type: ignore[arg-type]  # solved where alive
         if wide.any():
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
@@ -281,18 +282,25 @@ def solve_many(
         residual = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
         seconds = (time.perf_counter() - start) / max(int(alive.sum()), 1)
         activation = layer.describe_activation()
-        for k in np.flatnonzero(alive):
+        # Python numbers per observation (the same values as the arrays' entries)
+        n_eq_k, residual_k, delta_k, worst_k = (
+            n_eq.tolist(),
+            residual.tolist(),
+            delta_all.tolist(),
+            worst.tolist(),
+        )
+        for k in alive.nonzero()[0].tolist():
             steps[k].append(
                 _certified_step(
                     layer,
                     i,
                     activation,
-                    int(n_eq[k]),
-                    float(residual[k]),
+                    n_eq_k[k],
+                    residual_k[k],
                     seconds,
                     solves[k].how,  # type: ignore[union-attr]  # solved where alive
-                    float(delta_all[k]),
-                    float(worst[k]),
+                    delta_k[k],
+                    worst_k[k],
                 )
             )
         if not alive.any():
@@ -306,10 +314,11 @@ def solve_many(
         h = np.maximum(np.matmul(h[:, None, :], layer.weight.T)[:, 0, :] + layer.bias, 0.0)
         hidden.append(h)
     fit = _relative_l2(hidden[-1], xs)
-    for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
+    fit_k = fit.tolist()
+    for k in (alive & (fit <= rtol)).nonzero()[0].tolist():  # otherwise the refine stage would run
         steps[k].reverse()
         draft = Draft(
-            z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]), factors=factors[k] or None
+            z=ys[k], method="exact", steps=tuple(steps[k]), fit=fit_k[k], factors=factors[k] or None
         )
         out[k] = FastDraft(draft, [v[k] for v in hidden])
     return out
