@@ -192,8 +192,15 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
     return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit, factors=factors), hidden)
 
 
-# the ufuncs themselves (a vector's max as np.maximum.reduce: what ndarray.max calls, without its wrapper)
-_abs, _maximum, _where, _max, _INF = np.abs, np.maximum, np.where, np.maximum.reduce, np.inf
+# the ufuncs themselves (a vector's max and any as the reduce ndarray.max and .any call, without their wrappers)
+_abs, _maximum, _where, _max, _any, _INF = (
+    np.abs,
+    np.maximum,
+    np.where,
+    np.maximum.reduce,
+    np.logical_or.reduce,
+    np.inf,
+)
 
 
 def solve_many(
@@ -416,7 +423,7 @@ def _margin_clear_one(problem: Problem, settings: Settings, hidden: list[np.ndar
             continue
         tau = active_rtol * scale
         margin = margin_rtol * scale
-        if ((out > tau) & (out <= margin)).any():
+        if _any((out > tau) & (out <= margin)):
             return False
     return True
 

@@ -418,7 +418,7 @@ def _spread(r: np.ndarray) -> float:
     if info != 0:
         return float("inf")
     # Python floats: the same IEEE division and (correctly rounded) square root as numpy's scalars
-    value = math.sqrt(float((y * y).sum()) / (_PROBES * n))
+    value = math.sqrt(float(np.add.reduce(y * y, axis=None)) / (_PROBES * n))  # = (y * y).sum()
     return value if math.isfinite(value) else float("inf")
 
 
