@@ -60,6 +60,9 @@ class Observations:
         return None if self.mask is None else self.mask[i]
 
 
+_EPS: dict[np.dtype, float] = {}  # machine epsilon per float dtype (np.finfo costs more than a lookup)
+
+
 def prepare_observations(
     x: object,
     output_dim: int,
@@ -69,7 +72,7 @@ def prepare_observations(
 ) -> Observations:
     """Validate ``x`` (and ``mask``) against a generator with ``output_dim`` outputs."""
     arr = _as_float_array(x, "observation")
-    precision = float(np.finfo(arr.dtype).eps)
+    precision = _EPS.get(arr.dtype) or _EPS.setdefault(arr.dtype, float(np.finfo(arr.dtype).eps))
     arr = arr.astype(np.float64, copy=False)
     n = int(output_dim)
     shape = tuple(arr.shape)
@@ -103,10 +106,11 @@ def prepare_observations(
     values = arr.reshape(1, n) if single else arr.reshape(arr.shape[0], n)
     count = values.shape[0]
     masks = prepare_mask(mask, n, count)
-    bad = ~np.isfinite(values)
+    finite = np.isfinite(values)
     if masks is not None:
-        bad &= masks
-    if bad.any():
+        finite |= ~masks  # unobserved entries may hold anything
+    if not finite.all():
+        bad = ~finite
         where = np.argwhere(bad)[0]
         obs, entry = int(where[0]), int(where[1])
         kind = "NaN" if np.isnan(values[obs, entry]) else "an infinite value"

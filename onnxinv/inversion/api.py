@@ -303,11 +303,16 @@ def solve_chunk(
         # test, where it applies); the rest go through the method's record
         pending: list[int] = []
         start = time.perf_counter()
-        quick = (
-            fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
-            if fast
-            else [None] * len(problems)
-        )
+        if fast and len(problems) == 1:
+            # one observation: the same steps as below without the chunk's bookkeeping
+            found = fastexact.solve(problems[0], settings, start + settings.time_limit)
+            if found is not None:
+                return [_decide_fast(problems[0], found, settings, record.name, method, start, sources[0])]
+            quick: list[fastexact.FastDraft | None] = [None]
+        elif fast:
+            quick = fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
+        else:
+            quick = [None] * len(problems)
         share = (time.perf_counter() - start) / max(len(problems), 1)
         for i, found in enumerate(quick):
             if found is None:
@@ -370,6 +375,25 @@ def solve_chunk(
 # Methods whose answer the fast path gives where it applies: the exact method, and auto, whose first
 # attempt is the exact method (kept when it reproduces the observation, as the fast path's drafts do).
 FAST_METHODS = ("exact", "auto")
+
+
+def _decide_fast(
+    problem: Problem,
+    found: fastexact.FastDraft,
+    settings: Settings,
+    name: str,
+    requested: str,
+    start: float,
+    source: str | None,
+) -> InversionResult:
+    """:func:`solve_chunk`'s answer for one observation that the fast path solved: the onnxruntime
+    run of its latent, the fit check and the certificate's margin test of its hidden values, then
+    :func:`_decide`."""
+    draft = _as_method(found.draft, name)
+    outputs = problem.generator.run_onnx(draft.z[None, :])
+    fit = fastexact.clean_fits((problem,), settings, outputs)[0]
+    clear = bool(fastexact.margin_clear((problem,), settings, (found.hidden,))[0])
+    return _decide(problem, draft, outputs[0], settings, requested, start, source, found.hidden, fit, clear)
 
 
 def _as_method(draft: Draft, method: str) -> Draft:

@@ -220,22 +220,29 @@ def _through_measurements(
 
 def layerwise_certificate(steps: tuple[LayerStep, ...], where: str) -> Evidence | None:
     """Theorem 2 at every layer: every step solved (``optimal``) with a preimage of dimension 0."""
-    if not steps or not all(s.status.ok and s.preimage_dim == 0 for s in steps):
+    if not steps:
         return None
-    detail = "; ".join(
-        f"layer {s.layer}: {s.active_rows} active rows, rank {s.rank} of {s.unknowns}"
-        + (f", {s.certificate}" if s.certificate and s.rank < s.unknowns else "")
-        for s in steps
-    )
+    parts: list[str] = []
+    active_rows: list[int] = []
+    ranks: list[int] = []
+    unknowns: list[int] = []
+    for s in steps:  # one pass: the test, the sentence and the numbers
+        if not (s.status.ok and s.preimage_dim == 0):
+            return None
+        part = f"layer {s.layer}: {s.active_rows} active rows, rank {s.rank} of {s.unknowns}"
+        parts.append(part + f", {s.certificate}" if s.certificate and s.rank < s.unknowns else part)
+        active_rows.append(s.active_rows)
+        ranks.append(s.rank)
+        unknowns.append(s.unknowns)
     return Evidence(
         EvidenceKind.LAYERWISE,
         f"Theorem 2 holds at every layer ({where}): each layer's output determines its input "
-        f"({detail}), so no other latent gives this output.",
+        f"({'; '.join(parts)}), so no other latent gives this output.",
         {
             "layers": len(steps),
-            "active_rows": [s.active_rows for s in steps],
-            "ranks": [s.rank for s in steps],
-            "unknowns": [s.unknowns for s in steps],
+            "active_rows": active_rows,
+            "ranks": ranks,
+            "unknowns": unknowns,
             "where": where,
         },
     )

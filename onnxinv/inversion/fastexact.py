@@ -55,7 +55,7 @@ import numpy as np
 
 from onnxinv.inversion import linear
 from onnxinv.inversion.evidence import MARGIN_FACTOR
-from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings, fit_check
+from onnxinv.inversion.framework import ERROR_FACTOR, ROUNDING_FACTOR, Draft, Problem, Settings
 from onnxinv.inversion.result import LayerStep, SolverStatus
 from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Activation, Generator, Layer
@@ -110,26 +110,30 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | 
 
 def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDraft | None:
     """:func:`solve` for a problem known to be in :func:`applies`."""
-    # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here)
+    # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here),
+    # with array methods and Python floats where numpy's function wrappers would cost more than the
+    # arithmetic (the same operations, so the same numbers)
     layers = problem.generator.layers
     precision = problem.precision
     rtol = max(settings.tol, ROUNDING_FACTOR * precision)
+    active_rtol = settings.active_rtol
     y = problem.x
     y_error = 0.0
     steps: list[LayerStep] = []
     factors: dict[int, linear.RowsFactor] = {}
-    for i in reversed(range(len(layers))):
-        start = time.perf_counter()
+    perf_counter = time.perf_counter
+    for i in range(len(layers) - 1, -1, -1):
+        start = perf_counter()
         if start >= deadline:
             return None
         layer = layers[i]
         w, b = layer.weight, layer.bias
-        n = layer.in_features
-        scale = float(np.max(np.abs(y))) if y.size else 0.0
+        n = w.shape[1]
+        scale = float(_max(_abs(y))) if y.size else 0.0
         delta = max(rtol * scale + ERROR_FACTOR * y_error, 1e-300)
-        tau = max(settings.active_rtol * scale, 10.0 * y_error, 1e-300)
+        tau = max(active_rtol * scale, 10.0 * y_error, 1e-300)
         active = y > tau
-        idx = np.flatnonzero(active)
+        idx = active.nonzero()[0]
         n_eq = idx.size
         if n_eq < n:
             return None
@@ -137,34 +141,28 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         if solved is None:
             return None
         u, rms = solved.u, solved.rms
-        held = solved.held()
-        if held is not None:
-            factors[i] = held
+        if solved.factor is not None:
+            factors[i] = linear.RowsFactor(idx, solved.factor, solved.cond)
         if not rms <= delta:
             return None
-        prior = y_error + precision * scale
-        seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
         if i > 0:
-            u = np.clip(u, 0.0, np.inf)
+            u = u.clip(0.0, _INF)
         pre = w @ u + b
-        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
-        upper = np.where(active, y, np.maximum(y, 0.0))
-        below = np.where(active, y - pre, 0.0)
-        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
-        worst = float(np.max(misfit)) if misfit.size else 0.0
+        worst = _largest_misfit(pre, y, active)
         delta_all = delta
         u_error = 0.0
         # the error of u: for the next layer's thresholds, and here when a row needs the wider bound
         # (layer 0's is used by neither, so its spread is not made)
         if i > 0 or worst > delta:
+            prior = y_error + precision * scale
+            seen = rms * math.sqrt(n_eq / max(n_eq - n, 1))
             u_error = _error(prior, seen, solved)
         if worst > delta:
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all += ERROR_FACTOR * math.sqrt(n) * u_error * gain
         if not worst <= delta_all:
             return None
-        out = np.maximum(pre, 0.0)
-        err = float(np.max(np.abs(out - y))) if out.size else 0.0
+        err = float(_max(_abs(_maximum(pre, 0.0) - y))) if pre.size else 0.0
         residual = err / scale if scale > 0 else err
         steps.append(
             _certified_step(
@@ -173,7 +171,7 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
                 layer.describe_activation(),
                 n_eq,
                 residual,
-                time.perf_counter() - start,
+                perf_counter() - start,
                 solved.how,
                 delta_all,
                 worst,
@@ -181,12 +179,28 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         )
         y = u
         y_error = u_error
-    hidden = problem.generator.hidden_values(y)
-    fit = _relative_l2_one(hidden[-1], problem.x)
+    # the float64 forward pass of the latent, as generator.hidden_values (dense ReLU layers)
+    hidden = [y]
+    h = y
+    for layer in layers:
+        h = _maximum(h @ layer.weight.T + layer.bias, 0.0)
+        hidden.append(h)
+    fit = _relative_l2_one(h, problem.x)
     if not fit <= rtol:  # the refine stage would run: leave it to the generic pipeline
         return None
     steps.reverse()
     return FastDraft(Draft(z=y, method="exact", steps=tuple(steps), fit=fit, factors=factors), hidden)
+
+
+# the ufuncs themselves (a vector's max and any as the reduce ndarray.max and .any call, without their wrappers)
+_abs, _maximum, _where, _max, _any, _INF = (
+    np.abs,
+    np.maximum,
+    np.where,
+    np.maximum.reduce,
+    np.logical_or.reduce,
+    np.inf,
+)
 
 
 def solve_many(
@@ -215,7 +229,7 @@ def solve_many(
     layers = generator.layers
     precision = np.array([p.precision for p in problems])
     rtol = np.maximum(settings.tol, ROUNDING_FACTOR * precision)
-    ys = np.stack([p.x for p in problems])
+    xs = ys = np.stack([p.x for p in problems])
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
     factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
@@ -240,8 +254,8 @@ def solve_many(
         # only costs the check a Gram matrix, with the same answer)
         high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
         near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
-        for k in np.flatnonzero(alive):
-            idx = np.flatnonzero(active[k])
+        for k in alive.nonzero()[0].tolist():  # Python ints index the lists and rows faster
+            idx = active[k].nonzero()[0]
             solved = _least_squares(w, idx, ys[k, idx] - b[idx])
             if solved is None:
                 alive[k] = False
@@ -256,20 +270,17 @@ def solve_many(
         seen = rms * np.sqrt(n_eq / np.maximum(n_eq - n, 1))
         alive &= rms <= delta
         if i > 0:
-            us = np.clip(us, 0.0, np.inf)
+            us = us.clip(0.0, np.inf)
         pre = np.matmul(w, us[:, :, None])[:, :, 0] + b
-        # the ReLU row bounds (targets.build_targets, clean): y on the active rows, max(y, 0) above
-        upper = np.where(active, ys, np.maximum(ys, 0.0))
-        below = np.where(active, ys - pre, 0.0)
-        misfit = np.maximum(np.maximum(below, pre - upper), 0.0)
-        worst = np.max(misfit, axis=1) if misfit.shape[1] else np.zeros(count)
+        worst = _largest_misfits(pre, ys, active)
         delta_all = delta.copy()
         wide = worst > delta
         # the error of u: for the next layer's thresholds, and where a row needs the wider bound
         # (layer 0's is used by neither, so its spread is not made)
         u_error = np.zeros(count)
-        for k in np.flatnonzero(alive if i > 0 else alive & wide):
-            u_error[k] = _error(float(prior[k]), float(seen[k]), solves[k])  # type: ignore[arg-type]  # solved where alive
+        prior_k, seen_k = prior.tolist(), seen.tolist()
+        for k in (alive if i > 0 else alive & wide).nonzero()[0].tolist():
+            u_error[k] = _error(prior_k[k], seen_k[k], solves[k])  # type: ignore[arg-type]  # solved where alive
         if wide.any():
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
@@ -278,18 +289,25 @@ def solve_many(
         residual = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
         seconds = (time.perf_counter() - start) / max(int(alive.sum()), 1)
         activation = layer.describe_activation()
-        for k in np.flatnonzero(alive):
+        # Python numbers per observation (the same values as the arrays' entries)
+        n_eq_k, residual_k, delta_k, worst_k = (
+            n_eq.tolist(),
+            residual.tolist(),
+            delta_all.tolist(),
+            worst.tolist(),
+        )
+        for k in alive.nonzero()[0].tolist():
             steps[k].append(
                 _certified_step(
                     layer,
                     i,
                     activation,
-                    int(n_eq[k]),
-                    float(residual[k]),
+                    n_eq_k[k],
+                    residual_k[k],
                     seconds,
                     solves[k].how,  # type: ignore[union-attr]  # solved where alive
-                    float(delta_all[k]),
-                    float(worst[k]),
+                    delta_k[k],
+                    worst_k[k],
                 )
             )
         if not alive.any():
@@ -302,22 +320,49 @@ def solve_many(
     for layer in layers:
         h = np.maximum(np.matmul(h[:, None, :], layer.weight.T)[:, 0, :] + layer.bias, 0.0)
         hidden.append(h)
-    fit = _relative_l2(hidden[-1], np.stack([p.x for p in problems]))
-    for k in np.flatnonzero(alive & (fit <= rtol)):  # otherwise the refine stage would run
+    fit = _relative_l2(hidden[-1], xs)
+    fit_k = fit.tolist()
+    for k in (alive & (fit <= rtol)).nonzero()[0].tolist():  # otherwise the refine stage would run
         steps[k].reverse()
         draft = Draft(
-            z=ys[k], method="exact", steps=tuple(steps[k]), fit=float(fit[k]), factors=factors[k] or None
+            z=ys[k], method="exact", steps=tuple(steps[k]), fit=fit_k[k], factors=factors[k] or None
         )
         out[k] = FastDraft(draft, [v[k] for v in hidden])
     return out
 
 
+def _largest_misfit(pre: np.ndarray, y: np.ndarray, active: np.ndarray) -> float:
+    """The largest violation of the clean ReLU row bounds (:func:`onnxinv.inversion.targets.build_targets`)
+    by the pre-activations ``pre = W u + b``: ``pre_j = y_j`` on the active rows (``y_j > τ > 0``),
+    ``pre_j <= max(y_j, 0)`` on the others; 0 when none is violated, NaN when ``pre`` holds one.
+
+    With ``d = pre - max(y, 0)`` (``= pre - y`` where active) the misfit of a row is ``|d_j|`` where
+    active and ``max(d_j, 0)`` elsewhere, so the largest is ``max(|d| on the active rows, d elsewhere,
+    0)``: the largest of the rows' ``max(lower_j - pre_j, pre_j - upper_j, 0)`` (``lower_j = y_j``
+    where active), from three operations on the rows instead of six."""
+    if not y.size:
+        return 0.0
+    d = pre - _maximum(y, 0.0)
+    worst = float(_max(_where(active, _abs(d), d)))
+    return 0.0 if worst <= 0.0 else worst  # the bounds' 0 (+0.0); NaN stays
+
+
+def _largest_misfits(pre: np.ndarray, ys: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """:func:`_largest_misfit` of each row of the stacked ``pre``, ``ys``, ``active`` (M, n)."""
+    if not ys.shape[1]:
+        return np.zeros(ys.shape[0])
+    d = pre - np.maximum(ys, 0.0)
+    worst = np.max(np.where(active, np.abs(d), d), axis=1)
+    worst[worst <= 0.0] = 0.0
+    return worst
+
+
 def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
     """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
     path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers (for
-    one problem, ``fit_check`` itself: stacking one row costs more)."""
+    one problem, the same operations on plain vectors: stacking one row costs more)."""
     if len(problems) == 1:
-        return [fit_check(problems[0], settings, outputs[0])]
+        return [_clean_fit_one(problems[0], settings, outputs[0])]
     x = _rows([p.x for p in problems])
     with np.errstate(over="ignore", invalid="ignore"):
         diff = np.asarray(outputs, dtype=np.float64) - x
@@ -368,18 +413,40 @@ def _margin_clear_one(problem: Problem, settings: Settings, hidden: list[np.ndar
     """:func:`margin_clear` of one problem, on plain vectors."""
     layers = problem.generator.layers
     last = len(layers) - 1
+    active_rtol, margin_rtol = settings.active_rtol, MARGIN_FACTOR * settings.tol
     for index in range(len(layers)):
         out = problem.x if index == last else hidden[index + 1]
         if not out.size:
             continue
-        scale = float(np.max(np.abs(out)))
+        scale = float(_max(_abs(out)))
         if not scale > 0.0:
             continue
-        tau = settings.active_rtol * scale
-        margin = MARGIN_FACTOR * settings.tol * scale
-        if ((out > tau) & (out <= margin)).any():
+        tau = active_rtol * scale
+        margin = margin_rtol * scale
+        if _any((out > tau) & (out <= margin)):
             return False
     return True
+
+
+def _clean_fit_one(problem: Problem, settings: Settings, output: np.ndarray) -> FitCheck:
+    """:func:`~onnxinv.inversion.framework.fit_check` of one clean, fully observed problem without a
+    measurement matrix (the fast path's), by the same operations: ``||d||`` as ``sqrt(d·d)`` (what
+    ``np.linalg.norm`` of a vector computes), inf when a residual entry or the norm is not finite."""
+    x = problem.x
+    with np.errstate(over="ignore", invalid="ignore"):
+        diff = output - x
+        sq = float(diff.dot(diff)) if diff.size else 0.0
+    tol = max(settings.tol, ROUNDING_FACTOR * problem.precision)
+    if not math.isfinite(sq):  # a non-finite entry, or an overflowing norm: fit_check's inf
+        inf = float("inf")
+        return FitCheck(inf <= tol, inf, inf, inf, tol, "relative l2")
+    err = math.sqrt(sq)
+    scale = math.sqrt(float(x.dot(x))) if x.size else 0.0
+    rel = err / scale if scale > 0 else err
+    size = diff.size
+    linf = float(_max(_abs(diff))) if size else 0.0
+    rms = err / math.sqrt(size) if size else 0.0
+    return FitCheck(rel <= tol, rel, linf, rms, tol, "relative l2")
 
 
 def _relative_l2_one(output: np.ndarray, x: np.ndarray) -> float:

@@ -415,8 +415,11 @@ def _spread(r: np.ndarray) -> float:
     if n == 0:
         return 0.0
     y, info = _trtrs(r, _probes(n), lower=0, trans=1)
-    value = float(np.sqrt(np.sum(y * y) / (_PROBES * n))) if info == 0 else float("inf")
-    return value if np.isfinite(value) else float("inf")
+    if info != 0:
+        return float("inf")
+    # Python floats: the same IEEE division and (correctly rounded) square root as numpy's scalars
+    value = math.sqrt(float(np.add.reduce(y * y, axis=None)) / (_PROBES * n))  # = (y * y).sum()
+    return value if math.isfinite(value) else float("inf")
 
 
 def _solve_qr(a: np.ndarray, t: np.ndarray, aw: np.ndarray, tw: np.ndarray) -> LeastSquares:

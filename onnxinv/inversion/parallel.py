@@ -73,6 +73,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _CONTROLLER: list[Any] = []  # the cached threadpoolctl controller (building one scans the loaded libraries)
 _LIMIT_LOCK = threading.Lock()
 _LIMIT: dict[str, Any] = {"depth": 0, "limiter": None}
+_GETTERS: list[Any] = []  # [controller, its BLAS libraries' get_num_threads, ...] (_single_threaded)
 
 
 class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error of the computation
@@ -102,8 +103,14 @@ def _controller() -> Any:
 
 
 def _single_threaded(controller: Any) -> bool:
-    """True when every BLAS library the controller sees runs one thread now."""
-    return all(lib.num_threads == 1 for lib in controller.lib_controllers if lib.user_api == "blas")
+    """True when every BLAS library the controller sees runs one thread now (each asked every time: a
+    limit may have been set since; the list of their getters is made once per controller)."""
+    if not _GETTERS or _GETTERS[0] is not controller:
+        _GETTERS[:] = [
+            controller,
+            *(lib.get_num_threads for lib in controller.lib_controllers if lib.user_api == "blas"),
+        ]
+    return all(get() == 1 for get in _GETTERS[1:])
 
 
 @contextmanager
@@ -189,6 +196,7 @@ def _forget_parent_state() -> None:
 
     lp.reset_after_fork()
     _CONTROLLER.clear()
+    _GETTERS.clear()
     _LIMIT["depth"] = 0
     _LIMIT["limiter"] = None
     _RESET.append(os.getpid())

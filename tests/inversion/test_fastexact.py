@@ -7,11 +7,14 @@ transposed weight, Add of the bias, Relu; float32) and loaded back with ``onnxin
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from builders import init, model, node, save
 
 import onnxinv
+from onnxinv.building import random_generator_layers
 from onnxinv.inversion import api, exact, fastexact
 from onnxinv.inversion.framework import Problem, Settings
 
@@ -318,3 +321,55 @@ def test_one_observation_s_fit_and_margin_equal_the_stacked_ones(tmp_path):
         assert one == stacked_fits[k] == fit_check(p, settings, outputs[k])
         assert fastexact.margin_clear([p], settings, [h])[0] == stacked_clear[k]
         assert fastexact._relative_l2_one(h[-1], p.x) == fastexact._relative_l2(h[-1][None], p.x[None])[0]
+
+
+def _bounds_misfit(pre: np.ndarray, y: np.ndarray, active: np.ndarray) -> float:
+    """The largest violation of the clean ReLU row bounds, row by row in Python floats: ``pre_j = y_j``
+    on the active rows, ``pre_j <= max(y_j, 0)`` on the others."""
+    worst = 0.0
+    for p, v, on in zip(pre.tolist(), y.tolist(), active.tolist()):
+        if math.isnan(p):
+            return math.nan
+        upper = v if on else max(v, 0.0)
+        lower = v if on else -math.inf
+        worst = max(worst, lower - p, p - upper)
+    return 0.0 if worst == 0.0 else worst
+
+
+def test_the_largest_misfit_is_the_row_bounds_violation():
+    """The fast path's largest misfit, for one observation and stacked, is the largest violation of
+    the clean ReLU row bounds, bit for bit (exact fits, zeros of either sign, rows that hold, NaN)."""
+    rng = np.random.default_rng(21)
+    for trial in range(300):
+        n = int(rng.integers(1, 30))
+        y = rng.standard_normal(n)
+        y[rng.random(n) < 0.2] = 0.0
+        y[rng.random(n) < 0.1] = -0.0
+        active = y > 0.05
+        pre = y + rng.choice([0.0, 1e-9, -1e-9, 0.3, -0.3], size=n) * rng.random(n)
+        pre[rng.random(n) < 0.2] = -0.0
+        if trial % 50 == 0:
+            pre[rng.integers(n)] = np.nan
+        got = fastexact._largest_misfit(pre, y, active)
+        want = _bounds_misfit(pre, y, active)
+        stacked = fastexact._largest_misfits(pre[None], y[None], active[None])[0]
+        if math.isnan(want):
+            assert math.isnan(got) and math.isnan(stacked)
+        else:
+            assert got == want == stacked
+            assert math.copysign(1.0, got) == math.copysign(1.0, want) == math.copysign(1.0, stacked)
+
+
+def test_one_observation_s_fit_check_on_non_finite_outputs():
+    """The single-observation fit check gives framework.fit_check's numbers for outputs holding inf
+    or NaN and for a residual whose norm overflows."""
+    from onnxinv.inversion.framework import fit_check
+
+    g = onnxinv.Generator.from_layers(random_generator_layers([3, 6, 10], rng=2))
+    settings = Settings()
+    x = g.forward(np.random.default_rng(3).standard_normal(3))
+    problem = Problem(g, x, None, None, 0.0)
+    huge = np.full(10, 1e300)
+    for output in (x + 1e-7, x.copy(), np.where(np.arange(10) == 4, np.inf, x), np.full(10, np.nan), huge):
+        (one,) = fastexact.clean_fits([problem], settings, output[None])
+        assert one == fit_check(problem, settings, output)
