@@ -276,10 +276,12 @@ def solve_chunk(
     precision: float = 0.0,
     noise_model: str = "bounded",
     measure: object = None,
+    gram_log: fastexact.GramLog | None = None,
 ) -> list[InversionResult]:
     """The pipeline for observations ``values`` (M, n): solve and refine each, verify all with one
     onnxruntime call, then gather evidence and decide each. ``precision`` is the machine epsilon of the
-    dtype the observations came in (0: the model's)."""
+    dtype the observations came in (0: the model's). ``gram_log``: filled by the fast path
+    (:class:`~onnxinv.inversion.fastexact.GramLog`); the results do not depend on it."""
     record = get_method(method)
     problems: list[Problem] = []
     drafts: list[Draft] = []
@@ -304,7 +306,7 @@ def solve_chunk(
         pending: list[int] = []
         start = time.perf_counter()
         quick = (
-            fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
+            fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems), gram_log)
             if fast
             else [None] * len(problems)
         )
