@@ -657,7 +657,8 @@ def _dense_layer(
             identifiable[k], mus[k] = identifiable[first], mus[first]
             continue
         reuse = kept.get(k) if kept else None
-        if reuse is not None and np.array_equal(reuse[0], np.flatnonzero(active[k])):
+        # the same rows: as many as active here, each active here (the logged rows are distinct)
+        if reuse is not None and reuse[0].size == counts[k] and active[k][reuse[0]].all():
             mus[k] = reuse[1]
             identifiable[k] = True  # gram_full_rank: the inversion's Cholesky route accepted it
             continue
