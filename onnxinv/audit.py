@@ -713,7 +713,7 @@ def _coherence_from_gram(gram: np.ndarray) -> float:
     inverse = 1.0 / np.sqrt(diag)
     cos = np.abs(gram)  # a new array, scaled in place
     cos *= inverse
-    cos.reshape(-1)[:: n + 1] = 0.0  # the diagonal
+    cos.flat[:: n + 1] = 0.0  # the diagonal (in any memory order)
     # the row scaling after the row maxima: rounding is monotone, so max_j fl(c_ij s_i) is
     # fl(s_i max_j c_ij) for s_i > 0 (the same number as scaling every entry first, one pass less)
     return float((cos.max(axis=1) * inverse).max())

@@ -257,3 +257,4 @@ def test_coherence_from_the_row_maxima_equals_scaling_every_entry():
         a = rng.normal(size=(int(rng.integers(1, 3 * n)), n)) * rng.uniform(1e-3, 1e3, size=n)
         gram = a.T @ a
         assert AUDIT._coherence_from_gram(gram) == entrywise(gram)
+        assert AUDIT._coherence_from_gram(np.asfortranarray(gram)) == entrywise(gram)
