@@ -372,7 +372,7 @@ def audit(
         x, source = _observation_rows(generator, observations)
         method, used_seed, z = "auto", None, None
     where = {"workers": workers, "executor": executor, "chunk_size": chunk_size}
-    grams: dict[tuple[int, int], tuple[np.ndarray, float]] = {}  # (result, layer) -> (rows, mu)
+    grams: dict[tuple[int, int], tuple[bytes, float]] = {}  # (result, layer) -> (packed rows, mu)
     if all(v is None for v in where.values()):
         results = _invert_local(generator, x, method, settings, time_limit, grams)
     else:
@@ -497,7 +497,7 @@ def _invert_local(
     method: str,
     settings: Settings,
     time_limit: float | None,
-    grams: dict[tuple[int, int], tuple[np.ndarray, float]],
+    grams: dict[tuple[int, int], tuple[bytes, float]],
 ) -> list[InversionResult]:
     """The samples' inversions as :func:`onnxinv.invert` runs them without an executor, by its own
     pipeline (:func:`~onnxinv.inversion.api.solve_chunk`, so the same results), leaving in ``grams``,
@@ -539,7 +539,7 @@ def _invert_local(
 
 
 def _grams_by_layer(
-    grams: dict[tuple[int, int], tuple[np.ndarray, float]], examined: list[int], layers: int
+    grams: dict[tuple[int, int], tuple[bytes, float]], examined: list[int], layers: int
 ) -> list[dict[int, tuple]]:
     """Per layer: examined point -> (active rows, coherence) that the inversion of its sample left."""
     position = {k: j for j, k in enumerate(examined)}
@@ -628,7 +628,7 @@ def _dense_layer(
     as soon as some ``W_I`` has full column rank (its rows are rows of ``W``); the singular values of
     ``W`` are computed only when no sample shows it.
 
-    ``kept`` (sample -> active rows, coherence): where the sample's inversion factored and accepted the
+    ``kept`` (sample -> packed active rows, coherence): where the sample's inversion factored and accepted the
     Gram matrix of the same active rows (:class:`onnxinv.inversion.fastexact.GramLog`), it formed the
     same product of the same rows, so the same numbers: its coherence is this one, and its acceptance
     (the same Cholesky factor and condition test as ``gram_full_rank``) shows full column rank. Nothing
@@ -657,8 +657,7 @@ def _dense_layer(
             identifiable[k], mus[k] = identifiable[first], mus[first]
             continue
         reuse = kept.get(k) if kept else None
-        # the same rows: as many as active here, each active here (the logged rows are distinct)
-        if reuse is not None and reuse[0].size == counts[k] and active[k][reuse[0]].all():
+        if reuse is not None and reuse[0] == key:  # the same active rows (the same packed mask)
             mus[k] = reuse[1]
             identifiable[k] = True  # gram_full_rank: the inversion's Cholesky route accepted it
             continue

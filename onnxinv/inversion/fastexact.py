@@ -84,15 +84,17 @@ class GramLog:
     """An opt-in record of the active systems the fast path's Cholesky route accepted (it factored,
     condition estimate within ``linear.COND_LIMIT``): ``entries[(k, i)] = (rows, measure(G))`` for
     observation ``k`` of the chunk and layer ``i``, with ``G = W_IᵀW_I`` the Gram matrix of the active
-    rows ``I``, read before it is factored in place. Also for observations that later leave the fast
-    path. Only what ``measure`` returns is kept, not ``n²`` floats per observation (the audit's layer
-    statistics take the coherence of ``G`` there instead of forming it again)."""
+    rows ``I``, read before it is factored in place, and ``rows`` the mask of ``I`` over the layer's
+    outputs as ``np.packbits(mask).tobytes()`` (an eighth of a byte per row). Also for observations
+    that later leave the fast path. Only that and what ``measure`` returns is kept, not ``n²`` floats
+    per observation (the audit's layer statistics take the coherence of ``G`` there instead of forming
+    it again)."""
 
     __slots__ = ("entries", "measure")
 
     def __init__(self, measure: Callable[[np.ndarray], Any]) -> None:
         self.measure = measure
-        self.entries: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+        self.entries: dict[tuple[int, int], tuple[bytes, Any]] = {}
 
 
 class FastDraft:
@@ -165,7 +167,7 @@ def _solve_one(
         if solved is None:
             return None
         if log is not None and solved.measured is not None:
-            log.entries[(0, i)] = (idx, solved.measured[0])
+            log.entries[(0, i)] = (np.packbits(active).tobytes(), solved.measured[0])
         u, rms = solved.u, solved.rms
         held = solved.held()
         if held is not None:
@@ -282,7 +284,7 @@ def solve_many(
                 alive[k] = False
                 continue
             if log is not None and solved.measured is not None:
-                log.entries[(int(k), i)] = (idx, solved.measured[0])
+                log.entries[(int(k), i)] = (np.packbits(active[k]).tobytes(), solved.measured[0])
             solves[k] = solved
             us[k] = solved.u
             rms[k] = solved.rms

@@ -215,9 +215,11 @@ def test_gram_log_holds_the_coherence_of_the_accepted_active_rows(tmp_path):
     grams = _logged_inversions(generator, z)
     assert sorted(grams) == [(k, i) for k in range(7) for i in range(2)]
     results = AUDIT._invert_all(onnxinv.invert, generator, generator.run_onnx(z), "exact")
-    for (k, i), (rows, mu) in grams.items():
-        w_active = generator.layers[i].dense_weight()[rows]
-        assert rows.size == results[k].steps[i].active_rows
+    for (k, i), (packed, mu) in grams.items():
+        layer = generator.layers[i]
+        rows = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=layer.out_features).astype(bool)
+        w_active = layer.dense_weight()[rows]
+        assert rows.sum() == results[k].steps[i].active_rows
         assert mu == AUDIT._coherence_from_gram(w_active.T @ w_active)
         assert mu == pytest.approx(mutual_coherence(w_active), rel=1e-9)
 
