@@ -372,17 +372,24 @@ def audit(
         x, source = _observation_rows(generator, observations)
         method, used_seed, z = "auto", None, None
     where = {"workers": workers, "executor": executor, "chunk_size": chunk_size}
-    results = _invert_all(invert, generator, x, method, where, settings, time_limit)
+    grams: dict[tuple[int, int], tuple[bytes, float]] = {}  # (result, layer) -> (packed rows, mu)
+    if all(v is None for v in where.values()):
+        results = _invert_local(generator, x, method, settings, time_limit, grams)
+    else:
+        results = _invert_all(invert, generator, x, method, where, settings, time_limit)
+    examined = list(range(len(results)))  # the result behind each examined point
     if z is None:  # real observations: examine the layers at the recovered latents that reproduce them
-        found = [r.z for r in results if r.verdict.success]
-        z = np.stack(found or [r.z for r in results])
+        found = [k for k, r in enumerate(results) if r.verdict.success]
+        examined = found or examined
+        z = np.stack([results[k].z for k in examined])
         if found and len(found) < len(results):
             source += f"; layers examined at the {len(found)} latents found"
     count = x.shape[0]
 
     hidden = generator.hidden_values(z)
+    kept = _grams_by_layer(grams, examined, len(generator.layers))
     layers = tuple(
-        _layer_audit(i, layer, hidden[i], hidden[i + 1]) for i, layer in enumerate(generator.layers)
+        _layer_audit(i, layer, hidden[i], hidden[i + 1], kept[i]) for i, layer in enumerate(generator.layers)
     )
     verdicts = _count_verdicts(results)
     unique = verdicts.get("unique", 0)
@@ -484,6 +491,65 @@ def _invert_all(
     return list(invert(generator, x, method=method, **options, **(where or {})).results)
 
 
+def _invert_local(
+    generator: Generator,
+    x: np.ndarray,
+    method: str,
+    settings: Settings,
+    time_limit: float | None,
+    grams: dict[tuple[int, int], tuple[bytes, float]],
+) -> list[InversionResult]:
+    """The samples' inversions as :func:`onnxinv.invert` runs them without an executor, by its own
+    pipeline (:func:`~onnxinv.inversion.api.solve_chunk`, so the same results), leaving in ``grams``,
+    for ``(sample, layer)``, the active rows whose Gram matrix the fast path factored and accepted and
+    its coherence (:class:`~onnxinv.inversion.fastexact.GramLog`), for :func:`_dense_layer`.
+
+    Off the fast path's networks: :func:`_invert_all`. On them the first sample is a probe, as in
+    ``invert``: the rest go to a local pool only if they would take long enough to pay for it (no
+    Gram log from there), else to one more chunk in this process (one onnxruntime run for them all).
+    """
+    from onnxinv.inversion import api, fastexact, invert
+
+    if not fastexact.generator_applies(generator):
+        return _invert_all(invert, generator, x, method, None, settings, time_limit)
+    cfg = api._settings(settings, tol=None, time_limit=time_limit, seed=None)
+    count = x.shape[0]
+    obs, noises, sources = api.prepare_inputs(generator, x[0] if count == 1 else x, None, None)
+
+    def chunk(a: int, b: int) -> list[InversionResult]:
+        log = fastexact.GramLog(_coherence_from_gram)
+        mask = None if obs.mask is None else obs.mask[a:b]
+        values = obs.values[a:b]
+        args = (values, mask, noises[a:b], sources[a:b], method, cfg, obs.precision, "bounded", None)
+        done = api.solve_chunk(generator, *args, gram_log=log)
+        grams.update({(a + k, i): entry for (k, i), entry in log.entries.items()})
+        return done
+
+    results = chunk(0, 1)
+    if count == 1:
+        return results
+    procs = max(1, min(os.cpu_count() or 1, count))
+    if procs > 1 and (count - 1) * results[0].seconds * (1.0 - 1.0 / procs) >= api.POOL_STARTUP_SECONDS:
+        # slow samples: the rest on a local pool, as invert would (no Gram matrices from there)
+        rest = invert(
+            generator, x[1:], method=method, settings=cfg, workers=min(procs, count - 1), batch=True
+        )
+        return results + list(rest.results)  # type: ignore[union-attr]  # batch=True: a batch result
+    return results + chunk(1, count)
+
+
+def _grams_by_layer(
+    grams: dict[tuple[int, int], tuple[bytes, float]], examined: list[int], layers: int
+) -> list[dict[int, tuple]]:
+    """Per layer: examined point -> (active rows, coherence) that the inversion of its sample left."""
+    position = {k: j for j, k in enumerate(examined)}
+    out: list[dict[int, tuple]] = [{} for _ in range(layers)]
+    for (k, i), kept in grams.items():
+        if k in position:
+            out[i][position[k]] = kept
+    return out
+
+
 def _count_verdicts(results: list) -> dict[str, int]:
     from onnxinv.inversion import Verdict
 
@@ -500,8 +566,11 @@ def _is_relu(layer: Layer) -> bool:
 _SampleTest = Callable[[np.ndarray, int], tuple[bool, float]]
 
 
-def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) -> LayerAudit:
+def _layer_audit(
+    index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray, kept: dict[int, tuple] | None = None
+) -> LayerAudit:
     """Statistics of one layer at the samples: ``h_in`` (N, n_in) its inputs, ``h_out`` (N, n_out) outputs.
+    ``kept``: per sample, active rows its inversion factored, and their coherence (:func:`_dense_layer`).
 
     Ranks use the inversion's own numerical rank (singular values above ``RANK_RTOL`` times the largest),
     so "identifiable" here and in an inversion's layer steps mean the same thing. The thresholds,
@@ -525,7 +594,7 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
         mus = np.array([t[1] for t in tested], dtype=np.float64)
         identifiable = ok if relu else np.full(counts.shape, rank == n_in)
     else:
-        rank, identifiable, mus = _dense_layer(layer, relu, active, counts)
+        rank, identifiable, mus = _dense_layer(layer, relu, active, counts, kept)
         rank_known = True
     with np.errstate(divide="ignore"):
         coherence_ok = (mus > 0) & (nnz_prev < (1.0 + 1.0 / np.where(mus > 0, mus, 1.0)) / 2.0)
@@ -548,7 +617,7 @@ def _layer_audit(index: int, layer: Layer, h_in: np.ndarray, h_out: np.ndarray) 
 
 
 def _dense_layer(
-    layer: Layer, relu: bool, active: np.ndarray, counts: np.ndarray
+    layer: Layer, relu: bool, active: np.ndarray, counts: np.ndarray, kept: dict[int, tuple] | None = None
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """``(rank(W), identifiable per sample, mu(W_I) per sample)`` of a dense layer.
 
@@ -558,6 +627,12 @@ def _dense_layer(
     Without ReLU every row is active at every sample: one Gram matrix in all. ``rank(W)`` is ``n_in``
     as soon as some ``W_I`` has full column rank (its rows are rows of ``W``); the singular values of
     ``W`` are computed only when no sample shows it.
+
+    ``kept`` (sample -> packed active rows, coherence): where the sample's inversion factored and accepted the
+    Gram matrix of the same active rows (:class:`onnxinv.inversion.fastexact.GramLog`), it formed the
+    same product of the same rows, so the same numbers: its coherence is this one, and its acceptance
+    (the same Cholesky factor and condition test as ``gram_full_rank``) shows full column rank. Nothing
+    is formed or factored again there.
     """
     from onnxinv.inversion.linear import gram_full_rank, numerical_rank
 
@@ -580,6 +655,11 @@ def _dense_layer(
         first = seen.setdefault(key, k)
         if first != k:
             identifiable[k], mus[k] = identifiable[first], mus[first]
+            continue
+        reuse = kept.get(k) if kept else None
+        if reuse is not None and reuse[0] == key:  # the same active rows (the same packed mask)
+            mus[k] = reuse[1]
+            identifiable[k] = True  # gram_full_rank: the inversion's Cholesky route accepted it
             continue
         w_active = weight[active[k]]
         gram = w_active.T @ w_active
@@ -632,9 +712,10 @@ def _coherence_from_gram(gram: np.ndarray) -> float:
     inverse = 1.0 / np.sqrt(diag)
     cos = np.abs(gram)  # a new array, scaled in place
     cos *= inverse
-    cos *= inverse[:, None]
-    cos.flat[:: n + 1] = 0.0  # the diagonal
-    return float(cos.max())
+    cos.flat[:: n + 1] = 0.0  # the diagonal (in any memory order)
+    # the row scaling after the row maxima: rounding is monotone, so max_j fl(c_ij s_i) is
+    # fl(s_i max_j c_ij) for s_i > 0 (the same number as scaling every entry first, one pass less)
+    return float((cos.max(axis=1) * inverse).max())
 
 
 def _taus(h: np.ndarray) -> np.ndarray:

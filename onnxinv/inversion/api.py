@@ -276,10 +276,12 @@ def solve_chunk(
     precision: float = 0.0,
     noise_model: str = "bounded",
     measure: object = None,
+    gram_log: fastexact.GramLog | None = None,
 ) -> list[InversionResult]:
     """The pipeline for observations ``values`` (M, n): solve and refine each, verify all with one
     onnxruntime call, then gather evidence and decide each. ``precision`` is the machine epsilon of the
-    dtype the observations came in (0: the model's)."""
+    dtype the observations came in (0: the model's). ``gram_log``: filled by the fast path
+    (:class:`~onnxinv.inversion.fastexact.GramLog`); the results do not depend on it."""
     record = get_method(method)
     problems: list[Problem] = []
     drafts: list[Draft] = []
@@ -303,14 +305,16 @@ def solve_chunk(
         # test, where it applies); the rest go through the method's record
         pending: list[int] = []
         start = time.perf_counter()
-        if fast and len(problems) == 1:
+        if fast and len(problems) == 1 and gram_log is None:
             # one observation: the same steps as below without the chunk's bookkeeping
             found = fastexact.solve(problems[0], settings, start + settings.time_limit)
             if found is not None:
                 return [_decide_fast(problems[0], found, settings, record.name, method, start, sources[0])]
             quick: list[fastexact.FastDraft | None] = [None]
         elif fast:
-            quick = fastexact.solve_many(problems, settings, [start + settings.time_limit] * len(problems))
+            quick = fastexact.solve_many(
+                problems, settings, [start + settings.time_limit] * len(problems), gram_log
+            )
         else:
             quick = [None] * len(problems)
         share = (time.perf_counter() - start) / max(len(problems), 1)

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,16 @@ from onnxinv.inversion.result import LayerStep, SolverStatus
 from onnxinv.inversion.verdict import FitCheck
 from onnxinv.layers import Activation, Generator, Layer
 
-__all__ = ["FastDraft", "applies", "clean_fits", "generator_applies", "margin_clear", "solve", "solve_many"]
+__all__ = [
+    "FastDraft",
+    "GramLog",
+    "applies",
+    "clean_fits",
+    "generator_applies",
+    "margin_clear",
+    "solve",
+    "solve_many",
+]
 
 _CERTIFICATE = "full column rank (Theorem 2)"
 # solve_many keeps a layer's factor where an active row of its estimated output lies within this many
@@ -68,6 +78,23 @@ _CERTIFICATE = "full column rank (Theorem 2)"
 _KEEP_FACTOR = 4.0
 # ... and at most this many bytes of factors per chunk (beyond, the margin check forms the Gram)
 _FACTOR_BYTES = 64 << 20
+
+
+class GramLog:
+    """An opt-in record of the active systems the fast path's Cholesky route accepted (it factored,
+    condition estimate within ``linear.COND_LIMIT``): ``entries[(k, i)] = (rows, measure(G))`` for
+    observation ``k`` of the chunk and layer ``i``, with ``G = W_IᵀW_I`` the Gram matrix of the active
+    rows ``I``, read before it is factored in place, and ``rows`` the mask of ``I`` over the layer's
+    outputs as ``np.packbits(mask).tobytes()`` (an eighth of a byte per row). Also for observations
+    that later leave the fast path. Only that and what ``measure`` returns is kept, not ``n²`` floats
+    per observation (the audit's layer statistics take the coherence of ``G`` there instead of forming
+    it again)."""
+
+    __slots__ = ("entries", "measure")
+
+    def __init__(self, measure: Callable[[np.ndarray], Any]) -> None:
+        self.measure = measure
+        self.entries: dict[tuple[int, int], tuple[bytes, Any]] = {}
 
 
 class FastDraft:
@@ -108,8 +135,11 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> FastDraft | 
     return _solve_one(problem, settings, deadline)
 
 
-def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDraft | None:
-    """:func:`solve` for a problem known to be in :func:`applies`."""
+def _solve_one(
+    problem: Problem, settings: Settings, deadline: float, log: GramLog | None = None
+) -> FastDraft | None:
+    """:func:`solve` for a problem known to be in :func:`applies` (``log``: as :func:`solve_many`'s,
+    observation 0)."""
     # one observation: the steps of solve_many on plain vectors (its stacked arrays cost more here),
     # with array methods and Python floats where numpy's function wrappers would cost more than the
     # arithmetic (the same operations, so the same numbers)
@@ -137,9 +167,11 @@ def _solve_one(problem: Problem, settings: Settings, deadline: float) -> FastDra
         n_eq = idx.size
         if n_eq < n:
             return None
-        solved = _least_squares(w, idx, y[idx] - b[idx])
+        solved = _least_squares(w, idx, y[idx] - b[idx], None if log is None else log.measure)
         if solved is None:
             return None
+        if log is not None and solved.measured is not None:
+            log.entries[(0, i)] = (np.packbits(active).tobytes(), solved.measured[0])
         u, rms = solved.u, solved.rms
         if solved.factor is not None:
             factors[i] = linear.RowsFactor(idx, solved.factor, solved.cond)
@@ -204,14 +236,18 @@ _abs, _maximum, _where, _max, _any, _INF = (
 
 
 def solve_many(
-    problems: Sequence[Problem], settings: Settings, deadlines: Sequence[float]
+    problems: Sequence[Problem],
+    settings: Settings,
+    deadlines: Sequence[float],
+    log: GramLog | None = None,
 ) -> list[FastDraft | None]:
     """:func:`solve` for observations of one generator at once, with the same answers one by one.
 
     Each observation's least squares is its own (the active rows differ); everything else runs on the
     stacked observations: the elementwise tests and maxima directly, the products ``W u`` and the
     norms as stacked ``matmul`` (one BLAS matrix-vector product or dot per observation, so each
-    observation's numbers are the ones it gets alone, whatever the chunk).
+    observation's numbers are the ones it gets alone, whatever the chunk). ``log``: records each
+    accepted system's active rows and a measure of its Gram matrix (:class:`GramLog`).
     """
     count = len(problems)
     out: list[FastDraft | None] = [None] * count
@@ -222,7 +258,7 @@ def solve_many(
         return out
     if count == 1:
         one = problems[0]
-        return [_solve_one(one, settings, deadlines[0]) if _problem_applies(one) else None]
+        return [_solve_one(one, settings, deadlines[0], log) if _problem_applies(one) else None]
     alive = np.array([_problem_applies(p) and p.generator is generator for p in problems], dtype=bool)
     if not alive.any():
         return out
@@ -234,6 +270,7 @@ def solve_many(
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
     factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
     kept_bytes = 0
+    measure = None if log is None else log.measure
     for i in reversed(range(len(layers))):
         start = time.perf_counter()
         alive &= np.array([start < d for d in deadlines], dtype=bool)
@@ -256,10 +293,12 @@ def solve_many(
         near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
         for k in alive.nonzero()[0].tolist():  # Python ints index the lists and rows faster
             idx = active[k].nonzero()[0]
-            solved = _least_squares(w, idx, ys[k, idx] - b[idx])
+            solved = _least_squares(w, idx, ys[k, idx] - b[idx], measure)
             if solved is None:
                 alive[k] = False
                 continue
+            if log is not None and solved.measured is not None:
+                log.entries[(int(k), i)] = (np.packbits(active[k]).tobytes(), solved.measured[0])
             solves[k] = solved
             us[k] = solved.u
             rms[k] = solved.rms
@@ -514,7 +553,7 @@ class _Solved:
     estimate, how it was solved, and the Cholesky factor (None from the QR route); the spread is made
     on first use (the walk needs it only where the error of ``u`` is used)."""
 
-    __slots__ = ("_spread", "cond", "factor", "method", "rms", "rows", "u")
+    __slots__ = ("_spread", "cond", "factor", "measured", "method", "rms", "rows", "u")
 
     def __init__(
         self,
@@ -525,9 +564,11 @@ class _Solved:
         rows: np.ndarray,
         factor: np.ndarray | None,
         spread: float | None = None,
+        measured: tuple[Any] | None = None,
     ) -> None:
         self.u, self.rms, self.cond, self.method = u, rms, cond, method
         self.rows, self.factor, self._spread = rows, factor, spread
+        self.measured = measured  # (measure(Gram),) when asked for, on the gathered route
 
     @property
     def spread(self) -> float:
@@ -550,12 +591,16 @@ def _error(prior: float, seen: float, solved: _Solved) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def _least_squares(w: np.ndarray, idx: np.ndarray, t: np.ndarray) -> _Solved | None:
+def _least_squares(
+    w: np.ndarray, idx: np.ndarray, t: np.ndarray, measure: Callable[[np.ndarray], Any] | None = None
+) -> _Solved | None:
     """The active system ``W[idx] u = t`` by the Cholesky route of
     :func:`onnxinv.inversion.linear.solve_rows`, the same LAPACK calls in the same order (factor,
     ``pocon`` condition estimate, solve, one step of iterative refinement, Hutchinson's spread), without
     its general plumbing; a system too large to gather goes through ``solve_rows`` itself. None when
-    that route does not give full column rank (the generic walk then takes the pivoted QR, or the LP)."""
+    that route does not give full column rank (the generic walk then takes the pivoted QR, or the LP).
+    ``measure``: called on the Gram matrix (C order) before it is factored; the result carries its value
+    (on the gathered route only)."""
     m, n = idx.size, w.shape[1]
     if m * n > linear.BLOCK_ENTRIES or n == 0:
         ls = linear.solve_rows(w, idx, t)
@@ -563,7 +608,9 @@ def _least_squares(w: np.ndarray, idx: np.ndarray, t: np.ndarray) -> _Solved | N
             return None
         return _Solved(ls.u, ls.rms, ls.cond, ls.method, idx, ls.factor, ls.spread)
     a = w[idx]
-    gram_f = (a.T @ a).T  # symmetric: the transpose is the same matrix in Fortran order
+    gram = a.T @ a
+    measured = None if measure is None else (measure(gram),)  # before potrf overwrites it
+    gram_f = gram.T  # symmetric: the transpose is the same matrix in Fortran order
     rhs = a.T @ t
     anorm = float(linear._lange("1", gram_f))
     factor, info = linear._potrf(gram_f, lower=0, clean=1, overwrite_a=1)
@@ -585,4 +632,4 @@ def _least_squares(w: np.ndarray, idx: np.ndarray, t: np.ndarray) -> _Solved | N
     u = u + step
     r = a @ u - t
     rw = math.sqrt(r.dot(r))  # np.linalg.norm of a vector, without its dispatch
-    return _Solved(u, rw / math.sqrt(m), cond, "cholesky", idx, factor)
+    return _Solved(u, rw / math.sqrt(m), cond, "cholesky", idx, factor, measured=measured)

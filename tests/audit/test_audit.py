@@ -211,22 +211,22 @@ def test_report_round_trips_to_json(expansive):
 
 @pytest.mark.parametrize("samples", [1, 3])  # one observation and a batch go through different calls
 def test_time_limit_reaches_every_inversion(expansive, monkeypatch, samples):
-    import onnxinv.inversion
+    from onnxinv.inversion import Settings, api
 
-    real = onnxinv.inversion.invert
+    real = api.solve_chunk
     seen = []
 
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("time_limit"))
-        return real(*args, **kwargs)
+    def recording(generator, values, masks, noises, sources, method, settings, *args, **kwargs):
+        seen.extend([settings.time_limit] * values.shape[0])  # one limit per inverted observation
+        return real(generator, values, masks, noises, sources, method, settings, *args, **kwargs)
 
-    monkeypatch.setattr(onnxinv.inversion, "invert", recording)
+    monkeypatch.setattr(api, "solve_chunk", recording)
     report = audit(expansive, samples=samples, seed=0, time_limit=25)
-    assert seen == [25.0]
+    assert seen == [25.0] * samples
     assert report.status is AuditStatus.INVERTIBLE and report.samples == samples
     seen.clear()
     audit(expansive, samples=samples, seed=0)
-    assert seen == [None]  # no time_limit given: invert's own default applies
+    assert seen == [Settings().time_limit] * samples  # no time_limit given: invert's own default applies
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "10", True, [5]])

@@ -196,3 +196,67 @@ def test_a_layer_not_identifiable_at_the_samples_keeps_its_finding_and_preimage_
     # the layer LP's preimage dimension: positive, unless tight inequalities pin the point (said so)
     assert all(s.preimage_dim > 0 or "implicit equalities" in s.certificate for s in steps)
     assert any(s.preimage_dim > 0 for s in steps)
+
+
+def _logged_inversions(generator: onnxinv.Generator, z: np.ndarray) -> dict:
+    from onnxinv.inversion import Settings
+
+    grams: dict = {}
+    AUDIT._invert_local(generator, generator.run_onnx(z), "exact", Settings(milp_time=1.0), None, grams)
+    return grams
+
+
+def test_gram_log_holds_the_coherence_of_the_accepted_active_rows(tmp_path):
+    """The fast path's log (fastexact.GramLog, as the audit asks for it): for each sample and layer
+    whose active system the Cholesky route accepted, the rows and exactly the coherence of their Gram
+    matrix; a sample probed alone and the rest in one chunk are keyed by their own index."""
+    generator = _models(tmp_path)["expanding 20-100-500 with biases"]
+    z = np.random.default_rng(5).standard_normal((7, generator.latent_dim))
+    grams = _logged_inversions(generator, z)
+    assert sorted(grams) == [(k, i) for k in range(7) for i in range(2)]
+    results = AUDIT._invert_all(onnxinv.invert, generator, generator.run_onnx(z), "exact")
+    for (k, i), (packed, mu) in grams.items():
+        layer = generator.layers[i]
+        rows = np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=layer.out_features).astype(bool)
+        w_active = layer.dense_weight()[rows]
+        assert rows.sum() == results[k].steps[i].active_rows
+        assert mu == AUDIT._coherence_from_gram(w_active.T @ w_active)
+        assert mu == pytest.approx(mutual_coherence(w_active), rel=1e-9)
+
+
+def test_layer_statistics_from_the_gram_log_equal_their_recomputation(tmp_path):
+    """Where the inversions logged the active rows' coherence the layer statistics take it from there:
+    the same numbers, bit for bit, as computing them again, on every ReLU network of the set (layers
+    the inversion did not accept, or whose active rows differ, are computed as before)."""
+    hits = 0
+    for label, generator in _models(tmp_path).items():
+        z = np.random.default_rng(13).standard_normal((9, generator.latent_dim))
+        grams = _logged_inversions(generator, z)
+        kept = AUDIT._grams_by_layer(grams, list(range(9)), len(generator.layers))
+        hidden = generator.hidden_values(z)
+        for i, layer in enumerate(generator.layers):
+            again = AUDIT._layer_audit(i, layer, hidden[i], hidden[i + 1])
+            reused = AUDIT._layer_audit(i, layer, hidden[i], hidden[i + 1], kept[i])
+            assert reused == again, f"{label}, layer {i}"
+            hits += len(kept[i])
+    assert hits >= 2 * 9  # the expanding network's two layers at least
+
+
+def test_coherence_from_the_row_maxima_equals_scaling_every_entry():
+    """_coherence_from_gram scales the row maxima instead of every entry (rounding is monotone):
+    the same number as the entry-wise formula, bit for bit."""
+
+    def entrywise(gram: np.ndarray) -> float:
+        inverse = 1.0 / np.sqrt(gram.diagonal())
+        cos = np.abs(gram) * inverse
+        cos *= inverse[:, None]
+        np.fill_diagonal(cos, 0.0)
+        return float(cos.max())
+
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        n = int(rng.integers(2, 40))
+        a = rng.normal(size=(int(rng.integers(1, 3 * n)), n)) * rng.uniform(1e-3, 1e3, size=n)
+        gram = a.T @ a
+        assert AUDIT._coherence_from_gram(gram) == entrywise(gram)
+        assert AUDIT._coherence_from_gram(np.asfortranarray(gram)) == entrywise(gram)
