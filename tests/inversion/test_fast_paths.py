@@ -276,3 +276,50 @@ def test_row_generation_on_a_degenerate_fit() -> None:
         assert res.ok and res.x is not None
         assert res.objective == pytest.approx(0.0, abs=1e-9)
         assert float(np.max(a @ res.x - b)) <= 1e-8
+
+
+@pytest.mark.parametrize("guess", ["optimum", "rough", "wrong"])
+def test_session_start_basis_gives_the_same_optimum(guess: str) -> None:
+    """A start point only picks the first basis: good, rough or bad, the optimum is the fresh LP's, and
+    a good guess saves simplex iterations."""
+    rng = np.random.default_rng(11)
+    c, a, b = _chebyshev(rng, 300, 60)
+    bounds = (np.append(np.full(60, -np.inf), 0.0), np.full(61, np.inf))
+    fresh = lp.solve_lp(c, a, b, bounds=bounds)
+    assert fresh.ok and fresh.x is not None
+    start = {
+        "optimum": fresh.x,
+        "rough": fresh.x + 1e-3 * rng.standard_normal(61),
+        "wrong": rng.standard_normal(61),
+    }[guess]
+    cold = lp.LPSession(c, a, b, bounds).solve()
+    warm = lp.LPSession(c, a, b, bounds, start=start).solve()
+    assert warm.ok and warm.objective == pytest.approx(fresh.objective, rel=1e-9)
+    assert warm.x is not None and np.allclose(warm.x, fresh.x, atol=1e-7)
+    if guess == "optimum":
+        assert warm.iterations < cold.iterations / 5
+    with pytest.raises(ValueError, match="start must have 61 entries"):
+        lp.LPSession(c, a, b, bounds, start=np.zeros(3))
+
+
+def test_session_start_with_row_generation_matches_fresh_lp() -> None:
+    rng = np.random.default_rng(12)
+    c, a, b = _chebyshev(rng, 400, 50)
+    fresh = lp.solve_lp(c, a, b)
+    initial = np.arange(0, 800, 4)
+    guess = linf._guess(c, a[initial], b[initial], (np.full(51, -np.inf), np.full(51, np.inf)))
+    assert guess is not None
+    session = lp.LPSession(c, a, b, row_generation=True, initial_rows=initial, start=guess)
+    res = session.solve()
+    assert res.ok and res.objective == pytest.approx(fresh.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (0, 5), (3, 0), (1, 1)])
+def test_dense_rows_to_csr_equals_scipy(shape: tuple[int, int]) -> None:
+    dense = np.random.default_rng(5).standard_normal(shape)
+    ours = lp._as_csr(dense)
+    ours.check_format(full_check=True)
+    assert ours.shape == dense.shape and ours.has_sorted_indices
+    assert np.array_equal(ours.toarray(), dense)
+    dense[:] = 0.0  # a copy, not a view of the caller's array
+    assert ours.nnz == dense.size and (shape[0] * shape[1] == 0 or np.any(ours.data != 0))
