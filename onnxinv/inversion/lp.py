@@ -575,6 +575,9 @@ class LPSession:
             self._b[rows],
         )
         if self._start is not None and self._cold is None:
+            # unscaled: the guess's basis then needs no cleanup after unscaling (measured on
+            # 20-100-500's output layer: 2.5 instead of 4.5 iterations, 1-3 ms less, the same optimum)
+            highs.setOptionValue("simplex_scale_strategy", 0)
             _crash_basis(
                 highs, self._start, self._a[rows], self._b[rows], self._lb[rows], self._lower, self._upper
             )
