@@ -323,3 +323,39 @@ def test_dense_rows_to_csr_equals_scipy(shape: tuple[int, int]) -> None:
     assert np.array_equal(ours.toarray(), dense)
     dense[:] = 0.0  # a copy, not a view of the caller's array
     assert ours.nnz == dense.size and (shape[0] * shape[1] == 0 or np.any(ours.data != 0))
+
+
+def _noisy_layer_ctx(seed: int, m: int, n: int, noise: float = 1e-3, told: float = 1e-3) -> LayerContext:
+    """A ReLU layer fed by a ReLU layer, its output with uniform noise of ``noise·max|y|``; the method
+    is told ``told`` (a smaller value makes ε grow)."""
+    rng = np.random.default_rng(seed)
+    layer = Layer(rng.standard_normal((m, n)) / np.sqrt(m), np.zeros(m), Activation.RELU)
+    clean = layer.forward(np.abs(rng.standard_normal(n)))
+    y = clean + rng.uniform(-noise, noise, m) * np.max(np.abs(clean))
+    layers = (Layer(np.eye(n), np.zeros(n), Activation.RELU), layer)
+    return LayerContext(1, layer, y, None, input_bounds(layers, 1), 0.0, told, float("inf"), Settings(), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_linf_layer_from_a_guess_matches_the_plain_simplex(seed: int) -> None:
+    """The interior point guess only shortens the simplex's path: the same u, ε and steps."""
+    ctx = _noisy_layer_ctx(seed, 400, 80)
+    family = linf._Family(ctx, guess=True)
+    guessed = linf._solve_layer(ctx, family)
+    plain = linf._solve_layer(ctx, linf._Family(ctx, guess=False))
+    assert family.guessed and guessed.preimage_dim == 0
+    assert guessed.epsilon == plain.epsilon and guessed.message == plain.message
+    assert np.allclose(guessed.u, plain.u, rtol=1e-9, atol=1e-9)
+    assert np.array_equal(linf.solve_layer(ctx).u, guessed.u)
+
+
+def test_linf_layer_not_identifiable_is_solved_without_the_guess() -> None:
+    """Where the optimum is a face the simplex's path picks the point: the layer comes back exactly as
+    the plain simplex returns it."""
+    ctx = _noisy_layer_ctx(1, 150, 70, noise=0.05, told=1e-5)  # ε grows until few rows are sign-certain
+    family = linf._Family(ctx, guess=True)
+    assert linf._solve_layer(ctx, family).preimage_dim > 0 and family.guessed
+    plain = linf._solve_layer(ctx, linf._Family(ctx, guess=False))
+    chosen = linf.solve_layer(ctx)
+    assert chosen.preimage_dim == plain.preimage_dim > 0
+    assert np.array_equal(chosen.u, plain.u) and chosen.message == plain.message
