@@ -326,6 +326,8 @@ class LPSession:
     numpy); the working set is kept from one solve to the next. ``start``, a guess of the optimum
     (e.g. a rough interior point iterate), gives the first dual simplex solve its starting basis
     (:func:`_crash_basis`) instead of the slack basis; it changes the number of iterations only.
+    ``basis`` gives that first basis directly, as codes per column and per row (``-1`` / ``0`` /
+    ``1``: nonbasic at the lower bound, basic, nonbasic at the upper bound; without row generation).
 
     Every answer is re-checked in numpy like :func:`solve`'s. An end that is not final (unconverged,
     a stalled warm start, infeasible-or-unbounded) is settled by :func:`solve` on the current problem
@@ -346,6 +348,7 @@ class LPSession:
         algorithm: str | None = None,
         b_lb: np.ndarray | None = None,
         start: np.ndarray | None = None,
+        basis: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         if algorithm is not None and algorithm not in RETRY_STRATEGIES:
             raise ValueError(
@@ -376,6 +379,12 @@ class LPSession:
         self._start = None if start is None else np.asarray(start, dtype=np.float64).reshape(-1)
         if self._start is not None and self._start.shape != self._c.shape:
             raise ValueError(f"start must have {self._c.size} entries, one per variable")
+        self._basis = None
+        if basis is not None:
+            cols, rows = (np.asarray(v, dtype=np.int8).reshape(-1) for v in basis)
+            if cols.shape != self._c.shape or rows.shape != b.shape:
+                raise ValueError(f"basis must give {self._c.size} column and {b.size} row statuses")
+            self._basis = (cols, rows)
         self._highs: highspy.Highs | None = None
         self._order = np.zeros(0, dtype=np.intp)  # original row of each HiGHS row
         self._work = np.zeros(b.size, dtype=bool)
@@ -582,6 +591,9 @@ class LPSession:
                 highs, self._start, self._a[rows], self._b[rows], self._lb[rows], self._lower, self._upper
             )
             self._start = None  # the first solve only; later ones start from the last basis
+        elif self._basis is not None and self._cold is None and rows.size == self._b.size:
+            _set_basis(highs, self._basis[0], self._basis[1])
+        self._basis = None
         self._highs, self._order, self._work = highs, rows, work
 
     def _add(self, rows: np.ndarray) -> None:
@@ -659,6 +671,18 @@ def _crash_basis(
     basis = highs.getBasis()
     basis.col_status = col_status
     basis.row_status = row_status
+    basis.valid = True
+    highs.setBasis(basis)
+
+
+def _set_basis(highs: highspy.Highs, cols: np.ndarray, rows: np.ndarray) -> None:
+    """A starting basis given by codes per column and row: ``-1`` nonbasic at the lower bound, ``0``
+    basic, ``1`` nonbasic at the upper bound (HiGHS repairs a singular one)."""
+    status = highspy.HighsBasisStatus
+    table = {-1: status.kLower, 0: status.kBasic, 1: status.kUpper}
+    basis = highs.getBasis()
+    basis.col_status = [table[int(v)] for v in cols]
+    basis.row_status = [table[int(v)] for v in rows]
     basis.valid = True
     highs.setBasis(basis)
 

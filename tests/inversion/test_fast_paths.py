@@ -359,3 +359,24 @@ def test_linf_layer_not_identifiable_is_solved_without_the_guess() -> None:
     chosen = linf.solve_layer(ctx)
     assert chosen.preimage_dim == plain.preimage_dim > 0
     assert np.array_equal(chosen.u, plain.u) and chosen.message == plain.message
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_l1_dual_from_a_least_squares_basis_matches_the_slack_start(hidden: bool) -> None:
+    """The starting basis of the l_1 dual (LPSession ``basis=``) changes the iterations, not the answer."""
+    rng = np.random.default_rng(8)
+    layer = Layer(rng.standard_normal((300, 40)) / np.sqrt(300), np.zeros(300), Activation.RELU)
+    u0 = np.abs(rng.standard_normal(40)) if hidden else rng.standard_normal(40)
+    y = layer.forward(u0) + rng.uniform(-1e-3, 1e-3, 300)
+    layers = (Layer(np.eye(40), np.zeros(40), Activation.RELU), layer) if hidden else (layer,)
+    ctx = LayerContext(len(layers) - 1, layer, y, None, input_bounds(layers, len(layers) - 1), 0.0, 1e-3,
+                       float("inf"), Settings(), 0.0)  # fmt: skip
+    targets = build_targets(layer, y, None, 1e-3 * float(np.max(np.abs(y))), noisy=True)
+    guessed, plain = l1._Dual(ctx, guess=True), l1._Dual(ctx, guess=False)
+    a, b = guessed.solve(targets), plain.solve(targets)
+    assert guessed.guessed and not plain.guessed
+    assert a is not None and b is not None and a.ok and b.ok
+    assert a.objective == pytest.approx(b.objective, rel=1e-9)
+    assert np.allclose(a.x, b.x, atol=1e-7) and a.iterations < b.iterations
+    with pytest.raises(ValueError, match="basis must give"):
+        lp.LPSession(np.zeros(3), np.eye(3), np.ones(3), basis=(np.zeros(3), np.zeros(2)))
