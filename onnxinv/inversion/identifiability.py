@@ -63,6 +63,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from onnxinv.inversion import linear, lp
 from onnxinv.inversion.framework import LayerContext, LayerOutcome, Problem, Settings, clean_targets, walk
@@ -661,7 +662,7 @@ def layerwise_radius(
             )
         w_two = w[two] / beta[two][:, None]
         try:
-            pinv, rank = sla.pinv(w_two, return_rank=True, check_finite=False)
+            pinv, rank = _pseudo_inverse(w_two)
         except (np.linalg.LinAlgError, ValueError):
             return None, f"layer {i}: the pseudo-inverse of its sign-certain rows failed"
         if rank < n:
@@ -679,6 +680,35 @@ def layerwise_radius(
         counts.append(int(two.sum()))
     assert bound is not None
     return Radius(float(np.max(bound)), tuple(reversed(per_layer)), tuple(reversed(counts)), bound), ""
+
+
+# A Gram matrix whose estimated reciprocal condition number (1-norm) is at least this gives the
+# pseudo-inverse by Cholesky (see _pseudo_inverse); the error is then about eps / PINV_RCOND.
+PINV_RCOND = 1e-4
+
+
+def _pseudo_inverse(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """``scipy.linalg.pinv(a, return_rank=True)`` for a tall ``a`` (rows of a layer), with a shortcut.
+
+    For ``a`` of full column rank ``A⁺ = (AᵀA)⁻¹Aᵀ``: one Gram matrix and its Cholesky factor (LAPACK
+    ``potrf`` / ``potrs``), a fraction of the SVD's cost on the 250 x 100 sign-certain rows of
+    20-100-500's output layer. The shortcut is taken only when LAPACK's estimate of the Gram matrix's
+    reciprocal condition number (``pocon``) is at least ``PINV_RCOND``: then ``a`` is far from rank
+    deficient (the SVD's rank is ``n``), and the normal equations lose at most about
+    ``eps / PINV_RCOND`` (relative) against the SVD's ``A⁺``. Anything else goes to the SVD.
+    """
+    m, n = a.shape
+    if 0 < n <= m:
+        gram = a.T @ a
+        chol, info = lapack.dpotrf(gram, lower=0, clean=1)
+        if info == 0:
+            rcond, info = lapack.dpocon(chol, float(np.linalg.norm(gram, 1)))
+            if info == 0 and rcond >= PINV_RCOND:
+                pinv, info = lapack.dpotrs(chol, a.T, lower=0)
+                if info == 0 and np.all(np.isfinite(pinv)):
+                    return np.asarray(pinv), n
+    pinv, rank = sla.pinv(a, return_rank=True, check_finite=False)
+    return pinv, int(rank)
 
 
 def _now() -> float:

@@ -191,8 +191,9 @@ def interior_point(
 
     def gt_mul(z: np.ndarray) -> np.ndarray:
         out = a_t @ z[:m]
-        np.subtract.at(out, low_idx, z[m : m + n_low])
-        np.add.at(out, up_idx, z[m + n_low :])
+        # the indices are distinct (np.flatnonzero): plain fancy updates, the same sums as ufunc.at
+        out[low_idx] -= z[m : m + n_low]
+        out[up_idx] += z[m + n_low :]
         return out
 
     def factor(d: np.ndarray) -> np.ndarray | None:
@@ -200,8 +201,8 @@ def interior_point(
         root = np.sqrt(d[:m])
         normal = blas.dsyrk(1.0, a_t * root, trans=0, lower=0)  # a_t * root stays Fortran-ordered
         diagonal = np.zeros(n)
-        np.add.at(diagonal, low_idx, d[m : m + n_low])
-        np.add.at(diagonal, up_idx, d[m + n_low :])
+        diagonal[low_idx] += d[m : m + n_low]
+        diagonal[up_idx] += d[m + n_low :]
         normal[np.diag_indices(n)] += diagonal
         ridge = 0.0
         for _ in range(3):

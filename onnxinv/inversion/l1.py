@@ -24,7 +24,10 @@ Notes
 * Only ``OPTIMAL`` LP statuses count; a failed LP after a successful one keeps the earlier result.
 * ReLU and identity layers whose two-sided rows are at least as many as the inputs are solved
   through the LP's dual (``n`` rows instead of one slack column per row), one warm-started HiGHS
-  model for all ε (:class:`_Dual`); the optimal values are checked to agree.
+  model for all ε (:class:`_Dual`); the optimal values are checked to agree. Its first simplex
+  solve starts from the basis a least-squares fit suggests (:meth:`_Dual.start_basis`; about 125
+  instead of 345 iterations on 20-100-500's output layer), except below an undetermined layer; a
+  layer that then comes out not identifiable or failed is solved again from the slack basis.
 * Identifiability is reported as for the l_inf LP: rank of the two-sided rows at the returned ε.
 * The pipeline refines a latent that misses the observation by more than the noise on the whole
   network (:mod:`onnxinv.inversion.refine`).
@@ -40,6 +43,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 
 from onnxinv.inversion import lp
@@ -58,6 +62,19 @@ def solve(problem: Problem, settings: Settings, deadline: float) -> Draft:
 
 
 def _layer(ctx: LayerContext) -> LayerOutcome:
+    """One layer of Algorithm 2. The dual's first simplex solve may start from the basis of a
+    least-squares guess (:meth:`_Dual.start_basis`), which only changes the path to the optimum; a
+    layer that comes out not identifiable (the optimum may be a face, and the path picks the point)
+    or failed is solved again without it, and a layer below an undetermined one never takes it, so
+    the point returned stays the plain dual simplex's."""
+    dual = _Dual(ctx, guess=True)
+    outcome = _layer_with(ctx, dual)
+    if dual.guessed and (outcome.preimage_dim > 0 or outcome.status is not SolverStatus.OPTIMAL):
+        outcome = _layer_with(ctx, _Dual(ctx, guess=False))
+    return outcome
+
+
+def _layer_with(ctx: LayerContext, dual: _Dual) -> LayerOutcome:
     n = ctx.layer.in_features
     settings = ctx.settings
     eps = ctx.initial_eps()
@@ -65,7 +82,6 @@ def _layer(ctx: LayerContext) -> LayerOutcome:
     solves = 0
     last_status = None
     last_message = ""
-    dual = _Dual(ctx)
     for _ in range(settings.max_growth + 1):
         targets = build_targets(ctx.layer, ctx.y, ctx.rows, eps, noisy=True)
         res = dual.solve(targets)
@@ -143,8 +159,10 @@ class _Dual:
     None, and the caller solves the primal LP.
     """
 
-    def __init__(self, ctx: LayerContext) -> None:
+    def __init__(self, ctx: LayerContext, guess: bool = False) -> None:
         self.ctx = ctx
+        self.guess = guess  # may the first solve start from a least-squares guess's basis?
+        self.guessed = False  # did it?
         self.session: lp.LPSession | None = None
         self.rows: np.ndarray | None = None
         bounds = ctx.bounds
@@ -175,12 +193,18 @@ class _Dual:
         low = np.where(two, -1.0, 0.0)
         if self.session is None or self.rows is None or not np.array_equal(self.rows, targets.rows):
             free = ctx.bounds is None
+            # not below a layer left undetermined (ctx.guessed): an l_1 fit to an arbitrary point of
+            # a preimage often has a whole face of optima, where the path picks the point
+            use = self.guess and not ctx.guessed and not sp.issparse(w)
+            basis = self.start_basis(w, cost, two, low, free) if use else None
+            self.guessed = basis is not None
             self.session = lp.LPSession(
                 cost,
                 sp.csr_array(w.T) if sp.issparse(w) else np.ascontiguousarray(w.T),
                 np.zeros(n) if free else np.full(n, np.inf),
                 (low, np.ones(targets.count)),
                 b_lb=np.zeros(n),
+                basis=basis,
             )
             self.rows = targets.rows.copy()
         else:
@@ -204,6 +228,39 @@ class _Dual:
         return lp.LPResult(
             res.status, u, primal, res.violation, res.iterations, res.seconds, res.message, res.highs_status
         )
+
+    @staticmethod
+    def start_basis(
+        w: np.ndarray, cost: np.ndarray, two: np.ndarray, low: np.ndarray, free: bool
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The dual's starting basis from the least-squares fit ``ũ`` of the two-sided rows (projected
+        on ``u >= 0`` unless ``free``), as :class:`~onnxinv.inversion.lp.LPSession` codes.
+
+        At the optimum, ``v_j`` sits at ``1`` where ``w_jᵀu - c_j > 0`` and at its lower bound where it
+        is negative; the rows ``u`` interpolates carry the basic ``v_j``, one per positive ``u_i``,
+        whose dual rows bind. So: the rows of the smallest ``|w_jᵀũ - c_j|`` basic, as many as ``ũ``
+        has positive coordinates, the other ``v_j`` at the bound the sign of the residual says, and the
+        rows of ``Wᵀv`` of positive ``ũ_i`` at their bound. Measured on 20-100-500's output layer:
+        about 125 dual simplex iterations instead of about 345 from the slack basis, the same optimum.
+        None when the least-squares fit fails.
+        """
+        n = w.shape[1]
+        rows = w[two]
+        gram = rows.T @ rows
+        try:
+            factor = sla.cho_factor(gram, check_finite=False)
+            u = sla.cho_solve(factor, rows.T @ cost[two], check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        if not np.all(np.isfinite(u)):
+            return None
+        if not free:
+            u = np.maximum(u, 0.0)
+        positive = np.ones(n, dtype=bool) if free else u > 1e-9 * max(1.0, float(np.max(np.abs(u))))
+        residual = w @ u - cost
+        cols = np.where(residual > 0, 1, -1).astype(np.int8)
+        cols[np.argsort(np.abs(residual), kind="stable")[: int(positive.sum())]] = 0
+        return cols, np.where(positive, -1, 0).astype(np.int8)
 
 
 def _l1_error(ctx: LayerContext, u: np.ndarray) -> float:

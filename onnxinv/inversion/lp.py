@@ -323,7 +323,11 @@ class LPSession:
     switches its row off (it is then left out of the problem, as if absent), so a family of LPs that
     differ by which rows take part shares one session. ``row_generation`` works as in
     :func:`solve_lp` (a working set of rows, grown by the rows the solution violates, checked in
-    numpy); the working set is kept from one solve to the next.
+    numpy); the working set is kept from one solve to the next. ``start``, a guess of the optimum
+    (e.g. a rough interior point iterate), gives the first dual simplex solve its starting basis
+    (:func:`_crash_basis`) instead of the slack basis; it changes the number of iterations only.
+    ``basis`` gives that first basis directly, as codes per column and per row (``-1`` / ``0`` /
+    ``1``: nonbasic at the lower bound, basic, nonbasic at the upper bound; without row generation).
 
     Every answer is re-checked in numpy like :func:`solve`'s. An end that is not final (unconverged,
     a stalled warm start, infeasible-or-unbounded) is settled by :func:`solve` on the current problem
@@ -343,6 +347,8 @@ class LPSession:
         tol: float = RECHECK_TOL,
         algorithm: str | None = None,
         b_lb: np.ndarray | None = None,
+        start: np.ndarray | None = None,
+        basis: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         if algorithm is not None and algorithm not in RETRY_STRATEGIES:
             raise ValueError(
@@ -370,6 +376,15 @@ class LPSession:
         self._algorithm = algorithm
         self._row_generation = row_generation
         self._initial = None if initial_rows is None else np.asarray(initial_rows, dtype=np.intp)
+        self._start = None if start is None else np.asarray(start, dtype=np.float64).reshape(-1)
+        if self._start is not None and self._start.shape != self._c.shape:
+            raise ValueError(f"start must have {self._c.size} entries, one per variable")
+        self._basis = None
+        if basis is not None:
+            cols, rows = (np.asarray(v, dtype=np.int8).reshape(-1) for v in basis)
+            if cols.shape != self._c.shape or rows.shape != b.shape:
+                raise ValueError(f"basis must give {self._c.size} column and {b.size} row statuses")
+            self._basis = (cols, rows)
         self._highs: highspy.Highs | None = None
         self._order = np.zeros(0, dtype=np.intp)  # original row of each HiGHS row
         self._work = np.zeros(b.size, dtype=bool)
@@ -568,6 +583,17 @@ class LPSession:
             self._lb[rows],
             self._b[rows],
         )
+        if self._start is not None and self._cold is None:
+            # unscaled: the guess's basis then needs no cleanup after unscaling (measured on
+            # 20-100-500's output layer: 2.5 instead of 4.5 iterations, 1-3 ms less, the same optimum)
+            highs.setOptionValue("simplex_scale_strategy", 0)
+            _crash_basis(
+                highs, self._start, self._a[rows], self._b[rows], self._lb[rows], self._lower, self._upper
+            )
+            self._start = None  # the first solve only; later ones start from the last basis
+        elif self._basis is not None and self._cold is None and rows.size == self._b.size:
+            _set_basis(highs, self._basis[0], self._basis[1])
+        self._basis = None
         self._highs, self._order, self._work = highs, rows, work
 
     def _add(self, rows: np.ndarray) -> None:
@@ -595,6 +621,70 @@ class LPSession:
         text: str,
     ) -> LPResult:
         return _finish(self.problem(), status, x, objective, iterations, start, text, self._tol)
+
+
+# A start point's coordinate lies at its bound, or a row binds, within this (scaled) distance.
+CRASH_TOL = 1e-6
+
+
+def _crash_basis(
+    highs: highspy.Highs,
+    x: np.ndarray,
+    a: sp.csr_matrix,
+    row_upper: np.ndarray,
+    row_lower: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+) -> None:
+    """A starting basis for the simplex from a guess ``x`` of the optimum (e.g. an interior point
+    iterate): the coordinates at a bound are nonbasic there, the others basic, and as many rows as
+    there are basic coordinates are nonbasic, those with the smallest slack (at the side they are
+    nearest), the rest basic. The simplex then only corrects the guess: on the 101 x 202 working set
+    of 20-100-500's output layer, about 5 iterations from an iterate at accuracy 1e-3 instead of about
+    250 from the slack basis. A basis HiGHS cannot take (singular) it repairs or replaces; nothing of
+    the answer depends on the guess beyond the number of iterations.
+    """
+    n = x.size
+    with np.errstate(invalid="ignore"):
+        at_lower = np.isfinite(lower) & (x - lower <= CRASH_TOL * (1.0 + np.abs(lower)))
+        at_upper = ~at_lower & np.isfinite(upper) & (upper - x <= CRASH_TOL * (1.0 + np.abs(upper)))
+    basic = ~(at_lower | at_upper)
+    k = int(basic.sum())
+    m = row_upper.size
+    if k > m:
+        return  # more free coordinates than rows: no square basis from this guess
+    ax = a @ x
+    with np.errstate(invalid="ignore"):
+        up = np.where(np.isfinite(row_upper), (row_upper - ax) / (1.0 + np.abs(row_upper)), np.inf)
+        low = np.where(np.isfinite(row_lower), (ax - row_lower) / (1.0 + np.abs(row_lower)), np.inf)
+    nearest = np.minimum(up, low)
+    tight = np.argsort(nearest, kind="stable")[:k]
+    status = highspy.HighsBasisStatus
+    col_status = [status.kBasic] * n
+    for j in np.flatnonzero(at_lower):
+        col_status[j] = status.kLower
+    for j in np.flatnonzero(at_upper):
+        col_status[j] = status.kUpper
+    row_status = [status.kBasic] * m
+    for r in tight:
+        row_status[r] = status.kUpper if up[r] <= low[r] else status.kLower
+    basis = highs.getBasis()
+    basis.col_status = col_status
+    basis.row_status = row_status
+    basis.valid = True
+    highs.setBasis(basis)
+
+
+def _set_basis(highs: highspy.Highs, cols: np.ndarray, rows: np.ndarray) -> None:
+    """A starting basis given by codes per column and row: ``-1`` nonbasic at the lower bound, ``0``
+    basic, ``1`` nonbasic at the upper bound (HiGHS repairs a singular one)."""
+    status = highspy.HighsBasisStatus
+    table = {-1: status.kLower, 0: status.kBasic, 1: status.kUpper}
+    basis = highs.getBasis()
+    basis.col_status = [table[int(v)] for v in cols]
+    basis.row_status = [table[int(v)] for v in rows]
+    basis.valid = True
+    highs.setBasis(basis)
 
 
 def _solve_once(
@@ -933,7 +1023,13 @@ def _as_csr(a: np.ndarray | sp.spmatrix | sp.sparray) -> sp.csr_matrix:
     if dense.ndim != 2:
         return sp.csr_matrix(dense)
     mask = dense != 0
-    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int32 if dense.size < 2**31 else np.int64)
+    index = np.int32 if dense.size < 2**31 else np.int64
+    if mask.all():  # a dense layer's rows (no exact zeros): every entry, row by row
+        rows, cols = dense.shape
+        indptr = np.arange(rows + 1, dtype=index) * cols
+        columns = np.tile(np.arange(cols, dtype=index), rows)
+        return sp.csr_matrix((dense.ravel().copy(), columns, indptr), shape=dense.shape)
+    indptr = np.zeros(dense.shape[0] + 1, dtype=index)
     np.cumsum(np.count_nonzero(mask, axis=1), out=indptr[1:])
     columns = (np.flatnonzero(mask) % max(dense.shape[1], 1)).astype(indptr.dtype)
     return sp.csr_matrix((dense[mask], columns, indptr), shape=dense.shape)

@@ -276,3 +276,107 @@ def test_row_generation_on_a_degenerate_fit() -> None:
         assert res.ok and res.x is not None
         assert res.objective == pytest.approx(0.0, abs=1e-9)
         assert float(np.max(a @ res.x - b)) <= 1e-8
+
+
+@pytest.mark.parametrize("guess", ["optimum", "rough", "wrong"])
+def test_session_start_basis_gives_the_same_optimum(guess: str) -> None:
+    """A start point only picks the first basis: good, rough or bad, the optimum is the fresh LP's, and
+    a good guess saves simplex iterations."""
+    rng = np.random.default_rng(11)
+    c, a, b = _chebyshev(rng, 300, 60)
+    bounds = (np.append(np.full(60, -np.inf), 0.0), np.full(61, np.inf))
+    fresh = lp.solve_lp(c, a, b, bounds=bounds)
+    assert fresh.ok and fresh.x is not None
+    start = {
+        "optimum": fresh.x,
+        "rough": fresh.x + 1e-3 * rng.standard_normal(61),
+        "wrong": rng.standard_normal(61),
+    }[guess]
+    cold = lp.LPSession(c, a, b, bounds).solve()
+    warm = lp.LPSession(c, a, b, bounds, start=start).solve()
+    assert warm.ok and warm.objective == pytest.approx(fresh.objective, rel=1e-9)
+    assert warm.x is not None and np.allclose(warm.x, fresh.x, atol=1e-7)
+    if guess == "optimum":
+        assert warm.iterations < cold.iterations / 5
+    with pytest.raises(ValueError, match="start must have 61 entries"):
+        lp.LPSession(c, a, b, bounds, start=np.zeros(3))
+
+
+def test_session_start_with_row_generation_matches_fresh_lp() -> None:
+    rng = np.random.default_rng(12)
+    c, a, b = _chebyshev(rng, 400, 50)
+    fresh = lp.solve_lp(c, a, b)
+    initial = np.arange(0, 800, 4)
+    guess = linf._guess(c, a[initial], b[initial], (np.full(51, -np.inf), np.full(51, np.inf)))
+    assert guess is not None
+    session = lp.LPSession(c, a, b, row_generation=True, initial_rows=initial, start=guess)
+    res = session.solve()
+    assert res.ok and res.objective == pytest.approx(fresh.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(40, 7), (0, 5), (3, 0), (1, 1)])
+def test_dense_rows_to_csr_equals_scipy(shape: tuple[int, int]) -> None:
+    dense = np.random.default_rng(5).standard_normal(shape)
+    ours = lp._as_csr(dense)
+    ours.check_format(full_check=True)
+    assert ours.shape == dense.shape and ours.has_sorted_indices
+    assert np.array_equal(ours.toarray(), dense)
+    dense[:] = 0.0  # a copy, not a view of the caller's array
+    assert ours.nnz == dense.size and (shape[0] * shape[1] == 0 or np.any(ours.data != 0))
+
+
+def _noisy_layer_ctx(seed: int, m: int, n: int, noise: float = 1e-3, told: float = 1e-3) -> LayerContext:
+    """A ReLU layer fed by a ReLU layer, its output with uniform noise of ``noise·max|y|``; the method
+    is told ``told`` (a smaller value makes ε grow)."""
+    rng = np.random.default_rng(seed)
+    layer = Layer(rng.standard_normal((m, n)) / np.sqrt(m), np.zeros(m), Activation.RELU)
+    clean = layer.forward(np.abs(rng.standard_normal(n)))
+    y = clean + rng.uniform(-noise, noise, m) * np.max(np.abs(clean))
+    layers = (Layer(np.eye(n), np.zeros(n), Activation.RELU), layer)
+    return LayerContext(1, layer, y, None, input_bounds(layers, 1), 0.0, told, float("inf"), Settings(), 0.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_linf_layer_from_a_guess_matches_the_plain_simplex(seed: int) -> None:
+    """The interior point guess only shortens the simplex's path: the same u, ε and steps."""
+    ctx = _noisy_layer_ctx(seed, 400, 80)
+    family = linf._Family(ctx, guess=True)
+    guessed = linf._solve_layer(ctx, family)
+    plain = linf._solve_layer(ctx, linf._Family(ctx, guess=False))
+    assert family.guessed and guessed.preimage_dim == 0
+    assert guessed.epsilon == plain.epsilon and guessed.message == plain.message
+    assert np.allclose(guessed.u, plain.u, rtol=1e-9, atol=1e-9)
+    assert np.array_equal(linf.solve_layer(ctx).u, guessed.u)
+
+
+def test_linf_layer_not_identifiable_is_solved_without_the_guess() -> None:
+    """Where the optimum is a face the simplex's path picks the point: the layer comes back exactly as
+    the plain simplex returns it."""
+    ctx = _noisy_layer_ctx(1, 150, 70, noise=0.05, told=1e-5)  # ε grows until few rows are sign-certain
+    family = linf._Family(ctx, guess=True)
+    assert linf._solve_layer(ctx, family).preimage_dim > 0 and family.guessed
+    plain = linf._solve_layer(ctx, linf._Family(ctx, guess=False))
+    chosen = linf.solve_layer(ctx)
+    assert chosen.preimage_dim == plain.preimage_dim > 0
+    assert np.array_equal(chosen.u, plain.u) and chosen.message == plain.message
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_l1_dual_from_a_least_squares_basis_matches_the_slack_start(hidden: bool) -> None:
+    """The starting basis of the l_1 dual (LPSession ``basis=``) changes the iterations, not the answer."""
+    rng = np.random.default_rng(8)
+    layer = Layer(rng.standard_normal((300, 40)) / np.sqrt(300), np.zeros(300), Activation.RELU)
+    u0 = np.abs(rng.standard_normal(40)) if hidden else rng.standard_normal(40)
+    y = layer.forward(u0) + rng.uniform(-1e-3, 1e-3, 300)
+    layers = (Layer(np.eye(40), np.zeros(40), Activation.RELU), layer) if hidden else (layer,)
+    ctx = LayerContext(len(layers) - 1, layer, y, None, input_bounds(layers, len(layers) - 1), 0.0, 1e-3,
+                       float("inf"), Settings(), 0.0)  # fmt: skip
+    targets = build_targets(layer, y, None, 1e-3 * float(np.max(np.abs(y))), noisy=True)
+    guessed, plain = l1._Dual(ctx, guess=True), l1._Dual(ctx, guess=False)
+    a, b = guessed.solve(targets), plain.solve(targets)
+    assert guessed.guessed and not plain.guessed
+    assert a is not None and b is not None and a.ok and b.ok
+    assert a.objective == pytest.approx(b.objective, rel=1e-9)
+    assert np.allclose(a.x, b.x, atol=1e-7) and a.iterations < b.iterations
+    with pytest.raises(ValueError, match="basis must give"):
+        lp.LPSession(np.zeros(3), np.eye(3), np.ones(3), basis=(np.zeros(3), np.zeros(2)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg as sla
 
 from onnxinv.inversion import identifiability as ident
 from onnxinv.inversion.framework import LayerContext, Problem, Settings
@@ -121,3 +122,19 @@ def test_problem_fit_rule_per_noise_model() -> None:
     clean = Problem(g, x, None, None)
     assert fit_check(clean, Settings(), x * (1 + 1e-7)).reproduces
     assert not fit_check(clean, Settings(), x * (1 + 1e-3)).reproduces
+
+
+@pytest.mark.parametrize("case", ["tall", "small", "square", "wide", "rank deficient", "ill conditioned"])
+def test_pseudo_inverse_shortcut_matches_the_svd(case: str) -> None:
+    """The Cholesky route of the stability radius gives scipy's SVD pseudo-inverse and rank."""
+    rng = np.random.default_rng(4)
+    shape = {"tall": (250, 100), "small": (50, 20), "square": (40, 40), "wide": (20, 30)}.get(case, (60, 20))
+    a = rng.standard_normal(shape) / np.sqrt(shape[0])
+    if case == "rank deficient":
+        a[:, 5] = a[:, 4]
+    if case == "ill conditioned":
+        a[:, 5] = a[:, 4] + 1e-9 * a[:, 6]
+    ours, rank = ident._pseudo_inverse(a)
+    ref, ref_rank = sla.pinv(a, return_rank=True)
+    assert rank == ref_rank
+    assert np.allclose(ours, ref, rtol=1e-10, atol=1e-10 * float(np.max(np.abs(ref))))
