@@ -294,9 +294,12 @@ def solve_many(
         # only costs the check a Gram matrix, with the same answer)
         high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
         near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
+        # the right-hand sides y - b of every observation at once (the same subtraction per entry),
+        # each system's taken from its row
+        targets = ys - b
         for k in alive.nonzero()[0].tolist():  # Python ints index the lists and rows faster
             idx = active[k].nonzero()[0]
-            solved = _least_squares(w, idx, ys[k, idx] - b[idx], measure)
+            solved = _least_squares(w, idx, targets[k].take(idx), measure)
             if solved is None:
                 alive[k] = False
                 continue
@@ -425,14 +428,17 @@ def clean_fits(
         linf = np.max(np.abs(diff), axis=1) if diff.shape[1] else np.zeros(len(problems))
     size = diff.shape[1]
     checks = []
+    # Python floats per observation (the arrays' entries), not numpy scalars one by one
+    err_k, scale_k, linf_k = err.tolist(), scale.tolist(), linf.tolist()
+    root = math.sqrt(size) if size else 0.0
     for k, problem in enumerate(problems):
-        e = float(err[k])
+        e = err_k[k]
         if not math.isfinite(e):  # a non-finite residual entry makes the norm non-finite too
             rel = lin = rms = float("inf")
         else:
-            rel = e / float(scale[k]) if scale[k] > 0 else e
-            lin = float(linf[k]) if size else 0.0
-            rms = e / math.sqrt(size) if size else 0.0
+            rel = e / scale_k[k] if scale_k[k] > 0 else e
+            lin = linf_k[k] if size else 0.0
+            rms = e / root if size else 0.0
         tol = max(settings.tol, ROUNDING_FACTOR * problem.precision)
         checks.append(FitCheck(rel <= tol, rel, lin, rms, tol, "relative l2"))
     return checks
