@@ -422,10 +422,12 @@ def clean_fits(
         return [_clean_fit_one(problems[0], settings, outputs[0])]
     x = _rows([p.x for p in problems]) if xs is None else xs
     with np.errstate(over="ignore", invalid="ignore"):
-        diff = np.asarray(outputs, dtype=np.float64) - x
+        # in float64 (a float32 output converts exactly), without a converted copy of the outputs
+        diff = np.subtract(outputs, x, dtype=np.float64)
         err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
         scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
-        linf = np.max(np.abs(diff), axis=1) if diff.shape[1] else np.zeros(len(problems))
+        # |diff| in place: the norms above are made
+        linf = np.abs(diff, out=diff).max(axis=1) if diff.shape[1] else np.zeros(len(problems))
     size = diff.shape[1]
     checks = []
     # Python floats per observation (the arrays' entries), not numpy scalars one by one
