@@ -304,6 +304,7 @@ def solve_chunk(
         # the fast path first (fastexact: the same drafts as the exact method and the refine stage's
         # test, where it applies); the rest go through the method's record
         pending: list[int] = []
+        stacked: np.ndarray | None = None
         start = time.perf_counter()
         if fast and len(problems) == 1 and gram_log is None:
             # one observation: the same steps as below without the chunk's bookkeeping
@@ -312,8 +313,10 @@ def solve_chunk(
                 return [_decide_fast(problems[0], found, settings, record.name, method, start, sources[0])]
             quick: list[fastexact.FastDraft | None] = [None]
         elif fast:
+            # the problems' x are the rows of values: solve_many's stacked observations as they are
+            stacked = values if values.dtype == np.float64 and values.flags.c_contiguous else None
             quick = fastexact.solve_many(
-                problems, settings, [start + settings.time_limit] * len(problems), gram_log
+                problems, settings, [start + settings.time_limit] * len(problems), gram_log, stacked
             )
         else:
             quick = [None] * len(problems)
@@ -355,8 +358,12 @@ def solve_chunk(
         clear: dict[int, bool] = {}
         if quick_rows:
             chosen = [problems[i] for i in quick_rows]
-            checks = fastexact.clean_fits(chosen, settings, outputs[quick_rows])
-            margins = fastexact.margin_clear(chosen, settings, [hidden[i] for i in quick_rows])  # type: ignore[misc]  # not None on these rows
+            # the chunk's values are the problems' x stacked (the fast path's rows, most often all)
+            xs = None
+            if stacked is not None:
+                xs = stacked if len(quick_rows) == len(problems) else stacked[quick_rows]
+            checks = fastexact.clean_fits(chosen, settings, outputs[quick_rows], xs)
+            margins = fastexact.margin_clear(chosen, settings, [hidden[i] for i in quick_rows], xs)  # type: ignore[misc]  # not None on these rows
             fits = dict(zip(quick_rows, checks))
             clear = {i: bool(m) for i, m in zip(quick_rows, margins)}
         return [

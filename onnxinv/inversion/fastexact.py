@@ -240,6 +240,7 @@ def solve_many(
     settings: Settings,
     deadlines: Sequence[float],
     log: GramLog | None = None,
+    xs: np.ndarray | None = None,
 ) -> list[FastDraft | None]:
     """:func:`solve` for observations of one generator at once, with the same answers one by one.
 
@@ -247,7 +248,9 @@ def solve_many(
     stacked observations: the elementwise tests and maxima directly, the products ``W u`` and the
     norms as stacked ``matmul`` (one BLAS matrix-vector product or dot per observation, so each
     observation's numbers are the ones it gets alone, whatever the chunk). ``log``: records each
-    accepted system's active rows and a measure of its Gram matrix (:class:`GramLog`).
+    accepted system's active rows and a measure of its Gram matrix (:class:`GramLog`). ``xs``: the
+    problems' observations already stacked (M, n) float64, row ``k`` equal to ``problems[k].x`` (a
+    chunk's values; saves stacking them again).
     """
     count = len(problems)
     out: list[FastDraft | None] = [None] * count
@@ -265,7 +268,7 @@ def solve_many(
     layers = generator.layers
     precision = np.array([p.precision for p in problems])
     rtol = np.maximum(settings.tol, ROUNDING_FACTOR * precision)
-    xs = ys = np.stack([p.x for p in problems])
+    xs = ys = np.stack([p.x for p in problems]) if xs is None else xs
     y_error = np.zeros(count)
     steps: list[list[LayerStep]] = [[] for _ in range(count)]
     factors: list[dict[int, linear.RowsFactor]] = [{} for _ in range(count)]
@@ -291,9 +294,12 @@ def solve_many(
         # only costs the check a Gram matrix, with the same answer)
         high = (_KEEP_FACTOR * MARGIN_FACTOR * settings.tol) * scale
         near: np.ndarray = np.any(active & (ys <= high[:, None]), axis=1)
+        # the right-hand sides y - b of every observation at once (the same subtraction per entry),
+        # each system's taken from its row
+        targets = ys - b
         for k in alive.nonzero()[0].tolist():  # Python ints index the lists and rows faster
             idx = active[k].nonzero()[0]
-            solved = _least_squares(w, idx, ys[k, idx] - b[idx], measure)
+            solved = _least_squares(w, idx, targets[k].take(idx), measure)
             if solved is None:
                 alive[k] = False
                 continue
@@ -324,7 +330,12 @@ def solve_many(
             gain = float(np.max(linear.row_norms(w))) if w.shape[0] else 0.0
             delta_all[wide] += ERROR_FACTOR * math.sqrt(n) * u_error[wide] * gain
         alive &= worst <= delta_all
-        err = np.max(np.abs(np.maximum(pre, 0.0) - ys), axis=1) if ys.shape[1] else np.zeros(count)
+        if ys.shape[1]:
+            scratch = np.maximum(pre, 0.0)
+            np.subtract(scratch, ys, out=scratch)
+            err = np.abs(scratch, out=scratch).max(axis=1)
+        else:
+            err = np.zeros(count)
         residual = np.where(scale > 0, err / np.where(scale > 0, scale, 1.0), err)
         seconds = (time.perf_counter() - start) / max(int(alive.sum()), 1)
         activation = layer.describe_activation()
@@ -390,45 +401,61 @@ def _largest_misfits(pre: np.ndarray, ys: np.ndarray, active: np.ndarray) -> np.
     """:func:`_largest_misfit` of each row of the stacked ``pre``, ``ys``, ``active`` (M, n)."""
     if not ys.shape[1]:
         return np.zeros(ys.shape[0])
-    d = pre - np.maximum(ys, 0.0)
-    worst = np.max(np.where(active, np.abs(d), d), axis=1)
+    # the same elementwise operations as _largest_misfit, in one scratch array (a chunk's rows are
+    # megabytes: fresh temporaries cost more than the arithmetic)
+    d = np.maximum(ys, 0.0)
+    np.subtract(pre, d, out=d)
+    np.copyto(d, np.abs(d), where=active)
+    worst = d.max(axis=1)
     worst[worst <= 0.0] = 0.0
     return worst
 
 
-def clean_fits(problems: Sequence[Problem], settings: Settings, outputs: np.ndarray) -> list[FitCheck]:
+def clean_fits(
+    problems: Sequence[Problem], settings: Settings, outputs: np.ndarray, xs: np.ndarray | None = None
+) -> list[FitCheck]:
     """:func:`~onnxinv.inversion.framework.fit_check` of clean, fully observed ``problems`` (the fast
     path's) against their onnxruntime ``outputs`` (M, n), on the stacked rows; the same numbers (for
-    one problem, the same operations on plain vectors: stacking one row costs more)."""
+    one problem, the same operations on plain vectors: stacking one row costs more). ``xs``: the
+    problems' observations already stacked, as :func:`solve_many`'s."""
     if len(problems) == 1:
         return [_clean_fit_one(problems[0], settings, outputs[0])]
-    x = _rows([p.x for p in problems])
+    x = _rows([p.x for p in problems]) if xs is None else xs
     with np.errstate(over="ignore", invalid="ignore"):
-        diff = np.asarray(outputs, dtype=np.float64) - x
+        # in float64 (a float32 output converts exactly), without a converted copy of the outputs
+        diff = np.subtract(outputs, x, dtype=np.float64)
         err = np.sqrt(np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0])
         scale = np.sqrt(np.matmul(x[:, None, :], x[:, :, None])[:, 0, 0])
-        linf = np.max(np.abs(diff), axis=1) if diff.shape[1] else np.zeros(len(problems))
+        # |diff| in place: the norms above are made
+        linf = np.abs(diff, out=diff).max(axis=1) if diff.shape[1] else np.zeros(len(problems))
     size = diff.shape[1]
     checks = []
+    # Python floats per observation (the arrays' entries), not numpy scalars one by one
+    err_k, scale_k, linf_k = err.tolist(), scale.tolist(), linf.tolist()
+    root = math.sqrt(size) if size else 0.0
     for k, problem in enumerate(problems):
-        e = float(err[k])
+        e = err_k[k]
         if not math.isfinite(e):  # a non-finite residual entry makes the norm non-finite too
             rel = lin = rms = float("inf")
         else:
-            rel = e / float(scale[k]) if scale[k] > 0 else e
-            lin = float(linf[k]) if size else 0.0
-            rms = e / math.sqrt(size) if size else 0.0
+            rel = e / scale_k[k] if scale_k[k] > 0 else e
+            lin = linf_k[k] if size else 0.0
+            rms = e / root if size else 0.0
         tol = max(settings.tol, ROUNDING_FACTOR * problem.precision)
         checks.append(FitCheck(rel <= tol, rel, lin, rms, tol, "relative l2"))
     return checks
 
 
 def margin_clear(
-    problems: Sequence[Problem], settings: Settings, hidden: Sequence[list[np.ndarray]]
+    problems: Sequence[Problem],
+    settings: Settings,
+    hidden: Sequence[list[np.ndarray]],
+    xs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per problem, True when no ReLU row of any layer lies within the certificate's margin of zero,
     so that :func:`onnxinv.inversion.evidence.margin_failure` is None without a rank test (the same
-    test on stacked rows; False means: ask ``margin_failure`` itself)."""
+    test on stacked rows; False means: ask ``margin_failure`` itself). ``xs``: the problems'
+    observations already stacked, as :func:`solve_many`'s."""
     count = len(problems)
     if count == 1:
         return np.array([_margin_clear_one(problems[0], settings, hidden[0])])
@@ -436,8 +463,10 @@ def margin_clear(
     layers = problems[0].generator.layers if count else ()
     last = len(layers) - 1
     for index in range(len(layers)):
-        rows = [p.x for p in problems] if index == last else [h[index + 1] for h in hidden]
-        out = _rows(rows)
+        if index == last and xs is not None:
+            out = xs
+        else:
+            out = _rows([p.x for p in problems] if index == last else [h[index + 1] for h in hidden])
         if not out.shape[1]:
             continue
         scale = np.max(np.abs(out), axis=1)
@@ -607,7 +636,7 @@ def _least_squares(
         if ls.rank != n:
             return None
         return _Solved(ls.u, ls.rms, ls.cond, ls.method, idx, ls.factor, ls.spread)
-    a = w[idx]
+    a = w.take(idx, axis=0)  # = w[idx], a C-ordered copy of the rows, without fancy indexing's overhead
     gram = a.T @ a
     measured = None if measure is None else (measure(gram),)  # before potrf overwrites it
     gram_f = gram.T  # symmetric: the transpose is the same matrix in Fortran order

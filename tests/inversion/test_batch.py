@@ -130,3 +130,32 @@ def test_results_are_kept_from_the_collector_only_while_a_batch_arrives(batch) -
     finally:
         gc.unfreeze()
     assert holder
+
+
+def test_the_collector_is_off_while_a_batch_arrives_and_back_as_it_was(batch) -> None:
+    """map_chunks turns the cyclic collector off while results arrive (their unpickling would set it off
+    again and again) and restores it at the end, also after an error; a collector that was off stays off."""
+    import gc
+
+    from onnxinv.inversion import parallel
+
+    g, _, _ = batch
+    assert gc.isenabled()
+    seen: list[bool] = []
+    parallel.map_chunks(
+        g, lambda gen, i: [i], [(i,) for i in range(3)], progress=lambda n: seen.append(gc.isenabled())
+    )
+    assert seen == [False] * 3 and gc.isenabled()
+
+    def fail(gen: object, i: int) -> list[int]:
+        raise ValueError("chunk failed")
+
+    with pytest.raises(ValueError, match="chunk failed"):
+        parallel.map_chunks(g, fail, [(i,) for i in range(2)])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        parallel.map_chunks(g, lambda gen, i: [i], [(i,) for i in range(2)])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

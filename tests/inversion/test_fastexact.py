@@ -8,6 +8,7 @@ transposed weight, Add of the bias, Relu; float32) and loaded back with ``onnxin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -373,3 +374,32 @@ def test_one_observation_s_fit_check_on_non_finite_outputs():
     for output in (x + 1e-7, x.copy(), np.where(np.arange(10) == 4, np.inf, x), np.full(10, np.nan), huge):
         (one,) = fastexact.clean_fits([problem], settings, output[None])
         assert one == fit_check(problem, settings, output)
+
+
+def test_the_chunk_s_stacked_observations_give_the_same_answers(tmp_path):
+    """solve_many, clean_fits and margin_clear given the observations already stacked (a chunk's values,
+    as solve_chunk passes them) answer exactly as when they stack the problems' x themselves."""
+    g = _exported(tmp_path, [20, 100, 500], seed=15)
+    settings = Settings()
+    values = g.forward(np.random.default_rng(16).standard_normal((40, 20)))
+    problems = [Problem(g, values[k], None, None, 0.0) for k in range(len(values))]
+    deadlines = [float("inf")] * len(problems)
+    own = fastexact.solve_many(problems, settings, deadlines)
+    given = fastexact.solve_many(problems, settings, deadlines, None, values)
+    assert sum(d is not None for d in own) > 30
+    for a, b in zip(own, given):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a.draft.z.tobytes() == b.draft.z.tobytes() and a.draft.fit == b.draft.fit
+            # every field but the wall time
+            assert [replace(s, seconds=0.0) for s in a.draft.steps] == [
+                replace(s, seconds=0.0) for s in b.draft.steps
+            ]
+    keep = [k for k, d in enumerate(own) if d is not None]
+    ps, hs = [problems[k] for k in keep], [own[k].hidden for k in keep]
+    outputs = g.run_onnx(np.stack([own[k].draft.z for k in keep]))
+    xs = values[keep]
+    assert fastexact.clean_fits(ps, settings, outputs) == fastexact.clean_fits(ps, settings, outputs, xs)
+    assert np.array_equal(
+        fastexact.margin_clear(ps, settings, hs), fastexact.margin_clear(ps, settings, hs, xs)
+    )
