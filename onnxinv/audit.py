@@ -529,7 +529,7 @@ def _invert_local(
     if count == 1:
         return results
     procs = max(1, min(os.cpu_count() or 1, count))
-    if procs > 1 and (count - 1) * results[0].seconds * (1.0 - 1.0 / procs) >= api.POOL_STARTUP_SECONDS:
+    if api.pool_pays(count - 1, results[0].seconds, procs):
         # slow samples: the rest on a local pool, as invert would (no Gram matrices from there)
         rest = invert(
             generator, x[1:], method=method, settings=cfg, workers=min(procs, count - 1), batch=True

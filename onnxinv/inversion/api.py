@@ -73,6 +73,12 @@ POOL_STARTUP_SECONDS = 1.0
 MAX_CHUNK = 500  # observations per chunk at most, by default (see default_chunk_size)
 
 
+def pool_pays(remaining: int, seconds_each: float, procs: int) -> bool:
+    """Would ``remaining`` observations of ``seconds_each`` (measured on a probe) finish sooner on a
+    pool of ``procs`` processes than here, once the pool's start-up (``POOL_STARTUP_SECONDS``) is paid?"""
+    return procs > 1 and remaining * seconds_each * (1.0 - 1.0 / procs) >= POOL_STARTUP_SECONDS
+
+
 def invert(
     generator: Generator,
     x: object,
@@ -577,7 +583,7 @@ def _invert_batch(
         if progress is not None:
             progress(probe)
         per = sum(r.seconds for r in results) / probe
-        if (count - done) * per * (1.0 - 1.0 / procs) < POOL_STARTUP_SECONDS:
+        if not pool_pays(count - done, per, procs):
             procs = 1
     if done < count:
         if procs == 1:
