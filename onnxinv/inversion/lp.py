@@ -42,7 +42,10 @@ Notes
   inequality rows bind at the optimum, as in the l_inf fits of Algorithm 1 of [1]_. A warm re-solve
   that stalls (degenerate optimum; more than ``5 (variables + rows)`` iterations, or in a session
   more than ``max(ROUND_MINIMUM, ROUND_FACTOR k + variables)`` after adding ``k`` rows) is abandoned
-  for one cold solve of the full problem.
+  for one cold solve of the full problem. A session given a guess of the optimum (``start``) takes
+  its first working set from the rows nearest to binding at the guess (and every row it violates)
+  and its first basis from the guess (:func:`_crash_basis`): one run of about ten iterations on the
+  output layer LP of 20-100-500 where the plain start takes about 250 over two runs.
 
 References
 ----------
@@ -55,7 +58,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,31 +175,42 @@ class LinearProgram:
             worst = max(worst, float(np.max((self.a_ub @ x - self.b_ub) / (1.0 + np.abs(self.b_ub)))))
         if self.b_eq.size:
             worst = max(worst, float(np.max(np.abs(self.a_eq @ x - self.b_eq) / (1.0 + np.abs(self.b_eq)))))
-        with np.errstate(invalid="ignore"):
-            lo = np.where(np.isfinite(self.lower), (self.lower - x) / (1.0 + np.abs(self.lower)), 0.0)
-            hi = np.where(np.isfinite(self.upper), (x - self.upper) / (1.0 + np.abs(self.upper)), 0.0)
-        if x.size:
-            worst = max(worst, float(np.max(lo)), float(np.max(hi)))
-        return max(worst, 0.0)
+        return max(worst, _bound_violation(x, self.lower, self.upper))
 
     def recheck(
         self, x: np.ndarray | None, status: SolverStatus, tol: float = RECHECK_TOL
     ) -> tuple[SolverStatus, float, str]:
         """Re-check a reported solution in numpy: an ``OPTIMAL`` ``x`` violating a constraint by more
         than ``tol`` (scaled) becomes ``NUMERICAL``. Returns (status, violation, message)."""
-        if status is not SolverStatus.OPTIMAL:
-            return status, float("nan"), ""
-        if x is None:
-            return SolverStatus.NUMERICAL, float("inf"), "the solver reported optimal but gave no solution"
-        viol = self.violation(x)
-        if viol > tol:
-            return (
-                SolverStatus.NUMERICAL,
-                viol,
-                f"the solver reported optimal but its solution violates a constraint by {viol:.3g} "
-                f"(scaled; tolerance {tol:.1g}), so it is not accepted",
-            )
-        return status, viol, ""
+        return _recheck(self.violation, x, status, tol)
+
+
+def _recheck(
+    violation: Callable[[np.ndarray], float], x: np.ndarray | None, status: SolverStatus, tol: float
+) -> tuple[SolverStatus, float, str]:
+    if status is not SolverStatus.OPTIMAL:
+        return status, float("nan"), ""
+    if x is None:
+        return SolverStatus.NUMERICAL, float("inf"), "the solver reported optimal but gave no solution"
+    viol = violation(x)
+    if viol > tol:
+        return (
+            SolverStatus.NUMERICAL,
+            viol,
+            f"the solver reported optimal but its solution violates a constraint by {viol:.3g} "
+            f"(scaled; tolerance {tol:.1g}), so it is not accepted",
+        )
+    return status, viol, ""
+
+
+def _bound_violation(x: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Largest violation of ``lower <= x <= upper``, each scaled by ``1 + |bound|`` (0 when none)."""
+    if not x.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        lo = np.where(np.isfinite(lower), (lower - x) / (1.0 + np.abs(lower)), 0.0)
+        hi = np.where(np.isfinite(upper), (x - upper) / (1.0 + np.abs(upper)), 0.0)
+    return max(float(np.max(lo)), float(np.max(hi)), 0.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -325,7 +339,9 @@ class LPSession:
     :func:`solve_lp` (a working set of rows, grown by the rows the solution violates, checked in
     numpy); the working set is kept from one solve to the next. ``start``, a guess of the optimum
     (e.g. a rough interior point iterate), gives the first dual simplex solve its starting basis
-    (:func:`_crash_basis`) instead of the slack basis; it changes the number of iterations only.
+    (:func:`_crash_basis`) instead of the slack basis and, with row generation, its first working set
+    (the rows near binding at the guess, instead of ``initial_rows``); it changes the path to the
+    optimum only.
     ``basis`` gives that first basis directly, as codes per column and per row (``-1`` / ``0`` /
     ``1``: nonbasic at the lower bound, basic, nonbasic at the upper bound; without row generation).
 
@@ -562,11 +578,14 @@ class LPSession:
     def _build(self, on: np.ndarray, cap: int) -> None:
         work = on.copy()
         if self._row_generation and on.any():
-            first = self._initial
-            if first is None:
-                first = np.flatnonzero(on)[: 2 * self.num_vars + 2]
             work = np.zeros_like(on)
-            work[first] = True
+            if self._start is not None:
+                work[self._rows_near(self._start, on)] = True
+            else:
+                first = self._initial
+                if first is None:
+                    first = np.flatnonzero(on)[: 2 * self.num_vars + 2]
+                work[first] = True
             work &= on
         rows = np.flatnonzero(work)
         block = self._a[rows]  # gathered once: a CSR row gather costs about as much as a warm solve here
@@ -595,6 +614,19 @@ class LPSession:
         self._basis = None
         self._highs, self._order, self._work = highs, rows, work
 
+    def _rows_near(self, x: np.ndarray, on: np.ndarray) -> np.ndarray:
+        """The first working set from a guess ``x`` of the optimum: every row taking part that ``x``
+        violates and, at least, the ``START_ROWS·n`` with the least scaled slack at ``x`` (those that
+        bind at the optimum are among them when the guess is close). Smaller than the
+        ``2 (n + 1)`` most violated rows of a start without guess, and it already holds the rows row
+        generation would add first: on 20-100-500's output layer one HiGHS run of ~126 rows instead
+        of two of ~205, 5.5-5.8 instead of 7.4 ms."""
+        ax = self._a @ x
+        with np.errstate(invalid="ignore"):
+            slack = np.where(on, (self._b - ax) / (1.0 + np.abs(self._b)), np.inf)
+        near = np.argsort(slack, kind="stable")[: math.ceil(START_ROWS * self.num_vars)]
+        return np.union1d(near, np.flatnonzero(slack < -1e-9))
+
     def _add(self, rows: np.ndarray) -> None:
         assert self._highs is not None
         block = self._a[rows]
@@ -619,11 +651,38 @@ class LPSession:
         start: float,
         text: str,
     ) -> LPResult:
-        return _finish(self.problem(), status, x, objective, iterations, start, text, self._tol)
+        return _finish(self, status, x, objective, iterations, start, text, self._tol)
+
+    def recheck(
+        self, x: np.ndarray | None, status: SolverStatus, tol: float = RECHECK_TOL
+    ) -> tuple[SolverStatus, float, str]:
+        """:meth:`LinearProgram.recheck` on :meth:`problem`."""
+        return _recheck(self.violation, x, status, tol)
+
+    def violation(self, x: np.ndarray) -> float:
+        """:meth:`LinearProgram.violation` of :meth:`problem`, from one product with all rows (the
+        rows taking part change with every right-hand side, and slicing them cost more than the
+        product; each row's value is the one the sliced matrix gives)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != self._c.shape or not np.all(np.isfinite(x)):
+            return float("inf")
+        on, low = np.isfinite(self._b), np.isfinite(self._lb)
+        worst = 0.0
+        if on.any() or low.any():
+            ax = self._a @ x
+            if on.any():
+                b = self._b[on]
+                worst = float(np.max((ax[on] - b) / (1.0 + np.abs(b))))
+            if low.any():
+                lb = -self._lb[low]  # a lower bound is the row -a x <= -lb (problem())
+                worst = max(worst, float(np.max((-ax[low] - lb) / (1.0 + np.abs(lb)))))
+        return max(worst, _bound_violation(x, self._lower, self._upper))
 
 
 # A start point's coordinate lies at its bound, or a row binds, within this (scaled) distance.
 CRASH_TOL = 1e-6
+# The first working set from a start point holds at least START_ROWS·n rows (LPSession._rows_near).
+START_ROWS = 1.25
 
 
 def _crash_basis(
@@ -785,7 +844,7 @@ def _solve_once(
 
 
 def _finish(
-    problem: LinearProgram,
+    problem: LinearProgram | LPSession,
     status: SolverStatus,
     x: np.ndarray | None,
     objective: float,

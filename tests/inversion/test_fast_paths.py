@@ -314,6 +314,63 @@ def test_session_start_with_row_generation_matches_fresh_lp() -> None:
     assert res.ok and res.objective == pytest.approx(fresh.objective, rel=1e-9)
 
 
+@pytest.mark.parametrize("exact_start", [True, False])
+def test_session_start_gives_the_first_working_set(exact_start: bool) -> None:
+    """With row generation a start point picks the first working rows: every row taking part that it
+    violates and the START_ROWS·n nearest to binding, never a row switched off. From the optimum
+    itself no row is added later; from a rough guess the optimum is still the fresh LP's."""
+    rng = np.random.default_rng(13)
+    c, a, b = _chebyshev(rng, 400, 50)
+    off = rng.choice(b.size, 40, replace=False)
+    b[off] = np.inf
+    fresh = lp.solve_lp(c, a[np.isfinite(b)], b[np.isfinite(b)])
+    assert fresh.ok and fresh.x is not None
+    start = fresh.x if exact_start else fresh.x + 1e-3 * rng.standard_normal(51)
+    session = lp.LPSession(c, a, b, row_generation=True, initial_rows=np.arange(8), start=start)
+    on = np.isfinite(b)
+    first = session._rows_near(start, on)
+    on_rows = np.flatnonzero(on)
+    scaled = (b[on] - a[on] @ start) / (1.0 + np.abs(b[on]))
+    assert set(on_rows[scaled < -1e-9]) <= set(first.tolist())
+    assert not set(off.tolist()) & set(first.tolist())
+    assert first.size >= np.ceil(lp.START_ROWS * 51) and first.size < 2 * 52
+    res = session.solve()
+    assert res.ok and res.objective == pytest.approx(fresh.objective, rel=1e-9)
+    assert res.x is not None and np.allclose(res.x, fresh.x, atol=1e-7)
+    if exact_start:
+        assert session._order.size == first.size  # nothing added after the first run
+
+
+def test_session_recheck_equals_the_sliced_problems() -> None:
+    """The session re-checks a point from one product with all rows: the same violation, bit for bit,
+    as the LP of the rows taking part (rows off, lower bounds as negated rows, variable bounds)."""
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((30, 6))
+    b = rng.standard_normal(30)
+    b[[2, 7, 11]] = np.inf
+    low = np.full(30, -np.inf)
+    low[[0, 5, 7, 20]] = b[[0, 5, 7, 20]] - 0.5
+    low[7] = -1.0  # a row kept only for its lower bound
+    bounds = (np.full(6, -2.0), np.full(6, 3.0))
+    session = lp.LPSession(np.ones(6), a, b, bounds, b_lb=low)
+    problem = session.problem()
+    points = [scale * rng.standard_normal(6) for scale in (0.0, 0.5, 4.0)]
+    for x in points:
+        assert session.violation(x) == problem.violation(x)
+        assert session.recheck(x, SolverStatus.OPTIMAL, 1e-3) == problem.recheck(
+            x, SolverStatus.OPTIMAL, 1e-3
+        )
+    # a point that only breaks lower bounds: the largest violation is a negated row's
+    x = points[1]
+    ax = a @ x
+    tight = lp.LPSession(np.ones(6), a, ax + 1.0, bounds, b_lb=np.where(np.isfinite(low), ax + 0.25, -np.inf))
+    assert tight.violation(x) == tight.problem().violation(x) > 0.0
+    assert tight.violation(x) == pytest.approx(
+        float(np.max(0.25 / (1.0 + np.abs(ax[np.isfinite(low)] + 0.25))))
+    )
+    assert session.violation(np.full(6, np.nan)) == np.inf and session.violation(np.zeros(3)) == np.inf
+
+
 @pytest.mark.parametrize("shape", [(40, 7), (0, 5), (3, 0), (1, 1)])
 def test_dense_rows_to_csr_equals_scipy(shape: tuple[int, int]) -> None:
     dense = np.random.default_rng(5).standard_normal(shape)
