@@ -730,6 +730,10 @@ def _crash_basis(
     basis.col_status = col_status
     basis.row_status = row_status
     basis.valid = True
+    # square by construction (k basic coordinates, k nonbasic rows), so not "alien": HiGHS then does
+    # not factor it on setBasis only to factor it again in run (~1 ms on 20-100-500's output layer);
+    # a singular one it still repairs when it factors it
+    basis.alien = False
     highs.setBasis(basis)
 
 

@@ -302,6 +302,22 @@ def test_session_start_basis_gives_the_same_optimum(guess: str) -> None:
         lp.LPSession(c, a, b, bounds, start=np.zeros(3))
 
 
+@pytest.mark.parametrize("row_generation", [False, True])
+def test_session_start_with_a_singular_crash_basis(row_generation: bool) -> None:
+    """Every row twice: the crash basis from a point makes both copies of its tightest rows nonbasic,
+    a singular basis handed to HiGHS as square (not alien); HiGHS repairs it and the optimum is the
+    fresh LP's."""
+    rng = np.random.default_rng(15)
+    c, a, b = _chebyshev(rng, 40, 6)
+    a, b = np.vstack([a, a]), np.concatenate([b, b])
+    fresh = lp.solve_lp(c, a, b)
+    assert fresh.ok and fresh.x is not None
+    for start in (fresh.x, fresh.x + 1e-3 * rng.standard_normal(7)):
+        res = lp.LPSession(c, a, b, row_generation=row_generation, start=start).solve()
+        assert res.ok and res.objective == pytest.approx(fresh.objective, rel=1e-9, abs=1e-12)
+        assert res.x is not None and float(np.max(a @ res.x - b)) <= 1e-8
+
+
 def test_session_start_with_row_generation_matches_fresh_lp() -> None:
     rng = np.random.default_rng(12)
     c, a, b = _chebyshev(rng, 400, 50)
