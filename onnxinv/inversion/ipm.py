@@ -318,9 +318,9 @@ def interior_point(
 def _step(v: np.ndarray, dv: np.ndarray, cap: float = 1.0) -> float:
     """The largest ``α <= cap`` with ``v + α dv >= 0``."""
     neg = dv < 0
-    if not np.any(neg):
+    if not neg.any():  # array methods: this runs four times per iteration, on small vectors
         return cap
-    return float(min(cap, np.min(-v[neg] / dv[neg])))
+    return min(cap, float((-v[neg] / dv[neg]).min()))
 
 
 # ----------------------------------------------------------------------------- row generation
