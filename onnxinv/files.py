@@ -30,9 +30,9 @@ import contextlib
 import errno
 import io
 import os
+import secrets
 import stat
 import struct
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -716,6 +716,7 @@ def latent_for_model(z: np.ndarray, generator: Generator, *, single: bool, flat:
 _PENDING: set[str] = set()
 _PENDING_LOCK = threading.Lock()
 _TEMP_NAME_BYTES = 100  # bytes of the output's name kept in its temporary's name (NAME_MAX is 255)
+_TEMP_ATTEMPTS = 100  # random names tried before giving up (each collision is 1 in 2**32)
 
 
 def remove_pending() -> None:
@@ -729,14 +730,35 @@ def remove_pending() -> None:
             os.unlink(name)
 
 
-def _temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path`` whose name stays short whatever the length of ``path``'s."""
-    folder = path.parent
+def new_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file ``.<name>.<random>.tmp`` beside ``path`` (the name kept short whatever the
+    length of ``path``'s): ``(descriptor, absolute name)``. The name is registered for
+    :func:`remove_pending` *before* the file is created, so a signal that interrupts this call at any
+    point (its handler raises between two bytecodes) cannot leave a file the cleanup does not know
+    of; :func:`forget_temporary` once it is renamed into place or removed. Raises ``OSError`` as
+    ``os.open`` does."""
+    folder = os.path.abspath(path.parent if str(path.parent) else ".")
     stem = os.fsdecode(os.fsencode(path.name)[:_TEMP_NAME_BYTES])
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        name = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}.tmp")
+        with _PENDING_LOCK:
+            _PENDING.add(name)
+        try:
+            return os.open(name, flags, 0o600), name
+        except OSError as exc:  # nothing was created under this name
+            forget_temporary(name)
+            if not isinstance(exc, FileExistsError):
+                raise
+    raise FileExistsError(
+        errno.EEXIST, f"no unused temporary file name beside {path} after {_TEMP_ATTEMPTS} tries"
+    )
+
+
+def forget_temporary(name: str) -> None:
+    """``name`` (from :func:`new_temporary`) is no longer a temporary to remove on a signal."""
     with _PENDING_LOCK:
-        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-        _PENDING.add(name)
-    return fd, name
+        _PENDING.discard(name)
 
 
 def _write_error(label: str, path: Path, exc: OSError) -> OnnxInvError:
@@ -831,7 +853,7 @@ class Outputs:
             raise ValueError(f"{path} was not added to these outputs")
         label = self._targets[real][0]
         try:
-            fd, name = _temporary(path)
+            fd, name = new_temporary(path)
         except OSError as exc:
             raise _write_error(label, path, exc) from None
         self._staged.append((label, path, name))
@@ -857,8 +879,7 @@ class Outputs:
                 os.replace(name, path)
             except OSError as exc:
                 raise _write_error(label, path, exc) from None
-            with _PENDING_LOCK:
-                _PENDING.discard(name)
+            forget_temporary(name)
             folders.add(path.parent if str(path.parent) else Path("."))
         self._staged.clear()
         for folder in folders:  # make the renames durable; not every platform can open a folder
@@ -874,8 +895,7 @@ class Outputs:
         for _, _, name in self._staged:
             with contextlib.suppress(OSError):
                 os.unlink(name)
-            with _PENDING_LOCK:
-                _PENDING.discard(name)
+            forget_temporary(name)
         self._staged.clear()
 
 

@@ -47,7 +47,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -845,7 +844,7 @@ class _NpyWriter:
     def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         self.path = path
         self.dtype = np.dtype(dtype)
-        fd, self.temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, self.temp = files.new_temporary(path)  # registered: a signal's cleanup removes it
         self.handle = os.fdopen(fd, "wb")
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_2_0(self.handle, header)
@@ -860,12 +859,14 @@ class _NpyWriter:
 
     def commit(self) -> None:
         os.replace(self.temp, self.path)
+        files.forget_temporary(self.temp)
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.handle.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temp)
+        files.forget_temporary(self.temp)
 
 
 def _assemble(

@@ -285,3 +285,30 @@ def test_memory_stays_bounded_on_a_file_many_times_the_chunk_budget(tmp_path):
     # Reading the file whole, or keeping every observation's result (each holds G(z), 16 kB here),
     # would each trace more than the whole file; the run traces about ten chunks' worth.
     assert peak < file_bytes / 5, f"peak {peak:,} bytes traced for a {file_bytes:,}-byte file"
+
+
+def test_an_interrupted_final_file_writer_leaves_no_temporary(tmp_path, monkeypatch):
+    """The final .npy files are written into temporaries too: one interrupted right after its creation
+    is registered, and the signal's cleanup removes it."""
+    from onnxinv import files
+    from onnxinv.stream import _NpyWriter
+
+    real = os.open
+
+    def interrupted_open(*args, **kwargs):
+        os.close(real(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "open", interrupted_open)
+        with pytest.raises(KeyboardInterrupt):
+            _NpyWriter(tmp_path / "z.npy", np.dtype(np.float64), (3,))
+    assert [p.name for p in tmp_path.iterdir()]  # the temporary exists ...
+    files.remove_pending()
+    assert list(tmp_path.iterdir()) == []  # ... and the cleanup knows it
+    writer = _NpyWriter(tmp_path / "z.npy", np.dtype(np.float64), (3,))
+    writer.write(np.arange(3.0))
+    writer.finish()
+    writer.commit()
+    files.remove_pending()  # a committed file is not a temporary any more
+    assert np.array_equal(np.load(tmp_path / "z.npy"), np.arange(3.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -436,6 +437,51 @@ def test_latent_beyond_the_input_dtype_is_refused():
     assert files.latent_for_model(np.ones(4), half, single=True).dtype == np.float16
     with pytest.raises(ObservationError, match="beyond the range of the model's input dtype float16"):
         files.latent_for_model(np.full(4, 1e6), half, single=True)
+
+
+def _interrupt_after_creating(monkeypatch):
+    """``os.open`` that creates its file and then is interrupted, as a signal handler that raises right
+    after the system call returns would do."""
+    real = os.open
+
+    def interrupted_open(*args, **kwargs):
+        os.close(real(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", interrupted_open)
+
+
+def test_an_interrupted_stage_leaves_no_temporary(tmp_path, monkeypatch):
+    """A signal that lands between a temporary's creation and its registration must not leave it
+    behind: its name is registered first, so the signal's cleanup removes it."""
+    outputs = files.Outputs()
+    outputs.add(tmp_path / "a.npy")
+    with monkeypatch.context() as patch:
+        _interrupt_after_creating(patch)
+        with pytest.raises(KeyboardInterrupt):
+            outputs.stage(tmp_path / "a.npy", b"data")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # created, then interrupted
+    files.remove_pending()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_are_new_files_beside_their_target(tmp_path):
+    """Each temporary is a new file (never an existing one reused), hidden, beside its target, its name
+    short whatever the target's; a folder that cannot be written to raises OSError and registers
+    nothing."""
+    long = tmp_path / ("x" * 200 + ".npy")
+    fd, name = files.new_temporary(long)
+    os.close(fd)
+    other_fd, other = files.new_temporary(long)
+    os.close(other_fd)
+    assert name != other and os.path.dirname(name) == str(tmp_path)
+    assert all(os.path.basename(n).startswith(".x") and n.endswith(".tmp") for n in (name, other))
+    assert len(os.path.basename(name)) < 120
+    files.remove_pending()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError):
+        files.new_temporary(tmp_path / "missing" / "a.npy")
+    assert not files._PENDING  # nothing of the failed call is left registered
 
 
 def test_remove_pending_deletes_staged_temporaries(tmp_path):
