@@ -355,17 +355,24 @@ def _witness(
     tau = max(max(settings.active_rtol, MARGIN_FACTOR * settings.tol) * scale, 1e-300)
     candidate: np.ndarray | None  # step 2's other points may not exist
 
-    # 1. layer 0's null directions at z
+    # 1. layer 0's null directions at z, for an objective and then its negative: a latent from a
+    # layer LP sits at a vertex of layer 0's preimage, so on a one-dimensional null space (one row
+    # short, the common case) the set reaches out from z on one side only, and two random objectives
+    # would both point the other way in a quarter of the cases
     reach = max(1.0, float(np.max(np.abs(z))))
-    for _ in range(2):
+    objective = rng.standard_normal(layer0.in_features)
+    for c in (-objective, objective):
         if time.perf_counter() >= deadline:
             break
         remaining = max(deadline - time.perf_counter(), 0.0)
-        nd = null_direction(layer0, z, reach=reach, rng=rng, tau=tau, time_limit=remaining)
+        nd = null_direction(layer0, z, reach=reach, objective=c, tau=tau, time_limit=remaining)
         if nd is None:
             tried.append("layer 0's active rows have full column rank at z, so it has no null direction")
             break
         t = nd.step
+        if nd.failure is not None:
+            tried.append(f"layer 0's null-direction LP gave no direction ({nd.failure})")
+            continue
         if t < delta:
             tried.append(
                 f"layer 0's null directions reach only {t:.3g} (< δ = {delta:.3g}) before a row turns on"

@@ -823,12 +823,14 @@ def _lp_bounds(
 
 @dataclass(frozen=True, eq=False)
 class NullDirection:
-    """``z + t v`` has the same layer-0 output as ``z`` (see module Notes); ``||v||_∞ = 1``."""
+    """``z + t v`` has the same layer-0 output as ``z`` (see module Notes); ``||v||_∞ = 1``, or
+    ``t = 0`` and ``v = 0`` where the LP moved nowhere (``failure`` then says why, if its solve failed)."""
 
     direction: np.ndarray
     step: float
     active_rows: int
     rank: int
+    failure: str | None = None
 
 
 def null_direction(
@@ -836,15 +838,16 @@ def null_direction(
     z: np.ndarray,
     *,
     reach: float,
-    rng: np.random.Generator,
+    objective: np.ndarray,
     tau: float,
     time_limit: float | None = None,
 ) -> NullDirection | None:
     """A move ``d = t v`` of the latent that leaves layer 0's output unchanged, as far as ``reach``
-    (max abs) allows; None when layer 0's active rows have full column rank at ``z``.
+    (max abs) allows; None when layer 0's active rows have full column rank at ``z``. ``t = 0`` when
+    the set does not reach out from ``z`` along this objective (or the LP failed: see ``failure``).
 
     ``d`` is a vertex of ``{d : W_I d = 0, W_j (z + d) + b_j <= 0 for the inactive rows j,
-    ||d||_∞ <= reach}`` maximising a random objective (one LP): every point of that set is another
+    ||d||_∞ <= reach}`` minimising ``objective · d`` (one LP): every point of that set is another
     preimage of layer 0's output. ``tau`` is the active threshold on layer 0's output.
     """
     k = layer.in_features
@@ -859,9 +862,8 @@ def null_direction(
     if rank >= k:
         return None
     inactive = ~active
-    c = -rng.standard_normal(k)
     res = lp.solve_lp(
-        c,
+        np.asarray(objective, dtype=np.float64),
         w[inactive] if inactive.any() else None,
         -pre[inactive] if inactive.any() else None,
         w[active] if active.any() else None,
@@ -869,13 +871,14 @@ def null_direction(
         (-np.full(k, reach), np.full(k, reach)),
         time_limit=time_limit,
     )
+    count = int(active.sum())
     if not res.ok or res.x is None:
-        return None
+        return NullDirection(np.zeros(k), 0.0, count, rank, f"LP status: {res.status.value}")
     d = np.asarray(res.x, dtype=np.float64)
     if active.any():  # W_I d exactly zero: project out the LP's round-off
         wa = w[active]
         d = d - np.linalg.lstsq(wa, wa @ d, rcond=None)[0]
     step = float(np.max(np.abs(d))) if d.size else 0.0
     if not step > 0:
-        return None
-    return NullDirection(d / step, step, int(active.sum()), rank)
+        return NullDirection(np.zeros(k), 0.0, count, rank)
+    return NullDirection(d / step, step, count, rank)

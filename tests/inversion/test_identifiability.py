@@ -102,11 +102,28 @@ def test_null_direction_keeps_layer_0_output() -> None:
     rng = np.random.default_rng(1)
     layer = Layer(rng.normal(size=(4, 6)), rng.normal(size=4), Activation.RELU)  # 6 latents, 4 rows
     z = rng.normal(size=6)
-    nd = ident.null_direction(layer, z, reach=1.0, rng=rng, tau=1e-12)
+    nd = ident.null_direction(layer, z, reach=1.0, objective=rng.normal(size=6), tau=1e-12)
     assert nd is not None and nd.step > 0 and np.max(np.abs(nd.direction)) == pytest.approx(1.0)
     np.testing.assert_allclose(layer.forward(z + nd.step * nd.direction), layer.forward(z), atol=1e-9)
     full = Layer(rng.normal(size=(10, 3)), np.zeros(10), Activation.LEAKY_RELU, 0.1)
-    assert ident.null_direction(full, rng.normal(size=3), reach=1.0, rng=rng, tau=1e-12) is None
+    assert (
+        ident.null_direction(full, rng.normal(size=3), reach=1.0, objective=rng.normal(size=3), tau=1e-12)
+        is None
+    )
+
+
+def test_null_direction_at_the_end_of_a_segment_moves_one_way_only() -> None:
+    """Two latents, one active row: the preimage is the line z + s (1, -1), cut by the inactive row
+    ``z_0 <= 0``, which is tight at z (a vertex, as a layer LP returns it). Towards that row the LP
+    moves nowhere (step 0: there is a null space, so not None); the opposite objective reaches out."""
+    layer = Layer(np.array([[1.0, 1.0], [1.0, 0.0]]), np.array([0.0, 0.0]), Activation.RELU)
+    z = np.array([0.0, 2.0])  # row 0 active (2), row 1 at exactly zero
+    towards = ident.null_direction(layer, z, reach=5.0, objective=np.array([-1.0, 1.0]), tau=1e-9)
+    assert towards is not None and towards.step == 0.0 and towards.failure is None
+    away = ident.null_direction(layer, z, reach=5.0, objective=np.array([1.0, -1.0]), tau=1e-9)
+    assert away is not None and away.step == pytest.approx(5.0)
+    np.testing.assert_allclose(away.direction, [-1.0, 1.0])
+    np.testing.assert_allclose(layer.forward(z + away.step * away.direction), layer.forward(z), atol=1e-12)
 
 
 def test_problem_fit_rule_per_noise_model() -> None:

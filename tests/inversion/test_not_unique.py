@@ -73,3 +73,21 @@ def test_a_row_at_round_off_is_no_certificate(k: int, net: int) -> None:
     w = r.witness
     assert w is not None and onnx_residual(g, w, x) <= 1e-5
     assert np.max(np.abs(w - r.z)) >= 1e-2 * max(1.0, float(np.max(np.abs(r.z))))
+
+
+def test_one_row_short_at_layer_0_is_shown_by_its_null_direction() -> None:
+    """Layer 0 of a 20-40-400 float32 net with 19 active rows at z*: its preimage of the hidden values
+    is a segment, and the latent found lies at one end of it (a vertex of the layer LP). The witness
+    search's two null-direction LPs must reach the other end, so no observation of this kind needs the
+    whole-network MILP for its witness."""
+    g = make_generator([20, 40, 400], seed=0, dtype="float32")
+    layer0 = g.layers[0]
+    zs = np.random.default_rng(4).normal(size=(200, 20))
+    short = zs[np.sum(layer0.preactivation(zs) > 0, axis=1) == 19][:8]
+    assert len(short) == 8
+    for z_true in short:
+        x = g.run_onnx(z_true)
+        r = invert(g, x)
+        assert r.verdict is Verdict.NOT_UNIQUE, r.message
+        assert r.evidence.kind is EvidenceKind.NULL_DIRECTION, r.message
+        assert onnx_residual(g, r.witness, x) <= 1e-5
