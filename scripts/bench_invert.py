@@ -109,7 +109,7 @@ def exact_floor(g: Generator, x: np.ndarray) -> np.ndarray:
 _PROBES: dict[int, np.ndarray] = {}  # the spread's fixed +-1 probes, by size (made once, as onnxinv's)
 
 
-def reported_numbers(g: Generator, x: np.ndarray) -> float:
+def reported_numbers(g: Generator, x: np.ndarray) -> list[float]:
     """Only the numerical work whose results an exact inversion reports, as straight-line code: per
     layer the active rows' Gram, its 1-norm, Cholesky, ``pocon`` condition estimate, solve, one step of
     iterative refinement, the RMS misfit, ``W u + b`` and the largest misfit on every row, the spread
@@ -117,6 +117,7 @@ def reported_numbers(g: Generator, x: np.ndarray) -> float:
     residual. No checks, steps, certificate or result objects: what is left of an inversion's cost in
     Python once everything but its arithmetic is gone (the exact row's note)."""
     y = x
+    reported: list[float] = []  # per layer: condition estimate, RMS, largest misfit, error passed down
     for layer in reversed(g.layers):
         w, b = layer.weight, layer.bias
         scale = float(np.max(np.abs(y)))
@@ -137,13 +138,17 @@ def reported_numbers(g: Generator, x: np.ndarray) -> float:
         if u.size not in _PROBES:
             _PROBES[u.size] = np.where(np.random.default_rng(0).random((u.size, 8)) < 0.5, -1.0, 1.0)
         s, _ = lapack.dtrtrs(factor, _PROBES[u.size], lower=0, trans=1)
-        spread = np.sqrt(np.sum(s * s) / s.size) * (rms + misfit + rcond)
-        y = np.maximum(u, 0.0) if layer is not g.layers[0] else u + 0.0 * spread
+        spread = np.sqrt(np.sum(s * s) / s.size)
+        reported += [float(np.sqrt(1.0 / rcond)), float(rms), float(misfit), float(max(rms, misfit) * spread)]
+        y = np.maximum(u, 0.0) if layer is not g.layers[0] else u
     h = y
     for layer in g.layers:
         h = np.maximum(h @ layer.weight.T + layer.bias, 0.0)
     out = g.run_onnx(y)
-    return float(np.linalg.norm(out - x) / np.linalg.norm(x) + np.linalg.norm(h - x))
+    return reported + [
+        float(np.linalg.norm(h - x) / np.linalg.norm(x)),
+        float(np.linalg.norm(out - x) / np.linalg.norm(x)),
+    ]
 
 
 def plain_linf(g: Generator, x: np.ndarray, noise_rel: float, alpha: float = 1.2) -> np.ndarray:
